@@ -1,0 +1,67 @@
+"""Shared MQTT plumbing: connection settings and a paho client factory.
+
+Used by the simulator publisher, the agent's MQTT source and uplink, and the hub,
+so TLS and credentials are configured one way everywhere. Works with paho-mqtt
+1.6.x (what azure-iot-device 2.14 pins) and 2.x.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """How to reach a broker.
+
+    Attributes:
+        host / port: broker address.
+        client_id: MQTT client id ("" lets the broker pick; not allowed with clean_session=False).
+        username / password: optional credentials (the password is never logged).
+        ca_file: CA bundle to verify the broker; enables TLS when set.
+        cert_file / key_file: client certificate for X.509 authentication.
+        keepalive: seconds.
+        clean_session: False keeps QoS 1 subscriptions across reconnects.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = ""
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive: int = 30
+    clean_session: bool = True
+
+    def __repr__(self) -> str:  # never print the password
+        return f"MqttSettings(host={self.host!r}, port={self.port}, client_id={self.client_id!r}, tls={self.tls})"
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_file is not None
+
+
+def make_client(settings: MqttSettings) -> Any:
+    """A configured, unconnected paho Client (MQTT 3.1.1)."""
+    import paho.mqtt.client as mqtt
+
+    kwargs: dict[str, Any] = {"client_id": settings.client_id, "clean_session": settings.clean_session,
+                              "protocol": mqtt.MQTTv311}
+    if hasattr(mqtt, "CallbackAPIVersion"):  # paho-mqtt >= 2
+        kwargs["callback_api_version"] = mqtt.CallbackAPIVersion.VERSION1
+    client = mqtt.Client(**kwargs)
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.ca_file is not None:
+        client.tls_set(
+            ca_certs=str(settings.ca_file),
+            certfile=str(settings.cert_file) if settings.cert_file else None,
+            keyfile=str(settings.key_file) if settings.key_file else None,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    return client

@@ -1,0 +1,198 @@
+"""The telemetry message contract: scored readings from one device, as sent upstream.
+
+JSON form (UTF-8, optionally gzip with content-encoding "gzip")::
+
+    {"v": 1, "device_id": "dev-0001", "boot_id": "6f1c...", "seq_first": 100, "seq_last": 131,
+     "model": {"name": "pump", "version": 3, "sha256": "...", "feature_hash": "...", "threshold": 0.61},
+     "channels": ["temperature", "vibration"],
+     "anomalies": 1,
+     "readings": [{"seq": 100, "ts": "2026-11-24T04:00:00.000Z", "values": [61.2, 2.01],
+                   "score": 0.43, "anomaly": false}, ...]}
+
+Dedup key of a reading: (device_id, boot_id, seq). seq restarts at 0 with every boot and
+boot_id changes with every boot, so the key is unique for the device's lifetime.
+A message is at most MAX_MESSAGE_BYTES on the wire (IoT Hub's device-to-cloud limit).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from contracts.errors import ContractError
+from contracts.reading import validate_device_id
+
+TELEMETRY_SCHEMA = 1
+MAX_MESSAGE_BYTES = 256 * 1024
+CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLineage:
+    """Which model scored a reading: enough to reproduce the score."""
+
+    name: str
+    version: int
+    sha256: str
+    feature_hash: str
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "feature_hash": self.feature_hash,
+            "threshold": self.threshold,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> ModelLineage:
+        try:
+            return cls(
+                name=str(obj["name"]),
+                version=int(obj["version"]),
+                sha256=str(obj["sha256"]),
+                feature_hash=str(obj["feature_hash"]),
+                threshold=float(obj["threshold"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ContractError("model", f"bad model lineage: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredReading:
+    """One reading with its score (higher = more anomalous) and flag (score >= threshold)."""
+
+    seq: int
+    ts: str
+    values: Sequence[float]
+    score: float
+    anomaly: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "values": list(self.values),
+            "score": self.score,
+            "anomaly": self.anomaly,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryMessage:
+    """A batch of scored readings from one device boot, in seq order.
+
+    Guarantees: readings are non-empty, in strictly increasing seq order, every
+    reading has one value per channel, and seq_first/seq_last bound them.
+    """
+
+    device_id: str
+    boot_id: str
+    model: ModelLineage
+    channels: Sequence[str]
+    readings: Sequence[ScoredReading]
+
+    def __post_init__(self) -> None:
+        validate_device_id(self.device_id)
+        if not self.boot_id:
+            raise ContractError("boot_id", "must be non-empty")
+        if not self.readings:
+            raise ContractError("readings", "a message carries at least one reading")
+        prev = -1
+        width = len(self.channels)
+        for i, r in enumerate(self.readings):
+            if r.seq <= prev:
+                raise ContractError(f"readings[{i}].seq", "seq must increase strictly within a message")
+            if len(r.values) != width:
+                raise ContractError(f"readings[{i}].values", f"expected {width} values, got {len(r.values)}")
+            prev = r.seq
+
+    @property
+    def seq_first(self) -> int:
+        return self.readings[0].seq
+
+    @property
+    def seq_last(self) -> int:
+        return self.readings[-1].seq
+
+    @property
+    def anomalies(self) -> int:
+        return sum(1 for r in self.readings if r.anomaly)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": TELEMETRY_SCHEMA,
+            "device_id": self.device_id,
+            "boot_id": self.boot_id,
+            "seq_first": self.seq_first,
+            "seq_last": self.seq_last,
+            "model": self.model.to_dict(),
+            "channels": list(self.channels),
+            "anomalies": self.anomalies,
+            "readings": [r.to_dict() for r in self.readings],
+        }
+
+    def encode(self, *, compress: bool = False) -> bytes:
+        """Serialise to wire bytes; raise ContractError if over MAX_MESSAGE_BYTES."""
+        return encode_payload(self.to_dict(), compress=compress)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> TelemetryMessage:
+        """Parse wire bytes (plain or gzip JSON), validating the contract."""
+        obj = decode_payload(payload)
+        return cls.from_dict(obj)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> TelemetryMessage:
+        if obj.get("v") != TELEMETRY_SCHEMA:
+            raise ContractError("v", f"unsupported telemetry schema {obj.get('v')!r}")
+        try:
+            readings = [
+                ScoredReading(
+                    seq=int(r["seq"]),
+                    ts=str(r["ts"]),
+                    values=[float(v) for v in r["values"]],
+                    score=float(r["score"]),
+                    anomaly=bool(r["anomaly"]),
+                )
+                for r in obj["readings"]
+            ]
+            msg = cls(
+                device_id=obj["device_id"],
+                boot_id=str(obj["boot_id"]),
+                model=ModelLineage.from_dict(obj["model"]),
+                channels=[str(c) for c in obj["channels"]],
+                readings=readings,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ContractError):
+                raise
+            raise ContractError("", f"malformed telemetry message: {exc!r}") from exc
+        if obj.get("seq_first") != msg.seq_first or obj.get("seq_last") != msg.seq_last:
+            raise ContractError("seq_first", "seq range does not match the readings")
+        return msg
+
+
+def encode_payload(obj: Mapping[str, Any], *, compress: bool = False) -> bytes:
+    """JSON-encode (compactly) and optionally gzip; enforce the 256 KB limit."""
+    raw = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+    if compress:
+        raw = gzip.compress(raw, compresslevel=6, mtime=0)
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise ContractError("", f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES} byte limit")
+    return raw
+
+
+def decode_payload(payload: bytes) -> Any:
+    """Decode a JSON payload, transparently gunzipping it (gzip magic 1f 8b)."""
+    if payload[:2] == b"\x1f\x8b":
+        payload = gzip.decompress(payload)
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ContractError("", f"payload is not JSON: {exc}") from exc

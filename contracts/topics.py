@@ -1,0 +1,54 @@
+"""MQTT topic layout and property-bag encoding, shared by agent, hub and simulator.
+
+Telemetry follows Azure IoT Hub's MQTT layout so one cloud side serves both uplinks:
+``devices/{device_id}/messages/events/{property_bag}`` where the property bag is
+URL-encoded ``key=value&key=value`` (system properties use IoT Hub's ``$.ct``,
+``$.ce`` names). Local sensors publish readings to ``edgeflag/sensors/{device_id}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import parse_qsl, quote, urlencode
+
+from contracts.errors import ContractError
+
+SENSOR_PREFIX = "edgeflag/sensors"
+TELEMETRY_FILTER = "devices/+/messages/events/#"
+
+#: IoT Hub system property names in the property bag.
+CONTENT_TYPE_KEY = "$.ct"
+CONTENT_ENCODING_KEY = "$.ce"
+
+
+def sensor_topic(device_id: str, prefix: str = SENSOR_PREFIX) -> str:
+    """Topic a local sensor (or the simulator) publishes one device's readings to."""
+    return f"{prefix}/{device_id}"
+
+
+def sensor_filter(prefix: str = SENSOR_PREFIX) -> str:
+    return f"{prefix}/+"
+
+
+def encode_property_bag(props: Mapping[str, str]) -> str:
+    """URL-encode application/system properties as IoT Hub expects (no leading '?')."""
+    return urlencode({k: str(v) for k, v in props.items()}, quote_via=quote, safe="")
+
+
+def decode_property_bag(bag: str) -> dict[str, str]:
+    return dict(parse_qsl(bag, keep_blank_values=True))
+
+
+def telemetry_topic(device_id: str, props: Mapping[str, str] | None = None) -> str:
+    """``devices/{id}/messages/events/`` followed by the URL-encoded property bag."""
+    base = f"devices/{device_id}/messages/events/"
+    return base + encode_property_bag(props) if props else base
+
+
+def parse_telemetry_topic(topic: str) -> tuple[str, dict[str, str]]:
+    """Split a telemetry topic into (device_id, properties)."""
+    parts = topic.split("/", 4)
+    if len(parts) < 4 or parts[0] != "devices" or parts[2] != "messages" or parts[3] != "events":
+        raise ContractError("topic", f"not a telemetry topic: {topic!r}")
+    bag = parts[4] if len(parts) == 5 else ""
+    return parts[1], decode_property_bag(bag)

@@ -1,0 +1,3 @@
+from edgeflag.cli import main
+
+raise SystemExit(main())

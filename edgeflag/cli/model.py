@@ -1,0 +1,254 @@
+"""`edgeflag model …`: train, verify, evaluate and inspect model bundles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from contracts.files import load_blocks
+from edgeflag.cli._common import CliError, console, positive_int
+from models.errors import BundleError, ModelError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("model", help="train, verify, evaluate and inspect model bundles",
+                       description="Model bundles: model.onnx + manifest.json, kept in a local file registry.")
+    msub = p.add_subparsers(dest="model_command", metavar="ACTION")
+    msub.required = True
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    t = msub.add_parser("train", help="train a model from readings and store it in a registry", formatter_class=fmt,
+                        description="Compute features, fit StandardScaler + IsolationForest, calibrate the "
+                        "threshold, export ONNX (fused tree-ensemble form by default), check ONNX/scikit-learn "
+                        "parity and store the bundle as the next version in the registry.")
+    t.add_argument("--data", type=Path, required=True, help="readings file (.jsonl or .csv)")
+    t.add_argument("--out", type=Path, required=True, help="registry directory")
+    t.add_argument("--name", default="edgeflag", help="model name (usually the device type)")
+    t.add_argument("--trees", type=positive_int, default=100, help="IsolationForest n_estimators")
+    t.add_argument("--max-samples", type=positive_int, default=256, help="IsolationForest max_samples")
+    t.add_argument("--target-fpr", type=float, default=0.0005,
+                   help="fraction of clean normal training readings allowed above the threshold")
+    t.add_argument("--seed", type=int, default=0, help="random_state of the forest")
+    t.add_argument("--form", choices=("fused", "skl2onnx"), default="fused", help="ONNX form to write")
+    t.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM) to sign the manifest")
+    t.set_defaults(handler=train_cmd)
+
+    v = msub.add_parser("verify", help="verify a bundle (exit 1 if it is rejected)", formatter_class=fmt)
+    v.add_argument("bundle", type=Path, help="bundle directory, or a registry (latest version)")
+    v.add_argument("--name", help="model name, when the registry holds several")
+    v.add_argument("--trusted-key", type=Path, help="Ed25519 public key (PEM) the manifest must be signed with")
+    v.set_defaults(handler=verify_cmd)
+
+    e = msub.add_parser("eval", help="score labelled readings and report detection quality", formatter_class=fmt)
+    e.add_argument("bundle", type=Path, help="bundle directory, or a registry (latest version)")
+    e.add_argument("--data", type=Path, required=True, help="labelled readings file (.jsonl or .csv)")
+    e.add_argument("--name", help="model name, when the registry holds several")
+    e.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    e.set_defaults(handler=eval_cmd)
+
+    i = msub.add_parser("inspect", help="show a bundle's manifest", formatter_class=fmt)
+    i.add_argument("bundle", type=Path, help="bundle directory, or a registry (latest version)")
+    i.add_argument("--name", help="model name, when the registry holds several")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(handler=inspect_cmd)
+
+    k = msub.add_parser("keygen", help="create an Ed25519 key pair for signing bundles", formatter_class=fmt)
+    k.add_argument("--out", type=Path, required=True, help="directory for signing.key and signing.pub")
+    k.set_defaults(handler=keygen_cmd)
+
+    ls = msub.add_parser("list", help="list the models and versions in a registry", formatter_class=fmt)
+    ls.add_argument("registry", type=Path)
+    ls.set_defaults(handler=list_cmd)
+
+
+def _resolve(ref: Path, name: str | None) -> Path:
+    from models.registry import Registry
+
+    try:
+        return Registry(ref).resolve(ref, name)
+    except ModelError as exc:
+        raise CliError(str(exc)) from None
+
+
+def train_cmd(args: argparse.Namespace) -> int:
+    try:
+        from models.training.trainer import TrainConfig, export_model, train
+    except ImportError as exc:
+        raise CliError(f"training needs the 'train' extra (pip install 'edgeflag[train]'): {exc}") from None
+    from models.registry import Registry
+
+    if not 0 < args.target_fpr < 0.5:
+        raise CliError("--target-fpr must be in (0, 0.5)")
+    with console.status("loading readings") as status:
+        blocks = load_blocks(args.data)
+        config = TrainConfig(name=args.name, n_estimators=args.trees, max_samples=args.max_samples,
+                             seed=args.seed, target_fpr=args.target_fpr, form=args.form)
+        try:
+            model = train(blocks, config, progress=lambda m: status.update(m))
+        except ModelError as exc:
+            raise CliError(str(exc)) from None
+        status.update("exporting ONNX and checking parity")
+        parity: dict[str, float] = {}
+
+        def build(version: int) -> Any:
+            onnx_bytes, manifest = export_model(model, name=args.name, version=version, form=args.form)
+            parity["max_abs_diff"] = _parity(onnx_bytes, model, blocks)
+            if parity["max_abs_diff"] > 1e-4:
+                raise CliError(f"ONNX and scikit-learn scores differ by {parity['max_abs_diff']:.2e}; not stored")
+            manifest = _with_parity(manifest, parity["max_abs_diff"])
+            if args.sign_key:
+                from models.signing import sign
+
+                manifest = sign(manifest, args.sign_key)
+            return onnx_bytes, manifest
+
+        path = Registry(args.out).publish(args.name, build)
+    s = model.summary
+    console.print(
+        f"trained {args.name} v{int(path.name[1:])} -> {path}\n"
+        f"  {s['fit_rows']:,} of {s['rows']:,} readings fitted ({s['devices']} devices), "
+        f"{s['estimator']['n_estimators']} trees; threshold {model.threshold:.4f} "
+        f"(target FPR {args.target_fpr:g} on {s['calibration_rows']:,} clean readings)\n"
+        f"  ONNX vs scikit-learn max |diff| {parity['max_abs_diff']:.1e}"
+        + (", signed" if args.sign_key else "")
+    )
+    return 0
+
+
+def _parity(onnx_bytes: bytes, model: Any, blocks: Any) -> float:
+    """Max |ONNX - scikit-learn| score over (up to 5,000 of) the training rows."""
+    import numpy as np
+
+    from contracts.manifest import ModelManifest
+    from models.bundle import Bundle
+    from models.scorer import OnnxScorer
+    from models.training.stock import sklearn_scores
+    from models.training.trainer import feature_table
+
+    x = feature_table(blocks, model.spec).x[:5000].astype(np.float32)
+    probe = ModelManifest(name="probe", version=1, created="", form="skl2onnx", sha256="0" * 64, model_bytes=0,
+                          opsets={}, input_name="features", output_name="score",
+                          feature_spec=model.spec.to_dict(), feature_hash=model.spec.hash, threshold=0.0)
+    scorer = OnnxScorer(Bundle(path=Path("."), manifest=probe, spec=model.spec, model_bytes=onnx_bytes))
+    return float(np.max(np.abs(scorer.score(x) - sklearn_scores(model.pipeline, x))))
+
+
+def _with_parity(manifest: Any, diff: float) -> Any:
+    from dataclasses import replace
+
+    training = dict(manifest.training)
+    training["onnx_parity_max_abs_diff"] = diff
+    return replace(manifest, training=training)
+
+
+def verify_cmd(args: argparse.Namespace) -> int:
+    from models.bundle import load_bundle
+
+    path = _resolve(args.bundle, args.name)
+    try:
+        bundle = load_bundle(path, trusted_key=args.trusted_key)
+    except BundleError as exc:
+        console.print(f"REJECTED {exc.path}: {exc.reason}")
+        return 1
+    m = bundle.manifest
+    signed = f"signed by key {m.signature.get('key_id')}" if m.signature else "unsigned"
+    checked = " (signature checked)" if args.trusted_key else ""
+    console.print(f"OK {path}: {m.name} v{m.version}, {m.form}, sha256 {m.sha256[:16]}…, "
+                  f"{m.model_bytes:,} bytes, {signed}{checked}")
+    return 0
+
+
+def _load(path: Path) -> Any:
+    from models.bundle import load_bundle
+
+    try:
+        return load_bundle(path)
+    except BundleError as exc:
+        raise CliError(str(exc)) from None
+
+
+def eval_cmd(args: argparse.Namespace) -> int:
+    try:
+        from models.training.evaluate import evaluate
+    except ImportError as exc:
+        raise CliError(f"eval needs the 'train' extra (pip install 'edgeflag[train]'): {exc}") from None
+    bundle = _load(_resolve(args.bundle, args.name))
+    blocks = load_blocks(args.data)
+    try:
+        report = evaluate(bundle, blocks)
+    except ModelError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"bundle": str(bundle.path), "model": bundle.label, **report.to_dict()}))
+        return 0
+    table = Table(title=f"{bundle.label} on {args.data.name} (threshold {report.threshold:.4f})")
+    for col in ("subset", "rows", "anomalous", "flagged", "precision", "recall", "F1", "ROC-AUC", "PR-AUC"):
+        table.add_column(col, justify="left" if col == "subset" else "right", no_wrap=True, min_width=len(col))
+
+    def auc(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    def row(name: str, m: Any) -> None:
+        table.add_row(name, f"{m.rows:,}", f"{m.positives:,}", f"{m.flagged:,}", f"{m.precision:.3f}",
+                      f"{m.recall:.3f}", f"{m.f1:.3f}", auc(m.roc_auc), auc(m.pr_auc))
+
+    row("all", report.overall)
+    for kind, m in report.by_type.items():
+        row(kind, m)
+    console.print(table)
+    console.print("Per type: that type's readings plus all normal readings (every false positive counts "
+                  "against every type).")
+    return 0
+
+
+def inspect_cmd(args: argparse.Namespace) -> int:
+    bundle = _load(_resolve(args.bundle, args.name))
+    m = bundle.manifest
+    if args.json:
+        print(m.to_json(), end="")
+        return 0
+    t = m.training
+    lines = [
+        f"{m.name} v{m.version}  ({bundle.path})",
+        f"  created       {m.created}",
+        f"  form          {m.form}  opsets {dict(m.opsets)}",
+        f"  model.onnx    {m.model_bytes:,} bytes  sha256 {m.sha256}",
+        f"  io            {m.input_name} float32[N,{bundle.spec.n_features}] -> {m.output_name} float32[N,1]",
+        f"  features      {', '.join(bundle.spec.names)} over {', '.join(bundle.spec.channels)}",
+        f"  feature hash  {m.feature_hash}",
+        f"  threshold     {m.threshold:.6f}  (score >= threshold is an anomaly; higher = more anomalous)",
+        f"  training      {t.get('fit_rows', '?'):,} rows fitted of {t.get('rows', '?'):,}, "
+        f"{t.get('devices', '?')} devices, {t.get('event_time_from', '?')} .. {t.get('event_time_to', '?')}",
+        f"  signature     {m.signature.get('key_id', '-') if m.signature else 'unsigned'}",
+    ]
+    console.print("\n".join(lines))
+    return 0
+
+
+def keygen_cmd(args: argparse.Namespace) -> int:
+    from models.signing import generate_keypair
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    priv, pub = args.out / "signing.key", args.out / "signing.pub"
+    if priv.exists():
+        raise CliError(f"{priv} exists; refusing to overwrite a signing key")
+    kid = generate_keypair(priv, pub)
+    console.print(f"wrote {priv} (keep secret) and {pub} (give to devices); key id {kid}")
+    return 0
+
+
+def list_cmd(args: argparse.Namespace) -> int:
+    from models.registry import Registry
+
+    reg = Registry(args.registry)
+    names = reg.names()
+    if not names:
+        raise CliError(f"{args.registry}: no models")
+    for name in names:
+        vs = reg.versions(name)
+        console.print(f"{name}: {', '.join(f'v{v}' for v in vs)} (latest {reg.path(name, vs[-1])})")
+    return 0

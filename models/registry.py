@@ -1,0 +1,99 @@
+"""A local file registry of model bundles: ``<root>/<name>/v0001/``, ``v0002/`` …
+
+Versions are assigned by the registry (max + 1) and bundles are immutable: a new
+version is written to a temporary directory and renamed into place, so a reader
+never sees a half-written bundle and two writers never get the same version.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from contracts.manifest import MANIFEST_FILE, ModelManifest
+from models.bundle import write_bundle
+from models.errors import BundleError, ModelError
+
+_VERSION_DIR = re.compile(r"^v(\d{4,})$")
+
+
+class Registry:
+    """Bundles under one root directory."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+
+    def versions(self, name: str) -> list[int]:
+        d = self.root / name
+        if not d.is_dir():
+            return []
+        out = []
+        for p in d.iterdir():
+            m = _VERSION_DIR.match(p.name)
+            if m and (p / MANIFEST_FILE).exists():
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    def path(self, name: str, version: int) -> Path:
+        return self.root / name / f"v{version:04d}"
+
+    def latest(self, name: str) -> Path:
+        vs = self.versions(name)
+        if not vs:
+            raise ModelError(f"registry {self.root} has no versions of {name!r}")
+        return self.path(name, vs[-1])
+
+    def publish(self, name: str, build: Callable[[int], tuple[bytes, ModelManifest]]) -> Path:
+        """Build and store the next version of `name`; return the bundle directory."""
+        (self.root / name).mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            version = (self.versions(name) or [0])[-1] + 1
+            model_bytes, manifest = build(version)
+            if manifest.version != version or manifest.name != name:
+                raise ModelError("build() must return a manifest with the name and version it was given")
+            tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root / name))
+            try:
+                write_bundle(tmp, model_bytes, manifest)
+                target = self.path(name, version)
+                try:
+                    os.rename(tmp, target)  # fails if another writer took this version
+                except OSError:
+                    continue
+                _fsync_dir(self.root / name)
+                return target
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(f"could not allocate a version for {name!r} in {self.root}")
+
+    def resolve(self, ref: Path | str, name: str | None = None) -> Path:
+        """A bundle directory from a path to a bundle, or a registry root (latest of `name`)."""
+        p = Path(ref)
+        if (p / MANIFEST_FILE).exists():
+            return p
+        reg = Registry(p)
+        names = reg.names()
+        if name:
+            return reg.latest(name)
+        if len(names) == 1:
+            return reg.latest(names[0])
+        if names:
+            raise ModelError(f"{p} holds several models ({', '.join(names)}); name one with --name")
+        raise BundleError(p, "not a bundle directory (expected model.onnx + manifest.json) nor a registry")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

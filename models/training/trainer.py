@@ -1,0 +1,190 @@
+"""Train an outlier model on readings and package it as a bundle.
+
+Default estimator: Pipeline(StandardScaler, IsolationForest). Features come from
+models.features, the same code the agent runs.
+
+Which rows are used (when the data carries labels):
+* the forest is fitted on the rows labelled normal;
+* the threshold is the (1 - target_fpr) quantile of the scores of *clean* normal
+  rows — normal rows with no labelled fault among the device's previous
+  2 × long_window readings. Right after a fault the windows still hold it, so those
+  rows look unusual; calibrating on them would push the threshold up to where the
+  forest's score saturates and real faults fall below it.
+Without labels every row is used for both. On data like the training data about
+`target_fpr` of clean normal readings are flagged.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from contracts.block import ReadingBlock
+from contracts.manifest import ModelManifest
+from models.bundle import sha256_bytes
+from models.errors import TrainingError
+from models.features import FeatureSpec, columns_for, compute_features
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (all have defaults that work for the simulator's fleet).
+
+    Attributes:
+        name: model family name, usually the device type.
+        n_estimators / max_samples / max_features: IsolationForest settings.
+        seed: random_state of the forest.
+        target_fpr: fraction of normal training readings allowed above the threshold.
+        exclude_labelled: drop rows labelled anomalous before fitting (when labels exist).
+        form: "fused" (default; falls back to skl2onnx for estimators it cannot fuse)
+            or "skl2onnx".
+        short_window / blocks: feature windows (see models.features).
+    """
+
+    name: str = "edgeflag"
+    n_estimators: int = 100
+    max_samples: int = 256
+    max_features: float = 1.0
+    seed: int = 0
+    target_fpr: float = 0.001
+    exclude_labelled: bool = True
+    form: str = "fused"
+    short_window: int = 10
+    blocks: int = 12
+    channels: tuple[str, ...] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_fpr < 0.5:
+            raise TrainingError("target_fpr must be in (0, 0.5)")
+        if self.form not in ("fused", "skl2onnx"):
+            raise TrainingError(f"form must be 'fused' or 'skl2onnx', got {self.form!r}")
+        if self.n_estimators < 1:
+            raise TrainingError("n_estimators must be >= 1")
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """Features of many devices stacked, with ground truth when the data had it."""
+
+    x: np.ndarray
+    labels: np.ndarray | None
+    faults: list[str] | None
+    devices: list[str]
+
+
+def feature_table(blocks: Mapping[str, ReadingBlock], spec: FeatureSpec) -> FeatureTable:
+    """Compute features per device (each device's stream on its own) and stack them."""
+    xs, labels, faults, devices = [], [], [], []
+    have_labels = all(b.labels is not None for b in blocks.values())
+    for dev, block in blocks.items():
+        cols = columns_for(spec, block.channels)
+        xs.append(compute_features(spec, block.values[:, cols]))
+        devices += [dev] * len(block)
+        if have_labels:
+            assert block.labels is not None and block.faults is not None
+            labels.append(block.labels)
+            faults += list(block.faults)
+    if not xs:
+        raise TrainingError("no readings to build features from")
+    return FeatureTable(x=np.vstack(xs), labels=np.concatenate(labels) if have_labels else None,
+                        faults=faults if have_labels else None, devices=devices)
+
+
+def clean_rows(blocks: Mapping[str, ReadingBlock], horizon: int) -> np.ndarray:
+    """Per row (in feature_table order): no labelled fault in this or the previous `horizon` readings."""
+    out = []
+    for block in blocks.values():
+        if block.labels is None:
+            out.append(np.ones(len(block), dtype=bool))
+            continue
+        hits = np.convolve(block.labels.astype(np.int64), np.ones(horizon + 1, dtype=np.int64))[: len(block)]
+        out.append(hits == 0)
+    return np.concatenate(out)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    pipeline: Any
+    spec: FeatureSpec
+    threshold: float
+    summary: dict[str, Any]
+
+
+def train(blocks: Mapping[str, ReadingBlock], config: TrainConfig,
+          progress: Callable[[str], None] | None = None) -> TrainedModel:
+    """Fit the pipeline on the readings and calibrate its threshold."""
+    import sklearn
+    from sklearn.ensemble import IsolationForest
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if not blocks:
+        raise TrainingError("no readings")
+    first = next(iter(blocks.values()))
+    channels = config.channels or first.channels
+    cols = [list(b.channels).index(c) for b in blocks.values() for c in channels][: len(channels)]
+    spec = FeatureSpec.fit(channels, (b.values[:, cols] for b in blocks.values()),
+                           short_window=config.short_window, blocks=config.blocks)
+    say = progress or (lambda _m: None)
+    say(f"computing {spec.n_features} features for {sum(len(b) for b in blocks.values())} readings")
+    table = feature_table(blocks, spec)
+    x = table.x
+    fit_rows = np.ones(len(x), dtype=bool)
+    if config.exclude_labelled and table.labels is not None:
+        fit_rows = table.labels == 0
+    if fit_rows.sum() < 2 * spec.long_window:
+        raise TrainingError(f"only {int(fit_rows.sum())} normal readings; need at least {2 * spec.long_window}")
+    calib_rows = fit_rows.copy()
+    if table.labels is not None:
+        calib_rows &= clean_rows(blocks, 2 * spec.long_window)
+    if calib_rows.sum() < 100:
+        calib_rows = fit_rows
+    x_fit = x[fit_rows].astype(np.float32)
+    say(f"fitting IsolationForest ({config.n_estimators} trees) on {len(x_fit)} rows")
+    forest = IsolationForest(n_estimators=config.n_estimators, max_samples=min(config.max_samples, len(x_fit)),
+                             max_features=config.max_features, random_state=config.seed)
+    pipe = Pipeline([("scaler", StandardScaler()), ("forest", forest)]).fit(x_fit)
+    scores = -pipe.score_samples(x[calib_rows].astype(np.float32))
+    threshold = float(np.quantile(scores, 1.0 - config.target_fpr))
+    t0 = min(float(b.ts[0]) for b in blocks.values())
+    t1 = max(float(b.ts[-1]) for b in blocks.values())
+    summary: dict[str, Any] = {
+        "rows": len(x), "fit_rows": int(fit_rows.sum()), "calibration_rows": int(calib_rows.sum()),
+        "devices": len(blocks),
+        "labelled_anomalies": None if table.labels is None else int(table.labels.sum()),
+        "event_time_from": datetime.fromtimestamp(t0, tz=timezone.utc).isoformat(),
+        "event_time_to": datetime.fromtimestamp(t1, tz=timezone.utc).isoformat(),
+        "target_fpr": config.target_fpr,
+        "estimator": {"type": "IsolationForest", "n_estimators": config.n_estimators,
+                      "max_samples": forest.max_samples, "max_features": config.max_features,
+                      "random_state": config.seed, "scaler": "StandardScaler"},
+        "feature_means": np.round(x_fit.mean(axis=0), 6).tolist(),
+        "feature_sds": np.round(x_fit.std(axis=0), 6).tolist(),
+        "score_quantiles": {q: float(np.quantile(scores, float(q))) for q in ("0.5", "0.99", "0.999")},
+        "sklearn": sklearn.__version__, "python": platform.python_version(),
+    }
+    return TrainedModel(pipeline=pipe, spec=spec, threshold=threshold, summary=summary)
+
+
+def export_model(model: TrainedModel, *, name: str, version: int, form: str = "fused") -> tuple[bytes, ModelManifest]:
+    """ONNX bytes and an (unsigned) manifest for a trained model."""
+    from models.training import fused, stock
+
+    n = model.spec.n_features
+    if form == "fused" and fused.can_fuse(model.pipeline):
+        onnx_bytes, written, opsets = fused.export_fused(model.pipeline, n), fused.FORM, fused.OPSETS
+    else:
+        onnx_bytes, written, opsets = stock.export_stock(model.pipeline, n), stock.FORM, stock.OPSETS
+    manifest = ModelManifest(
+        name=name, version=version, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        form=written, sha256=sha256_bytes(onnx_bytes), model_bytes=len(onnx_bytes), opsets=dict(opsets),
+        input_name="features", output_name="score", feature_spec=model.spec.to_dict(),
+        feature_hash=model.spec.hash, threshold=model.threshold, training=model.summary,
+    )
+    return onnx_bytes, manifest

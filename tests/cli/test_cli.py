@@ -1,0 +1,86 @@
+"""The `edgeflag` command, run as a user runs it (a subprocess of the installed script)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def edgeflag(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgeflag", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "COLUMNS": "160"}, timeout=300)
+
+
+def test_the_issue_walkthrough_works_and_a_flipped_byte_fails_verify(tmp_path: Path) -> None:
+    r = edgeflag("simulate", "--devices", "5", "--duration", "600", "--seed", "7", "--out", "data.jsonl", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "3,000 readings" in r.stdout
+    r = edgeflag("model", "train", "--data", "data.jsonl", "--out", "registry/", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    bundle = tmp_path / "registry" / "edgeflag" / "v0001"
+    assert (bundle / "model.onnx").exists()
+    r = edgeflag("model", "verify", str(bundle))
+    assert r.returncode == 0 and r.stdout.startswith("OK"), r.stdout + r.stderr
+    r = edgeflag("model", "eval", str(bundle), "--data", str(tmp_path / "data.jsonl"), "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["overall"]["rows"] == 3000 and 0 <= report["overall"]["f1"] <= 1
+    assert {"precision", "recall", "f1", "roc_auc", "pr_auc"} <= set(report["overall"])
+    r = edgeflag("model", "eval", str(bundle), "--data", str(tmp_path / "data.jsonl"))
+    assert "PR-AUC" in r.stdout and "│ all" in r.stdout
+    r = edgeflag("model", "inspect", str(tmp_path / "registry"))
+    assert "fused-tree-ensemble" in r.stdout
+    raw = bytearray((bundle / "model.onnx").read_bytes())
+    raw[100] ^= 0x01
+    (bundle / "model.onnx").write_bytes(bytes(raw))
+    r = edgeflag("model", "verify", str(bundle))
+    assert r.returncode == 1
+    assert "REJECTED" in r.stdout and "sha256" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["simulate", "--devices", "0", "--out", "x.jsonl"],
+        ["simulate", "--faults", "meteor", "--out", "x.jsonl"],
+        ["simulate", "--out", "x.txt"],
+        ["simulate"],
+        ["model", "verify", "/nonexistent/bundle"],
+        ["model", "train", "--data", "/nonexistent.jsonl", "--out", "r"],
+        ["model", "eval", "/nonexistent", "--data", "x.jsonl"],
+        ["nosuchcommand"],
+    ],
+)
+def test_bad_arguments_and_files_give_one_line_and_exit_2(args: list[str], tmp_path: Path) -> None:
+    r = edgeflag(*args, cwd=tmp_path)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(("edgeflag: error:", "usage:")) or "error" in r.stderr
+
+
+def test_a_malformed_data_file_names_the_line(tmp_path: Path) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"v":1,"device_id":"d","ts":"2026-01-01T00:00:00Z","seq":0,"values":{"a":1}}\n{oops\n')
+    r = edgeflag("model", "train", "--data", str(data), "--out", str(tmp_path / "r"))
+    assert r.returncode == 2
+    assert "bad.jsonl:2" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("cmd", [[], ["simulate"], ["model"], ["model", "train"], ["model", "verify"],
+                                 ["model", "eval"], ["model", "inspect"], ["demo"]])
+def test_every_command_explains_itself(cmd: list[str]) -> None:
+    r = edgeflag(*cmd, "--help")
+    assert r.returncode == 0 and "usage: edgeflag" in r.stdout
+    assert len(r.stdout.splitlines()) > 3
+
+
+def test_csv_output_can_be_trained_on(tmp_path: Path) -> None:
+    assert edgeflag("simulate", "--devices", "2", "--duration", "400", "--out", "d.csv", cwd=tmp_path).returncode == 0
+    r = edgeflag("model", "train", "--data", "d.csv", "--out", "reg", "--name", "pump", "--trees", "20", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "reg" / "pump" / "v0001" / "manifest.json").exists()
