@@ -13,7 +13,7 @@ import numpy as np
 
 from contracts.block import ReadingBlock
 from models.bundle import Bundle
-from models.features import StreamingFeatures, columns_for
+from models.features import StreamingFeatures, columns_for, update_many
 from models.scorer import OnnxScorer
 
 
@@ -35,14 +35,38 @@ class ScoringStage:
         self._features: dict[str, StreamingFeatures] = {}
         self._columns: dict[tuple[str, ...], list[int]] = {}
 
-    def features(self, block: ReadingBlock) -> np.ndarray:
+    def _cols(self, block: ReadingBlock) -> list[int]:
         cols = self._columns.get(block.channels)
         if cols is None:
             cols = self._columns[block.channels] = columns_for(self.bundle.spec, block.channels)
-        state = self._features.get(block.device_id)
+        return cols
+
+    def _state(self, device_id: str) -> StreamingFeatures:
+        state = self._features.get(device_id)
         if state is None:
-            state = self._features[block.device_id] = StreamingFeatures(self.bundle.spec)
-        return state.update(block.values[:, cols])
+            state = self._features[device_id] = StreamingFeatures(self.bundle.spec)
+        return state
+
+    def features(self, block: ReadingBlock) -> np.ndarray:
+        return self._state(block.device_id).update(block.values[:, self._cols(block)])
+
+    def features_many(self, blocks: list[ReadingBlock]) -> list[np.ndarray]:
+        """Features for many blocks in as few vectorised calls as possible (a device at most once per call)."""
+        out: list[np.ndarray | None] = [None] * len(blocks)
+        todo = list(range(len(blocks)))
+        while todo:
+            seen: set[str] = set()
+            now: list[int] = []
+            later: list[int] = []
+            for i in todo:
+                (later if blocks[i].device_id in seen else now).append(i)
+                seen.add(blocks[i].device_id)
+            res = update_many([self._state(blocks[i].device_id) for i in now],
+                              [blocks[i].values[:, self._cols(blocks[i])] for i in now])
+            for i, r in zip(now, res, strict=True):
+                out[i] = r
+            todo = later
+        return [o for o in out if o is not None]
 
     def score(self, block: ReadingBlock) -> Scored:
         scores = self.scorer.score(self.features(block))
@@ -52,7 +76,7 @@ class ScoringStage:
         """Score several devices' blocks with ONE onnxruntime call (the micro-batch)."""
         if not blocks:
             return []
-        feats = [self.features(b) for b in blocks]
+        feats = self.features_many(blocks)
         scores = self.scorer.score(np.vstack(feats))
         out, i = [], 0
         for f in feats:

@@ -135,30 +135,40 @@ def _median_last(x: np.ndarray) -> np.ndarray:
 
 
 def _window_features(spec: FeatureSpec, padded: np.ndarray) -> np.ndarray:
-    """Features of rows padded[L:], given padded = [previous L rows; new rows] (float64).
+    """Features of rows padded[L:], given padded = [previous L rows; new rows] (float64)."""
+    return _features_many(spec, [padded])[0]
 
+
+def _features_many(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Features for several streams at once; each item is [previous L rows; new rows] of one device.
+
+    The streams are laid end to end and every statistic is taken only from windows inside
+    one stream, so the result for a stream is bit-for-bit what it would be alone (one fixed
+    run of readings, reduced by the same numpy call) — whatever else is in the call.
     Rows before a device's first reading are NaN (warm-up, see module docstring).
-    Every statistic is computed from one fixed run of readings by the same numpy
-    reduction, so results do not depend on how the stream was cut into calls.
     """
     L, S, B = spec.long_window, spec.short_window, spec.blocks
-    n = padded.shape[0] - L
-    if n <= 0:
-        return np.zeros((0, len(FEATURE_NAMES)))
+    counts = [len(p) - L for p in padded]
+    total_new = sum(counts)
+    if total_new <= 0:
+        return [np.zeros((max(c, 0), len(FEATURE_NAMES))) for c in counts]
     floor = np.asarray(spec.floors)[:, None]
-    p = np.ascontiguousarray(padded.T)  # (C, L + n): channel-major, reductions run along contiguous rows
-    runs = sliding_window_view(p[:, : L + n - 1], S, axis=1)  # every run of S readings
+    p = np.ascontiguousarray(np.concatenate(padded, axis=0).T)  # (C, total): channel-major
+    offsets = np.cumsum([0] + [len(x) for x in padded[:-1]])
+    pos = np.concatenate([off + L + np.arange(c) for off, c in zip(offsets, counts, strict=True)])  # new rows
+    runs = sliding_window_view(p, S, axis=1)  # run k = readings k .. k+S-1
     run_mean = runs.mean(axis=-1)
     dev = runs - run_mean[..., None]
     run_sd = np.sqrt((dev * dev).mean(axis=-1))
-    span = (B - 1) * S + 1  # block b of row i is the run starting at i + b*S
-    b_mean = sliding_window_view(run_mean, span, axis=1)[:, :n, ::S]  # (C, n, B)
-    b_sd = sliding_window_view(run_sd, span, axis=1)[:, :n, ::S]
-    diffs = np.abs(np.diff(p[:, L - S :], axis=1))
-    dscale = _median_last(sliding_window_view(diffs, S, axis=1)[:, :n]) * (1.4826 / np.sqrt(2.0)) + floor
-    s_median = _median_last(sliding_window_view(p[:, L - S : L + n - 1], S, axis=1))  # (C, n)
-    cur = p[:, L:]
-    out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float64)
+    starts = pos[:, None] - L + np.arange(B)[None, :] * S  # block b of the reading at pos
+    b_mean = run_mean[:, starts]  # (C, n, B)
+    b_sd = run_sd[:, starts]
+    diffs = np.abs(np.diff(p, axis=1))  # diffs[k] = |p[k+1] - p[k]|
+    recent = sliding_window_view(diffs, S, axis=1)[:, pos - S]  # |diffs| over readings pos-S .. pos
+    dscale = _median_last(recent) * (1.4826 / np.sqrt(2.0)) + floor
+    s_median = _median_last(runs[:, pos - S])  # the S readings before pos
+    cur = p[:, pos]
+    out = np.zeros((total_new, len(FEATURE_NAMES)), dtype=np.float64)
     warming = np.isnan(b_mean[0, :, 0])
     if not warming.any():
         _summary(out, cur, b_mean, b_sd, dscale, s_median, floor)
@@ -174,7 +184,7 @@ def _window_features(spec: FeatureSpec, padded: np.ndarray) -> np.ndarray:
                 _summary(out[i : i + 1], cur[:, i : i + 1], b_mean[:, i : i + 1][:, :, full],
                          b_sd[:, i : i + 1][:, :, full], dscale[:, i : i + 1], s_median[:, i : i + 1], floor)
     np.clip(out, -spec.clip, spec.clip, out=out)
-    return out
+    return np.split(out, np.cumsum(counts)[:-1])
 
 
 def _summary(out: np.ndarray, cur: np.ndarray, b_mean: np.ndarray, b_sd: np.ndarray,
@@ -215,6 +225,23 @@ def columns_for(spec: FeatureSpec, channels: Sequence[str]) -> list[int]:
     if missing:
         raise FeatureError(f"readings lack channel(s) the model needs: {', '.join(missing)}")
     return [list(channels).index(c) for c in spec.channels]
+
+
+def update_many(states: Sequence[StreamingFeatures], values: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """`update` for several devices in one vectorised call (same results as one call each)."""
+    if not states:
+        return []
+    spec = states[0].spec
+    padded = []
+    for st, v in zip(states, values, strict=True):
+        v = _check(spec, v)
+        tail = st._tail if st._tail is not None else np.full((spec.long_window, v.shape[1]), np.nan)
+        padded.append(np.concatenate([tail, v]))
+    out = _features_many(spec, padded)
+    for st, pad in zip(states, padded, strict=True):
+        if len(pad) > spec.long_window:
+            st._tail = pad[-spec.long_window:].copy()
+    return out
 
 
 class StreamingFeatures:

@@ -5,6 +5,7 @@ Shipped beside the tests (not mocked): every MQTT test talks to this.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -29,21 +30,29 @@ class Broker:
     """One Mosquitto process on 127.0.0.1:port; start/stop/restart keep the same port."""
 
     def __init__(self, workdir: Path, port: int | None = None, host: str = "127.0.0.1",
-                 extra_conf: str = "") -> None:
+                 extra_conf: str = "", persistence: bool = False) -> None:
         self.workdir = workdir
         self.host = host
         self.port = port or free_port(host)
         self.conf = workdir / f"mosquitto-{self.port}.conf"
         self.log = workdir / f"mosquitto-{self.port}.log"
         self.extra_conf = extra_conf
+        self.persistence = persistence
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_conf(self) -> None:
+        if self.persistence:  # sessions and queued QoS 1 messages survive a restart
+            persist = (f"persistence true\npersistence_location {self.workdir}/\n"
+                       f"persistence_file mosquitto-{self.port}.db\nautosave_interval 1\n")
+        else:
+            persist = "persistence false\n"
+        # as root, mosquitto drops to user "mosquitto", which cannot write into a private temp dir
+        user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
-            f"listener {self.port} {self.host}\n"
+            user + f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
-            "persistence false\n"
-            "max_inflight_messages 0\n"
+            + persist
+            + "max_inflight_messages 0\n"
             "max_queued_messages 1000000\n"
             "max_queued_bytes 0\n"
             "log_type error\nlog_type warning\n"

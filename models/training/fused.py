@@ -9,10 +9,9 @@ exp(mean_depth · (-ln 2 / c(max_samples))). That is IsolationForest's anomaly s
 
 Exactness:
 * Each tree's local feature index is mapped through ``estimators_features_``.
-* A StandardScaler (or any per-column affine scaler with positive scale) in front is
-  folded into the thresholds: for each split the exporter finds the largest float32
-  raw value x* whose scaled value, computed exactly as scikit-learn computes it
-  (float32 in, float32 out), goes left; the node tests ``x <= x*``. Splits therefore
+* A StandardScaler in front is folded into the thresholds: for each split the exporter
+  finds the largest float32 raw value x* whose scaled value — computed by the fitted
+  scaler's own `transform` on float32 input — goes left; the node tests ``x <= x*``. Splits therefore
   agree with scikit-learn bit for bit, and only the float32 sum/exp differ (~1e-7).
 * NaN follows scikit-learn: each node's ``missing_go_to_left`` becomes
   ``nodes_missing_value_tracks_true``. ±inf compare as ordinary floats in both.
@@ -35,27 +34,25 @@ FORM = "fused-tree-ensemble"
 def _average_path_length(n: np.ndarray) -> np.ndarray:
     from sklearn.ensemble._iforest import _average_path_length as apl
 
-    return np.asarray(apl(n), dtype=np.float64)
+    out: np.ndarray = np.asarray(apl(n), dtype=np.float64)
+    return out
 
 
-def _split_scaler(pipeline: Any) -> tuple[np.ndarray | None, np.ndarray | None, Any]:
-    """Return (mean, scale, forest) from a Pipeline(scaler?, IsolationForest) or a bare forest."""
+def _split_scaler(pipeline: Any) -> tuple[Any, Any]:
+    """Return (scaler or None, forest) from a Pipeline(StandardScaler?, IsolationForest) or a bare forest."""
     from sklearn.ensemble import IsolationForest
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
     if isinstance(pipeline, IsolationForest):
-        return None, None, pipeline
+        return None, pipeline
     if not isinstance(pipeline, Pipeline):
         raise TrainingError(f"cannot fuse {type(pipeline).__name__}")
     steps = [s for _, s in pipeline.steps if s not in (None, "passthrough")]
     if len(steps) == 1 and isinstance(steps[0], IsolationForest):
-        return None, None, steps[0]
+        return None, steps[0]
     if len(steps) == 2 and isinstance(steps[0], StandardScaler) and isinstance(steps[1], IsolationForest):
-        sc = steps[0]
-        mean = sc.mean_ if sc.with_mean else np.zeros(sc.n_features_in_)
-        scale = sc.scale_ if sc.with_std else np.ones(sc.n_features_in_)
-        return np.asarray(mean, np.float64), np.asarray(scale, np.float64), steps[1]
+        return steps[0], steps[1]
     raise TrainingError("fused export supports Pipeline(StandardScaler, IsolationForest) or IsolationForest")
 
 
@@ -67,26 +64,21 @@ def can_fuse(pipeline: Any) -> bool:
     return True
 
 
-def _scaled32(x: np.ndarray, mean: float, scale: float) -> np.ndarray:
-    """The scaled value of float32 x exactly as StandardScaler.transform computes it on float32 input."""
-    z = x.astype(np.float32).copy()
-    z -= np.float64(mean)
-    z /= np.float64(scale)
-    return z
-
-
-def _raw_thresholds(t: np.ndarray, feats: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Largest float32 x with scaled(x) <= t, per split (see module docstring)."""
-    m, s = mean[feats], scale[feats]
-    x = (t * s + m).astype(np.float32)
+def _raw_thresholds(t: np.ndarray, feats: np.ndarray, scaler: Any, n_features: int) -> np.ndarray:
+    """Largest float32 x with scaled(x) <= t, per split, where scaled() is the fitted scaler's own
+    `transform` on float32 input (so the search follows whatever arithmetic that version uses)."""
+    mean = np.asarray(scaler.mean_ if scaler.with_mean else np.zeros(n_features), dtype=np.float64)
+    scale = np.asarray(scaler.scale_ if scaler.with_std else np.ones(n_features), dtype=np.float64)
+    rows = np.arange(len(t))
 
     def goes_left(v: np.ndarray) -> np.ndarray:
-        z = np.empty_like(v)
-        for f in np.unique(feats):  # per-column to reuse the scaler's exact arithmetic
-            sel = feats == f
-            z[sel] = _scaled32(v[sel], mean[f], scale[f])
-        return z.astype(np.float64) <= t
+        probe = np.zeros((len(v), n_features), dtype=np.float32)
+        probe[rows, feats] = v
+        z = np.asarray(scaler.transform(probe), dtype=np.float32)[rows, feats]
+        left: np.ndarray = z.astype(np.float64) <= t  # the forest compares float32 input with float64 thresholds
+        return left
 
+    x = (t * scale[feats] + mean[feats]).astype(np.float32)
     for _ in range(64):
         bad = ~goes_left(x)
         if not bad.any():
@@ -116,10 +108,10 @@ def export_fused(pipeline: Any, n_features: int, *, input_name: str = "features"
     import onnx
     from onnx import TensorProto, helper
 
-    mean, scale, forest = _split_scaler(pipeline)
+    scaler, forest = _split_scaler(pipeline)
     if getattr(forest, "n_features_in_", n_features) != n_features:
         raise TrainingError(f"forest was fitted on {forest.n_features_in_} features, not {n_features}")
-    if scale is not None and not (scale > 0).all():
+    if scaler is not None and scaler.with_std and not (np.asarray(scaler.scale_) > 0).all():
         raise TrainingError("scaler has a non-positive scale; cannot fold it into thresholds")
     a: dict[str, Any] = {k: [] for k in (
         "nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_values", "nodes_modes",
@@ -134,8 +126,8 @@ def export_fused(pipeline: Any, n_features: int, *, input_name: str = "features"
         thr = tree.threshold.astype(np.float64)
         split = ~is_leaf
         vals = np.zeros(n, dtype=np.float32)
-        if mean is not None and scale is not None:
-            vals[split] = _raw_thresholds(thr[split], gfeat[split], mean, scale)
+        if scaler is not None:
+            vals[split] = _raw_thresholds(thr[split], gfeat[split], scaler, n_features)
         else:
             vals[split] = _float32_leq(thr[split])
         leaf_value = (forest._decision_path_lengths[ti] + forest._average_path_length_per_tree[ti] - 1.0)

@@ -9,7 +9,7 @@ LINEAGE = ModelLineage(name="pump", version=3, sha256="a" * 64, feature_hash="b"
 
 
 def message(n: int = 3, **kw: object) -> TelemetryMessage:
-    readings = [ScoredReading(seq=10 + i, ts="2026-01-01T00:00:00.000Z", values=[1.0, 2.0], score=0.5,
+    readings = [ScoredReading(seq=10 + i, ts=1767225600000, values=[1.0, 2.0], score=0.5,
                               anomaly=i == 1) for i in range(n)]
     args: dict[str, object] = {"device_id": "dev-0001", "boot_id": "boot-1", "model": LINEAGE,
                                "channels": ["a", "b"], "readings": readings}
@@ -34,7 +34,7 @@ def test_the_dedup_key_fields_and_lineage_are_on_the_wire() -> None:
 
 
 def test_seq_must_increase_within_a_message() -> None:
-    rs = [ScoredReading(seq=5, ts="t", values=[1.0, 2.0], score=0.1, anomaly=False)] * 2
+    rs = [ScoredReading(seq=5, ts=0, values=[1.0, 2.0], score=0.1, anomaly=False)] * 2
     with pytest.raises(ContractError, match="increase"):
         message(readings=rs)
 

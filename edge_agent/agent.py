@@ -1,0 +1,366 @@
+"""The agent: source -> intake -> features + ONNX scoring -> outbox -> uplink.
+
+Three threads: the source, the ingest loop (micro-batches: it takes whatever batches have
+arrived, up to `scoring.batch_size` readings, so latency stays low at low rates and
+throughput high at high rates) and the sender (anomaly segments first, then the normal
+backlog in order, through a token bucket, with at most `uplink.max_inflight` unconfirmed
+messages). The outbox is the only hand-off between ingest and sender.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from contracts.block import ReadingBlock
+from edge_agent import sinks as _sinks  # noqa: F401  (register sinks)
+from edge_agent import sources as _sources  # noqa: F401  (register sources)
+from edge_agent.config import AgentConfig
+from edge_agent.errors import AgentError, ConfigError, OutboxError, UplinkError
+from edge_agent.flow import Backoff, TokenBucket
+from edge_agent.intake import Intake, Quarantine, Rejected, StreamState
+from edge_agent.logs import event, setup_logging
+from edge_agent.metrics import AgentMetrics
+from edge_agent.outbox import Outbox, SqliteOutbox
+from edge_agent.packing import Message, Scored, build_message, coalesce, context_header, segments_for_many
+from edge_agent.scoring import ScoringStage
+from edge_agent.sinks.base import Sink, make_sink
+from edge_agent.sources.base import Batch, Source, make_source
+from models.bundle import Bundle, load_bundle
+from models.errors import BundleError, ModelError
+
+VERSION = "0.1.0"
+
+
+def load_model(config: AgentConfig) -> Bundle:
+    """The configured bundle, verified; ConfigError naming model.bundle when it is missing or bad."""
+    from models.registry import Registry
+
+    try:
+        path = Registry(config.model.bundle).resolve(config.model.bundle, config.model.name or None)
+        trusted = Path(config.model.trusted_key) if config.model.trusted_key else None
+        return load_bundle(path, trusted_key=trusted)
+    except (BundleError, ModelError) as exc:
+        raise ConfigError("model.bundle", str(exc)) from None
+
+
+@dataclass
+class _Inflight:
+    message: Message
+    kind: int
+
+
+class Agent:
+    """One agent process. `start()`, then `stop()` (or `run()` until SIGTERM/SIGINT)."""
+
+    def __init__(self, config: AgentConfig, *, sink: Sink | None = None, source: Source | None = None,
+                 outbox: Outbox | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.log = setup_logging(config.log.level)
+        self.clock = clock
+        self.bundle = load_model(config)
+        self.stage = ScoringStage(self.bundle, threads=config.scoring.threads)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = outbox or SqliteOutbox(config.state_dir / "outbox.db", config.outbox.max_bytes,
+                                             synchronous=config.outbox.synchronous)
+        self.intake = Intake(required=self.bundle.spec.channels, min_value=config.scoring.min_value,
+                             max_value=config.scoring.max_value,
+                             streams={d: StreamState(b, s) for d, (b, s) in self.outbox.streams().items()})
+        self.quarantine = Quarantine(config.state_dir / "quarantine.jsonl")
+        self.metrics = AgentMetrics()
+        self.metrics.model.info({"name": self.bundle.manifest.name, "version": str(self.bundle.manifest.version),
+                                 "sha256": self.bundle.manifest.sha256})
+        self.sink = sink or make_sink(config.uplink)
+        self.source = source or make_source(config.source, self.outbox.checkpoint(), config.scoring.batch_size)
+        self._queue: queue.Queue[Batch] = queue.Queue(maxsize=16)
+        self._stop_source = threading.Event()
+        self._stop_ingest = threading.Event()
+        self._stop_sender = threading.Event()
+        self._wake = threading.Event()
+        self._source_done = threading.Event()
+        self._contexts: dict[tuple[str, ...], int] = {}
+        self._threads: list[threading.Thread] = []
+        self.last_error = ""
+        self.fatal: BaseException | None = None
+        self._refresh_gauges()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
+        for name, target in (("source", self._run_source), ("ingest", self._run_ingest),
+                             ("sender", self._run_sender), ("status", self._run_status)):
+            t = threading.Thread(target=target, name=f"edgeflag-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        event(self.log, logging.INFO, "agent started", version=VERSION, model=self.bundle.label,
+              source=self.config.source.type, uplink=self.config.uplink.type, config=self.config.redacted())
+
+    def stop(self, flush_timeout: float = 10.0) -> None:
+        """Stop reading, store what was read, try to deliver the outbox for `flush_timeout` s, exit."""
+        self._stop_source.set()
+        self._stop_ingest.set()
+        self._join("edgeflag-source", 5)
+        self._join("edgeflag-ingest", 30)
+        deadline = time.monotonic() + flush_timeout
+        while time.monotonic() < deadline and self.outbox.stats().segments and self.sink.connected:
+            time.sleep(0.02)
+        self._stop_sender.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(10)
+        self.sink.close()
+        self._refresh_gauges()
+        event(self.log, logging.INFO, "agent stopped", **self.status())
+        self.outbox.close()
+        self.metrics.close()
+
+    def _join(self, name: str, timeout: float) -> None:
+        for t in self._threads:
+            if t.name == name:
+                t.join(timeout)
+
+    def run(self, *, exit_when_drained: bool = False) -> int:
+        """Run until SIGTERM/SIGINT (or, with exit_when_drained, until the source ends and all is sent)."""
+        done = threading.Event()
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            event(self.log, logging.INFO, "signal received, flushing", signal=signal.Signals(signum).name)
+            done.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        while not done.wait(0.1):
+            if self.fatal is not None:
+                break
+            if exit_when_drained and self.drained():
+                break
+        self.stop()
+        return 1 if self.fatal is not None else 0
+
+    def drained(self) -> bool:
+        return self._source_done.is_set() and self._queue.empty() and self.outbox.stats().segments == 0
+
+    # ---- source ----------------------------------------------------------------------------
+    def _emit(self, batch: Batch) -> bool:
+        while not self._stop_source.is_set():
+            try:
+                self._queue.put(batch, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run_source(self) -> None:
+        try:
+            self.source.run(self._emit, self._stop_source)
+        except (AgentError, OSError) as exc:
+            self.last_error = f"source: {exc}"
+            event(self.log, logging.ERROR, "source failed", error=str(exc))
+            self.fatal = exc
+        finally:
+            self.source.close()
+            self._source_done.set()
+
+    # ---- ingest ----------------------------------------------------------------------------
+    def _run_ingest(self) -> None:
+        limit = self.config.scoring.batch_size
+        while True:
+            try:
+                first = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                if self._stop_ingest.is_set() or (self._source_done.is_set() and self._stop_source.is_set()):
+                    return
+                continue
+            batches, n = [first], len(first)
+            while n < limit:
+                try:
+                    b = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                batches.append(b)
+                n += len(b)
+            self._ingest_with_retry(batches)
+
+    def _ingest_with_retry(self, batches: list[Batch]) -> None:
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            snapshot = {d: StreamState(s.boot_id, s.last_seq) for d, s in self.intake.streams.items()}
+            try:
+                self.ingest(batches)
+                return
+            except OutboxError as exc:  # disk full, I/O error: keep the batch, keep trying, never ack
+                self.intake.streams = snapshot
+                self.last_error = str(exc)
+                event(self.log, logging.ERROR, "outbox write failed; retrying", error=str(exc))
+                if self._stop_sender.wait(backoff.next_delay()):
+                    return
+
+    def ingest(self, batches: list[Batch]) -> None:
+        """Validate, score and store one micro-batch; acknowledge its sources once durable."""
+        t0 = time.perf_counter()
+        accepted: list[tuple[ReadingBlock, str]] = []
+        rejected: list[Rejected] = []
+        checkpoint: dict[str, str] = {}
+        total = 0
+        for b in batches:
+            total += len(b)
+            if b.blocks:
+                acc, rej = self.intake.check_blocks(b.blocks)
+                accepted += acc
+                rejected += rej
+            if b.raw:
+                acc, rej = self.intake.parse(b.raw)
+                accepted += acc
+                rejected += rej
+            checkpoint.update(b.checkpoint)
+        segments = []
+        flagged = scored = 0
+        if accepted:
+            ts = time.perf_counter()
+            results = self.stage.score_many([blk for blk, _ in accepted])
+            self.metrics.batch_seconds.observe(time.perf_counter() - ts)
+            items = [Scored(blk, res.scores, res.flags, boot, self._context(blk.channels))
+                     for (blk, boot), res in zip(accepted, results, strict=True)]
+            segments = segments_for_many(items, max_message_bytes=self.config.uplink.max_message_bytes,
+                                         stored_at=self.clock())
+            flagged = sum(int(r.flags.sum()) for r in results)
+            scored = sum(len(blk) for blk, _ in accepted)
+        touched = {blk.device_id for blk, _ in accepted}
+        streams = {d: (self.intake.streams[d].boot_id, self.intake.streams[d].last_seq) for d in touched}
+        evicted = self.outbox.append(segments, streams=streams, checkpoint=checkpoint)
+        for b in batches:
+            if b.ack is not None:
+                b.ack()
+        self.quarantine.add(rejected)
+        m = self.metrics
+        m.readings_in.inc(total)
+        m.scored.inc(scored)
+        m.flagged.inc(flagged)
+        for r in rejected:
+            m.quarantined.labels(reason=r.reason).inc()
+        for reason, n in evicted.items():
+            m.dropped.labels(reason=reason).inc(n)
+            event(self.log, logging.WARNING, "outbox full: evicted readings", reason=reason, readings=n)
+        m.observe_batch(time.perf_counter() - t0)
+        self._wake.set()
+
+    def _context(self, channels: tuple[str, ...]) -> int:
+        cid = self._contexts.get(channels)
+        if cid is None:
+            cid = self._contexts[channels] = self.outbox.context_id(context_header(self.bundle.lineage, channels))
+        return cid
+
+    # ---- sender ----------------------------------------------------------------------------
+    def _run_sender(self) -> None:
+        cfg = self.config.uplink
+        bucket = TokenBucket(cfg.rate_messages_per_s)
+        backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
+        cursor = {0: 0, 1: 0}
+        inflight: dict[int, _Inflight] = {}
+        token = 0
+        headers: dict[int, str] = {}
+        was_connected = False
+        while not self._stop_sender.is_set():
+            try:
+                if not self.sink.connected:
+                    if was_connected:
+                        event(self.log, logging.WARNING, "uplink disconnected; resending unconfirmed",
+                              unconfirmed=len(inflight))
+                        was_connected = False
+                    self.metrics.connected.set(0)
+                    inflight.clear()
+                    cursor = {0: 0, 1: 0}
+                    if self.config.uplink.type == "none":
+                        self._stop_sender.wait(0.5)
+                        continue
+                    try:
+                        self.sink.connect(timeout=5.0)
+                    except UplinkError as exc:
+                        self.metrics.send_errors.inc()
+                        self.last_error = str(exc)
+                        delay = backoff.next_delay()
+                        event(self.log, logging.WARNING, "uplink connect failed", error=str(exc),
+                              retry_in_s=round(delay, 2))
+                        self._stop_sender.wait(delay)
+                        continue
+                    backoff.reset()
+                    was_connected = True
+                    self.metrics.connected.set(1)
+                    event(self.log, logging.INFO, "uplink connected", uplink=cfg.type, host=cfg.host, port=cfg.port)
+                self._confirm(inflight)
+                room = cfg.max_inflight - len(inflight)
+                sent_any = False
+                if room > 0:
+                    for kind in (1, 0):
+                        rows = self.outbox.pending(kind, cursor[kind], room * 4)
+                        if not rows:
+                            continue
+                        for group in coalesce(rows, cfg.max_message_bytes)[:room]:
+                            if not bucket.acquire(self._stop_sender):
+                                break
+                            cid = group[0].segment.context_id
+                            header = headers.get(cid) or headers.setdefault(cid, self.outbox.context(cid))
+                            msg = build_message(group, header, compress=cfg.compress)
+                            token += 1
+                            if not self.sink.send(msg, token):
+                                break
+                            inflight[token] = _Inflight(msg, kind)
+                            cursor[kind] = group[-1].id
+                            sent_any = True
+                        break  # anomalies first: look at normal segments only when no anomaly is pending
+                if not sent_any:
+                    self._wake.wait(0.002 if inflight else 0.05)
+                    self._wake.clear()
+            except OutboxError as exc:
+                self.last_error = str(exc)
+                event(self.log, logging.ERROR, "outbox read failed", error=str(exc))
+                self._stop_sender.wait(1.0)
+
+    def _confirm(self, inflight: dict[int, _Inflight]) -> None:
+        done = self.sink.confirmed()
+        if not done:
+            return
+        ids: list[int] = []
+        readings = 0
+        for tok in done:
+            f = inflight.pop(tok, None)
+            if f is not None:
+                ids += f.message.ids
+                readings += f.message.readings
+        self.outbox.ack(ids)
+        self.metrics.sent.inc(readings)
+        self.metrics.messages_sent.inc(len(done))
+
+    # ---- status ----------------------------------------------------------------------------
+    def _refresh_gauges(self) -> None:
+        st = self.outbox.stats()
+        m = self.metrics
+        m.outbox_segments.set(st.segments)
+        m.outbox_readings.set(st.readings)
+        m.outbox_bytes.set(st.bytes)
+        m.oldest_age.set(max(0.0, self.clock() - st.oldest_ts) if st.oldest_ts is not None else 0.0)
+
+    def _run_status(self) -> None:
+        interval = self.config.agent.status_interval_s
+        last = time.monotonic()
+        while not self._stop_sender.wait(0.5):
+            self._refresh_gauges()
+            if time.monotonic() - last >= interval:
+                last = time.monotonic()
+                event(self.log, logging.INFO, "status", **self.status())
+
+    def status(self) -> dict[str, Any]:
+        """What `get_status` reports: agent version, model, counters, outbox, last error."""
+        m = self.bundle.manifest
+        snap = self.metrics.snapshot()
+        snap["dropped_total"] = self.outbox.drops()
+        return {"agent_version": VERSION, "model": {"name": m.name, "version": m.version, "sha256": m.sha256},
+                "last_error": self.last_error, **snap}

@@ -1,0 +1,58 @@
+"""Flow control: a token bucket for the send rate, capped exponential backoff with jitter."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+
+
+class TokenBucket:
+    """`rate` tokens per second, bursts up to `capacity`. rate 0 = unlimited.
+
+    `acquire` blocks until a token is available or `stop` is set (then returns False).
+    """
+
+    def __init__(self, rate: float, capacity: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.capacity = capacity if capacity is not None else max(1.0, rate)
+        self._tokens = self.capacity
+        self._clock = clock
+        self._last = clock()
+
+    def acquire(self, stop: threading.Event | None = None, n: float = 1.0) -> bool:
+        if self.rate <= 0:
+            return True
+        while True:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            if self._tokens >= n:
+                self._tokens -= n
+                return True
+            wait = (n - self._tokens) / self.rate
+            if stop is not None:
+                if stop.wait(wait):
+                    return False
+            else:
+                time.sleep(wait)
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: delay k is uniform in [0, min(cap, base·2^k)]."""
+
+    def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.base * (2 ** self.attempt))
+        self.attempt += 1
+        return self._rng.uniform(0, ceiling) if ceiling > self.base else ceiling
+
+    def reset(self) -> None:
+        self.attempt = 0

@@ -1,0 +1,83 @@
+"""Agent telemetry: the same names in Prometheus metrics, status reports and logs.
+
+Counters count readings unless named `messages`. Every reading that enters is, eventually,
+exactly one of: sent (acked by the uplink), quarantined (by reason), dropped (evicted, by
+reason), or still in the outbox.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.readings_in = Counter("edgeflag_readings_in", "Readings received from the source", registry=r)
+        self.scored = Counter("edgeflag_readings_scored", "Readings scored", registry=r)
+        self.flagged = Counter("edgeflag_readings_flagged", "Readings flagged anomalous", registry=r)
+        self.sent = Counter("edgeflag_readings_sent", "Readings confirmed by the uplink", registry=r)
+        self.quarantined = Counter("edgeflag_readings_quarantined", "Readings rejected at intake", ["reason"],
+                                   registry=r)
+        self.dropped = Counter("edgeflag_readings_dropped", "Readings evicted before delivery", ["reason"],
+                               registry=r)
+        self.messages_sent = Counter("edgeflag_messages_sent", "Messages confirmed by the uplink", registry=r)
+        self.send_errors = Counter("edgeflag_uplink_errors", "Uplink connect/send failures", registry=r)
+        self.batch_seconds = Histogram("edgeflag_scoring_batch_seconds", "Features + ONNX scoring per micro-batch",
+                                       buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+                                       registry=r)
+        self.outbox_segments = Gauge("edgeflag_outbox_segments", "Segments waiting in the outbox", registry=r)
+        self.outbox_readings = Gauge("edgeflag_outbox_readings", "Readings waiting in the outbox", registry=r)
+        self.outbox_bytes = Gauge("edgeflag_outbox_bytes", "Bytes (cost) held by the outbox", registry=r)
+        self.oldest_age = Gauge("edgeflag_outbox_oldest_age_seconds", "Event-time age of the oldest unsent reading",
+                                registry=r)
+        self.connected = Gauge("edgeflag_uplink_connected", "1 when the uplink is connected", registry=r)
+        self.model = Info("edgeflag_model", "Model in use", registry=r)
+        self._server: Any = None
+        self._lock = threading.Lock()
+        self.batch_ms: list[float] = []  # recent batch durations, for status/benchmarks
+
+    def observe_batch(self, seconds: float) -> None:
+        self.batch_seconds.observe(seconds)
+        with self._lock:
+            self.batch_ms.append(seconds * 1000)
+            if len(self.batch_ms) > 100_000:
+                del self.batch_ms[:50_000]
+
+    def serve(self, host: str, port: int) -> None:
+        if port:
+            self._server = start_http_server(port, addr=host, registry=self.registry)
+
+    def close(self) -> None:
+        if self._server is not None:
+            server, thread = self._server
+            server.shutdown()
+            thread.join(2)
+
+    @staticmethod
+    def labelled(counter: Counter) -> dict[str, int]:
+        out = {}
+        for metric in counter.collect():
+            for s in metric.samples:
+                if s.name.endswith("_total"):
+                    out[s.labels.get("reason", "")] = int(s.value)
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        def v(c: Counter) -> int:
+            return int(c._value.get())
+
+        return {
+            "readings_in": v(self.readings_in), "scored": v(self.scored), "flagged": v(self.flagged),
+            "sent": v(self.sent), "messages_sent": v(self.messages_sent), "uplink_errors": v(self.send_errors),
+            "quarantined": self.labelled(self.quarantined), "dropped": self.labelled(self.dropped),
+            "outbox": {"segments": int(self.outbox_segments._value.get()),
+                       "readings": int(self.outbox_readings._value.get()),
+                       "bytes": int(self.outbox_bytes._value.get()),
+                       "oldest_age_s": round(self.oldest_age._value.get(), 3)},
+            "connected": bool(self.connected._value.get()), "time": time.time(),
+        }

@@ -1,0 +1,100 @@
+"""Outbox data types and the interface both implementations follow (see the package docstring)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+ROW_OVERHEAD = 64  # bytes charged per segment on top of its payload
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Scored readings of one device stream, ready to be wrapped into a telemetry message.
+
+    `body` is the comma-joined JSON objects of the readings (the telemetry `readings` array
+    without its brackets). `anomalies` > 0 means kind 1 (all readings flagged).
+    """
+
+    device_id: str
+    boot_id: str
+    context_id: int
+    seq_first: int
+    seq_last: int
+    n: int
+    anomalies: int
+    stored_at: float  # wall-clock time it was stored (for the oldest-unsent-age gauge)
+    body: bytes
+
+    @property
+    def kind(self) -> int:
+        return 1 if self.anomalies else 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSegment:
+    id: int
+    segment: Segment
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    segments: int
+    readings: int
+    anomalies: int
+    bytes: int
+    oldest_ts: float | None
+
+
+def cost(segment: Segment) -> int:
+    """Bytes a segment counts against the outbox bound."""
+    return len(segment.body) + ROW_OVERHEAD
+
+
+class Outbox(ABC):
+    """Durable, bounded store of segments (contract in the package docstring)."""
+
+    max_bytes: int
+
+    @abstractmethod
+    def context_id(self, header: str) -> int:
+        """Id of a message-header context (model lineage + channels), created if new."""
+
+    @abstractmethod
+    def context(self, context_id: int) -> str:
+        """The header context stored under an id."""
+
+    @abstractmethod
+    def append(self, segments: Sequence[Segment], *, streams: Mapping[str, tuple[str, int]] | None = None,
+               checkpoint: Mapping[str, str] | None = None) -> dict[str, int]:
+        """Store segments, stream state and checkpoint atomically; evict to the bound.
+
+        Returns readings evicted by this call, by reason.
+        """
+
+    @abstractmethod
+    def pending(self, kind: int, after_id: int, limit: int) -> list[StoredSegment]:
+        """Up to `limit` segments of `kind` with id > after_id, oldest first."""
+
+    @abstractmethod
+    def ack(self, ids: Sequence[int]) -> int:
+        """Delete delivered segments; returns how many readings they held."""
+
+    @abstractmethod
+    def stats(self) -> OutboxStats: ...
+
+    @abstractmethod
+    def streams(self) -> dict[str, tuple[str, int]]:
+        """Per device: (boot_id, last accepted seq)."""
+
+    @abstractmethod
+    def checkpoint(self) -> dict[str, str]:
+        """Source checkpoint committed with the last append."""
+
+    @abstractmethod
+    def drops(self) -> dict[str, int]:
+        """Readings evicted since the outbox was created, by reason."""
+
+    @abstractmethod
+    def close(self) -> None: ...

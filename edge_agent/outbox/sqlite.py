@@ -1,0 +1,204 @@
+"""SQLite outbox (WAL): the agent's store-and-forward buffer on disk.
+
+On-disk format (format 1), one file ``outbox.db`` (+ ``-wal``/``-shm`` while open)::
+
+    meta(key PRIMARY KEY, value)                      -- format, created
+    contexts(id PRIMARY KEY, header UNIQUE)           -- model lineage + channels JSON
+    segments(id PRIMARY KEY AUTOINCREMENT, device_id, boot_id, context_id, kind,
+             seq_first, seq_last, n, anomalies, stored_at, cost, body BLOB)
+    streams(device_id PRIMARY KEY, boot_id, last_seq) -- dedup state per device
+    checkpoint(key PRIMARY KEY, value)                -- source position
+    drops(reason PRIMARY KEY, readings)               -- evictions, persisted
+
+Invariants: ids only grow (AUTOINCREMENT never reuses an id); SUM(cost) <= max_bytes after
+every append; a segment row is deleted only by ack or eviction.
+
+Crash behaviour. Every append is one transaction (segments + stream state + checkpoint +
+evictions). ``synchronous=full`` (default): the WAL is fsynced at every commit, so a
+committed append survives SIGKILL *and* power loss. ``synchronous=normal``: commits survive
+SIGKILL (the WAL is in the OS page cache) but the last transactions before a power cut may
+be rolled back — faster, for devices with a UPS or where the source can replay. A crash
+can lose nothing that `append` returned for; it can re-send segments that were delivered
+but not yet acked (at-least-once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from edge_agent.errors import OutboxError
+from edge_agent.outbox.base import ROW_OVERHEAD, Outbox, OutboxStats, Segment, StoredSegment
+
+FORMAT = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS contexts(id INTEGER PRIMARY KEY, header TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS segments(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id TEXT NOT NULL, boot_id TEXT NOT NULL, context_id INTEGER NOT NULL,
+    kind INTEGER NOT NULL, seq_first INTEGER NOT NULL, seq_last INTEGER NOT NULL,
+    n INTEGER NOT NULL, anomalies INTEGER NOT NULL, stored_at REAL NOT NULL,
+    cost INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS segments_kind ON segments(kind, id);
+CREATE TABLE IF NOT EXISTS streams(device_id TEXT PRIMARY KEY, boot_id TEXT NOT NULL, last_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoint(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS drops(reason TEXT PRIMARY KEY, readings INTEGER NOT NULL);
+"""
+
+
+class SqliteOutbox(Outbox):
+    """The outbox in one SQLite file. Thread-safe (one connection behind a lock)."""
+
+    def __init__(self, path: Path | str, max_bytes: int, *, synchronous: str = "full") -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+            self._db.execute("PRAGMA wal_autocheckpoint=1000")
+            self._db.executescript(_SCHEMA)
+            fmt = self._db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+            if fmt is None:
+                self._db.execute("INSERT INTO meta VALUES('format', ?), ('created', ?)", (FORMAT, str(time.time())))
+            elif fmt[0] != FORMAT:
+                raise OutboxError(f"{self.path}: outbox format {fmt[0]} is not supported (this build: {FORMAT})")
+            self._bytes = int(self._db.execute("SELECT COALESCE(SUM(cost), 0) FROM segments").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            raise OutboxError(f"{self.path}: cannot open outbox: {exc}") from None
+        self._contexts: dict[str, int] = dict(self._db.execute("SELECT header, id FROM contexts").fetchall())
+
+    def context_id(self, header: str) -> int:
+        with self._lock:
+            cid = self._contexts.get(header)
+            if cid is None:
+                cur = self._db.execute("INSERT OR IGNORE INTO contexts(header) VALUES(?)", (header,))
+                cid = int(cur.lastrowid or 0) if cur.rowcount else int(
+                    self._db.execute("SELECT id FROM contexts WHERE header=?", (header,)).fetchone()[0])
+                self._contexts[header] = cid
+            return cid
+
+    def context(self, context_id: int) -> str:
+        for h, i in self._contexts.items():
+            if i == context_id:
+                return h
+        with self._lock:
+            row = self._db.execute("SELECT header FROM contexts WHERE id=?", (context_id,)).fetchone()
+        if row is None:
+            raise OutboxError(f"unknown context {context_id}")
+        self._contexts[row[0]] = context_id
+        return str(row[0])
+
+    def append(self, segments: Sequence[Segment], *, streams: Mapping[str, tuple[str, int]] | None = None,
+               checkpoint: Mapping[str, str] | None = None) -> dict[str, int]:
+        rows = [(s.device_id, s.boot_id, s.context_id, s.kind, s.seq_first, s.seq_last, s.n, s.anomalies,
+                 s.stored_at, len(s.body) + ROW_OVERHEAD, s.body) for s in segments]
+        added = sum(r[9] for r in rows)
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "INSERT INTO segments(device_id, boot_id, context_id, kind, seq_first, seq_last, n, anomalies,"
+                    " stored_at, cost, body) VALUES(?,?,?,?,?,?,?,?,?,?,?)", rows)
+                if streams:
+                    self._db.executemany("INSERT OR REPLACE INTO streams VALUES(?,?,?)",
+                                         [(d, b, s) for d, (b, s) in streams.items()])
+                if checkpoint:
+                    self._db.executemany("INSERT OR REPLACE INTO checkpoint VALUES(?,?)", list(checkpoint.items()))
+                total = self._bytes + added
+                evicted: dict[str, int] = {}
+                if total > self.max_bytes:
+                    total = self._evict(total, evicted)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise OutboxError(f"{self.path}: append failed: {exc}") from None
+            self._bytes = total
+            return evicted
+
+    def _evict(self, total: int, evicted: dict[str, int]) -> int:
+        for kind, reason in ((0, "outbox_full_normal"), (1, "outbox_full_anomaly")):
+            while total > self.max_bytes:
+                batch = self._db.execute("SELECT id, n, cost FROM segments WHERE kind=? ORDER BY id LIMIT 512",
+                                         (kind,)).fetchall()
+                if not batch:
+                    break
+                upto, n = None, 0
+                for rid, rn, rc in batch:
+                    upto = rid
+                    n += rn
+                    total -= rc
+                    if total <= self.max_bytes:
+                        break
+                self._db.execute("DELETE FROM segments WHERE kind=? AND id<=?", (kind, upto))
+                evicted[reason] = evicted.get(reason, 0) + n
+        for reason, n in evicted.items():
+            self._db.execute("INSERT INTO drops VALUES(?, ?) ON CONFLICT(reason) DO UPDATE SET readings=readings+?",
+                             (reason, n, n))
+        return total
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
+
+    def pending(self, kind: int, after_id: int, limit: int) -> list[StoredSegment]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, device_id, boot_id, context_id, seq_first, seq_last, n, anomalies, stored_at, body"
+                " FROM segments WHERE kind=? AND id>? ORDER BY id LIMIT ?", (kind, after_id, limit)).fetchall()
+        return [StoredSegment(r[0], Segment(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bytes(r[9])))
+                for r in rows]
+
+    def ack(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                n = c = 0
+                for i in range(0, len(ids), 500):
+                    chunk = list(ids[i : i + 500])
+                    marks = ",".join("?" * len(chunk))
+                    for rn, rc in self._db.execute(f"DELETE FROM segments WHERE id IN ({marks}) RETURNING n, cost",
+                                                   chunk).fetchall():
+                        n += rn
+                        c += rc
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise OutboxError(f"{self.path}: ack failed: {exc}") from None
+            self._bytes -= c
+            return n
+
+    def stats(self) -> OutboxStats:
+        with self._lock:
+            segs, readings, anomalies, oldest = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(n),0), COALESCE(SUM(anomalies),0), MIN(stored_at) FROM segments"
+            ).fetchone()
+        return OutboxStats(segments=segs, readings=readings, anomalies=anomalies, bytes=self._bytes, oldest_ts=oldest)
+
+    def streams(self) -> dict[str, tuple[str, int]]:
+        with self._lock:
+            return {d: (b, s) for d, b, s in self._db.execute("SELECT device_id, boot_id, last_seq FROM streams")}
+
+    def checkpoint(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._db.execute("SELECT key, value FROM checkpoint").fetchall())
+
+    def drops(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._db.execute("SELECT reason, readings FROM drops").fetchall())
+
+    def close(self) -> None:
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()

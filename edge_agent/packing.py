@@ -1,0 +1,174 @@
+"""Render scored readings into outbox segments, and segments into telemetry messages.
+
+The wire format is the telemetry contract (contracts/telemetry.py); this module builds it
+by string assembly for speed, and tests/edge_agent/test_packing.py checks the result
+parses back through `TelemetryMessage.decode`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from contracts.block import ReadingBlock
+from contracts.telemetry import TELEMETRY_SCHEMA, ModelLineage
+from contracts.topics import CONTENT_ENCODING_KEY, CONTENT_TYPE_KEY, telemetry_topic
+from edge_agent.outbox.base import Segment, StoredSegment
+
+HEADER_ALLOWANCE = 512  # bytes reserved for the message header when sizing segments
+
+
+def context_header(lineage: ModelLineage, channels: Sequence[str]) -> str:
+    """The per-model, per-channel-set part of every message header (stored once in the outbox)."""
+    return json.dumps({"model": lineage.to_dict(), "channels": list(channels)}, separators=(",", ":"))
+
+
+def ts_millis(ts: np.ndarray) -> list[bytes]:
+    """Epoch seconds -> epoch milliseconds as ASCII integers (the telemetry `ts` field)."""
+    ms = np.round(np.asarray(ts, dtype=np.float64) * 1000.0).astype(np.int64)
+    out: list[bytes] = orjson.dumps(ms, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+    return out
+
+
+_FRAGMENT = b'{"seq":%d,"ts":%s,"values":[%s],"score":%s,"anomaly":%s}'
+_BOOL = (b"false", b"true")
+
+
+def render(block: ReadingBlock, scores: np.ndarray, flags: np.ndarray) -> list[bytes]:
+    """One JSON object per reading: {"seq","ts","values","score","anomaly"} (orjson for the numbers)."""
+    return _render_columns(block.seq, block.ts, block.values, scores, flags)
+
+
+def _render_columns(seq: np.ndarray, ts: np.ndarray, values: np.ndarray, scores: np.ndarray,
+                    flags: np.ndarray) -> list[bytes]:
+    if len(seq) == 0:
+        return []
+    opt = orjson.OPT_SERIALIZE_NUMPY
+    vals = orjson.dumps(np.ascontiguousarray(values, dtype=np.float64), option=opt)[2:-2].split(b"],[")
+    sc = orjson.dumps(np.round(np.asarray(scores, dtype=np.float64), 6), option=opt)[1:-1].split(b",")
+    fl = [_BOOL[f] for f in np.asarray(flags, dtype=bool).tolist()]
+    return [_FRAGMENT % row for row in zip(np.asarray(seq).tolist(), ts_millis(ts), vals, sc, fl, strict=True)]
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A scored block and the stream it belongs to."""
+
+    block: ReadingBlock
+    scores: np.ndarray
+    flags: np.ndarray
+    boot_id: str
+    context_id: int
+
+
+def segments_for(block: ReadingBlock, scores: np.ndarray, flags: np.ndarray, *, boot_id: str, context_id: int,
+                 max_message_bytes: int, stored_at: float = 0.0) -> list[Segment]:
+    """Split a scored block into kind-1 (flagged) and kind-0 (normal) segments, each fitting one message."""
+    return segments_for_many([Scored(block, scores, flags, boot_id, context_id)],
+                             max_message_bytes=max_message_bytes, stored_at=stored_at)
+
+
+def segments_for_many(items: Sequence[Scored], *, max_message_bytes: int, stored_at: float = 0.0) -> list[Segment]:
+    """Segments for many scored blocks, rendered in one pass (per-call overhead paid once).
+
+    Per block, flagged segments come first, then normal ones; every segment body is at most
+    max_message_bytes - HEADER_ALLOWANCE bytes and holds readings in seq order.
+    """
+    items = [it for it in items if len(it.block)]
+    if not items:
+        return []
+    sizes = [len(it.block) for it in items]
+    seq = np.concatenate([it.block.seq for it in items])
+    if len({it.block.values.shape[1] for it in items}) == 1:  # one pass over all blocks
+        frags = _render_columns(seq, np.concatenate([it.block.ts for it in items]),
+                                np.concatenate([it.block.values for it in items]),
+                                np.concatenate([it.scores for it in items]),
+                                np.concatenate([it.flags for it in items]))
+    else:
+        frags = [f for it in items for f in render(it.block, it.scores, it.flags)]
+    lengths = np.fromiter((len(f) + 1 for f in frags), dtype=np.int64, count=len(frags))
+    budget = max(1, max_message_bytes - HEADER_ALLOWANCE - int(lengths.max()))
+    flags = np.concatenate([np.asarray(it.flags, dtype=bool) for it in items])
+    out: list[Segment] = []
+    start = 0
+    for it, n in zip(items, sizes, strict=True):
+        end = start + n
+        for kind, mask in ((1, flags[start:end]), (0, ~flags[start:end])):
+            idx = np.flatnonzero(mask) + start
+            if not len(idx):
+                continue
+            before = np.cumsum(lengths[idx]) - lengths[idx]  # bytes before each fragment of this kind
+            group = before // budget  # a group starts below the budget, so ends below budget + one fragment
+            for part in np.split(idx, np.flatnonzero(np.diff(group)) + 1):
+                ids = part.tolist()
+                out.append(Segment(
+                    device_id=it.block.device_id, boot_id=it.boot_id, context_id=it.context_id,
+                    seq_first=int(seq[ids[0]]), seq_last=int(seq[ids[-1]]), n=len(ids),
+                    anomalies=len(ids) if kind else 0, stored_at=stored_at,
+                    body=b",".join([frags[i] for i in ids])))
+        start = end
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One telemetry message ready for an uplink, and the outbox rows it carries."""
+
+    device_id: str
+    topic: str
+    payload: bytes
+    properties: dict[str, str]
+    ids: tuple[int, ...]
+    readings: int
+    anomalies: int
+
+
+def coalesce(rows: Sequence[StoredSegment], max_message_bytes: int) -> list[list[StoredSegment]]:
+    """Group consecutive rows of the same stream, context and kind into message-sized runs."""
+    groups: list[list[StoredSegment]] = []
+    budget = max_message_bytes - HEADER_ALLOWANCE
+    cur: list[StoredSegment] = []
+    size = 0
+    for r in rows:
+        s = r.segment
+        if cur:
+            h = cur[-1].segment
+            same = (h.device_id, h.boot_id, h.context_id, h.kind) == (s.device_id, s.boot_id, s.context_id, s.kind)
+            if not same or s.seq_first <= h.seq_last or size + len(s.body) + 1 > budget:
+                groups.append(cur)
+                cur, size = [], 0
+        cur.append(r)
+        size += len(s.body) + 1
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def build_message(group: Sequence[StoredSegment], header: str, *, compress: bool, schema_props: bool = True) -> Message:
+    """Wrap a run of segments into one telemetry message (topic, payload, properties)."""
+    first, last = group[0].segment, group[-1].segment
+    anomalies = sum(g.segment.anomalies for g in group)
+    readings = sum(g.segment.n for g in group)
+    head = header[1:-1]  # '"model":{…},"channels":[…]'
+    body = b",".join(g.segment.body for g in group)
+    payload = (
+        f'{{"v":{TELEMETRY_SCHEMA},"device_id":"{first.device_id}","boot_id":"{first.boot_id}",'
+        f'"seq_first":{first.seq_first},"seq_last":{last.seq_last},{head},"anomalies":{anomalies},"readings":['
+    ).encode() + body + b"]}"
+    props = {CONTENT_TYPE_KEY: "application/json", "anomaly": "true" if anomalies else "false"}
+    if schema_props:
+        props["schema"] = str(TELEMETRY_SCHEMA)
+        model = json.loads(header)["model"]
+        props["model"] = f"{model['name']}:{model['version']}"
+    if compress:
+        payload = gzip.compress(payload, compresslevel=6, mtime=0)
+        props[CONTENT_ENCODING_KEY] = "gzip"
+    else:
+        props[CONTENT_ENCODING_KEY] = "utf-8"
+    return Message(device_id=first.device_id, topic=telemetry_topic(first.device_id, props), payload=payload,
+                   properties=props, ids=tuple(g.id for g in group), readings=readings, anomalies=anomalies)

@@ -1,0 +1,64 @@
+"""Sink role (uplinks): deliver telemetry messages and report which ones were confirmed.
+
+Guarantees an implementation gives: `send` never blocks on the network for long; a message
+counts as delivered only when `confirmed()` returns its token (QoS 1 PUBACK, SDK
+completion); after `connected` turns False, unconfirmed tokens are never confirmed — the
+agent resends them from the outbox. The agent owns retry: sinks do not reconnect or resend
+on their own, so our backoff and a library's retries never fight.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import ClassVar
+
+from edge_agent.config import UplinkSection
+from edge_agent.packing import Message
+
+
+class Sink(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, config: UplinkSection) -> None:
+        self.config = config
+
+    @abstractmethod
+    def connect(self, timeout: float) -> None:
+        """Connect or raise UplinkError."""
+
+    @property
+    @abstractmethod
+    def connected(self) -> bool: ...
+
+    @abstractmethod
+    def send(self, message: Message, token: int) -> bool:
+        """Queue a message; False if the connection is gone (nothing was queued)."""
+
+    @abstractmethod
+    def confirmed(self) -> list[int]:
+        """Tokens of messages confirmed since the last call."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+SINKS: dict[str, type[Sink]] = {}
+
+
+def register(name: str) -> Callable[[type[Sink]], type[Sink]]:
+    def deco(cls: type[Sink]) -> type[Sink]:
+        cls.name = name
+        SINKS[name] = cls
+        return cls
+
+    return deco
+
+
+def make_sink(config: UplinkSection) -> Sink:
+    from edge_agent.errors import ConfigError
+
+    try:
+        return SINKS[config.type](config)
+    except KeyError:
+        raise ConfigError("uplink.type", f"unknown uplink {config.type!r}; known: {', '.join(sorted(SINKS))}") from None

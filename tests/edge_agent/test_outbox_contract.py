@@ -1,0 +1,158 @@
+"""One contract suite over every outbox implementation, plus a stateful model test (hypothesis)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from edge_agent.errors import OutboxError
+from edge_agent.outbox import ROW_OVERHEAD, MemoryOutbox, Outbox, Segment, SqliteOutbox, cost
+
+Factory = Callable[[int], Outbox]
+
+
+def seg(device: str = "d1", seq: int = 0, n: int = 1, anomalies: int = 0, size: int = 100) -> Segment:
+    return Segment(device_id=device, boot_id="b", context_id=1, seq_first=seq, seq_last=seq + n - 1, n=n,
+                   anomalies=anomalies, stored_at=float(seq), body=b"x" * size)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    made: list[Outbox] = []
+
+    def factory(max_bytes: int) -> Outbox:
+        ob: Outbox = MemoryOutbox(max_bytes) if request.param == "memory" else SqliteOutbox(
+            tmp_path / f"o{len(made)}.db", max_bytes)
+        made.append(ob)
+        return ob
+
+    yield factory
+    for ob in made:
+        ob.close()
+
+
+def test_segments_leave_only_when_acked(make: Factory) -> None:
+    ob = make(1 << 20)
+    ob.append([seg(seq=0, n=3), seg(seq=3, n=2), seg(seq=5, n=1, anomalies=1)])
+    normal = ob.pending(0, 0, 10)
+    assert [s.segment.seq_first for s in normal] == [0, 3]
+    assert [s.segment.seq_first for s in ob.pending(1, 0, 10)] == [5]
+    assert ob.pending(0, normal[0].id, 10)[0].id == normal[1].id
+    assert ob.ack([normal[0].id]) == 3
+    assert ob.stats().readings == 3
+    assert ob.ack([normal[0].id]) == 0  # acking twice is harmless
+    assert ob.stats().segments == 2
+
+
+def test_the_bound_holds_and_normal_segments_are_evicted_first(make: Factory) -> None:
+    one = cost(seg())
+    ob = make(10 * one)
+    ob.append([seg(seq=i, anomalies=int(i % 4 == 0)) for i in range(8)])  # anomalies at 0, 4
+    evicted = ob.append([seg(seq=i) for i in range(8, 14)])  # 14 rows, room for 10
+    assert evicted == {"outbox_full_normal": 4}
+    assert ob.stats().bytes <= 10 * one
+    kept = [s.segment.seq_first for s in ob.pending(0, 0, 100)]
+    assert kept == [5, 6, 7, 8, 9, 10, 11, 12, 13][-8:]  # the oldest normal ones went
+    assert [s.segment.seq_first for s in ob.pending(1, 0, 100)] == [0, 4]
+    evicted = ob.append([seg(seq=100 + i, anomalies=1) for i in range(10)])
+    assert evicted == {"outbox_full_normal": 8, "outbox_full_anomaly": 2}
+    assert [s.segment.seq_first for s in ob.pending(1, 0, 100)][:2] == [100, 101]
+    assert ob.drops() == {"outbox_full_normal": 12, "outbox_full_anomaly": 2}
+
+
+def test_stream_state_and_checkpoint_commit_with_the_segments(make: Factory) -> None:
+    ob = make(1 << 20)
+    ob.append([seg()], streams={"d1": ("boot-1", 41)}, checkpoint={"jsonl.offset": "123"})
+    assert ob.streams() == {"d1": ("boot-1", 41)}
+    assert ob.checkpoint() == {"jsonl.offset": "123"}
+    ob.append([], streams={"d1": ("boot-1", 42)})
+    assert ob.streams()["d1"] == ("boot-1", 42)
+
+
+def test_contexts_are_stable(make: Factory) -> None:
+    ob = make(1 << 20)
+    a, b = ob.context_id('{"m":1}'), ob.context_id('{"m":2}')
+    assert a != b and ob.context_id('{"m":1}') == a and ob.context(b) == '{"m":2}'
+
+
+def test_the_sqlite_outbox_survives_reopening_with_everything_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    ob = SqliteOutbox(path, 10 * cost(seg()))
+    cid = ob.context_id("h")
+    ob.append([seg(seq=i) for i in range(12)], streams={"d1": ("b", 11)}, checkpoint={"k": "v"})
+    before = (ob.stats(), [s.id for s in ob.pending(0, 0, 100)], ob.drops())
+    ob.close()
+    again = SqliteOutbox(path, 10 * cost(seg()))
+    assert (again.stats(), [s.id for s in again.pending(0, 0, 100)], again.drops()) == before
+    assert again.streams() == {"d1": ("b", 11)} and again.checkpoint() == {"k": "v"}
+    assert again.context(cid) == "h" and again.context_id("h") == cid
+    again.append([seg(seq=50)])
+    assert max(s.id for s in again.pending(0, 0, 100)) > max(before[1]), "ids are never reused"
+    again.close()
+
+
+def test_a_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "o.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(OutboxError, match="cannot open outbox"):
+        SqliteOutbox(bad, 1 << 20)
+
+
+class OutboxModel(RuleBasedStateMachine):
+    """The SQLite outbox must behave exactly like the in-memory reference under any operation sequence."""
+
+    @initialize(cap=st.integers(min_value=3 * (100 + ROW_OVERHEAD), max_value=40 * (100 + ROW_OVERHEAD)))
+    def setup(self, cap: int) -> None:
+        import tempfile
+
+        self.dir = tempfile.mkdtemp()
+        self.real = SqliteOutbox(Path(self.dir) / "o.db", cap, synchronous="normal")
+        self.model = MemoryOutbox(cap)
+        self.seq = 0
+
+    @rule(k=st.integers(1, 6), anomalous=st.lists(st.booleans(), min_size=6, max_size=6),
+          sizes=st.lists(st.integers(1, 400), min_size=6, max_size=6))
+    def append(self, k: int, anomalous: list[bool], sizes: list[int]) -> None:
+        segs = []
+        for i in range(k):
+            segs.append(seg(device=f"d{i % 2}", seq=self.seq, n=1 + i, anomalies=(1 + i) * anomalous[i],
+                            size=sizes[i]))
+            self.seq += 1 + i
+        assert self.real.append(segs) == self.model.append(segs)
+
+    @precondition(lambda self: self.model.stats().segments > 0)
+    @rule(kind=st.sampled_from([0, 1]), take=st.integers(1, 5))
+    def ack_oldest(self, kind: int, take: int) -> None:
+        ids = [s.id for s in self.model.pending(kind, 0, take)]
+        assert [s.id for s in self.real.pending(kind, 0, take)] == ids
+        assert self.real.ack(ids) == self.model.ack(ids)
+
+    @rule()
+    def reopen(self) -> None:
+        cap = self.real.max_bytes
+        self.real.close()
+        self.real = SqliteOutbox(Path(self.dir) / "o.db", cap, synchronous="normal")
+
+    @invariant()
+    def same_state(self) -> None:
+        if not hasattr(self, "real"):
+            return
+        assert self.real.stats() == self.model.stats()
+        assert self.real.drops() == self.model.drops()
+        assert self.real.stats().bytes <= self.real.max_bytes
+        for kind in (0, 1):
+            assert [(s.id, s.segment) for s in self.real.pending(kind, 0, 1000)] == \
+                   [(s.id, s.segment) for s in self.model.pending(kind, 0, 1000)]
+
+    def teardown(self) -> None:
+        if hasattr(self, "real"):
+            self.real.close()
+
+
+TestOutboxModel = OutboxModel.TestCase
+TestOutboxModel.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
