@@ -14,6 +14,7 @@ import queue
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,11 @@ class Agent:
         self._contexts: dict[tuple[str, ...], int] = {}
         self._threads: list[threading.Thread] = []
         self.last_error = ""
+        self._acked_ids: list[int] = []  # confirmed by the uplink, not yet deleted from the outbox
+        self._acked_readings = self._acked_messages = 0
+        self._acked_since = 0.0
+        self._emitted = 0  # batches handed over by the source (source thread)
+        self._processed = 0  # batches ingested (ingest thread)
         self.fatal: BaseException | None = None
         self._refresh_gauges()
 
@@ -146,13 +152,16 @@ class Agent:
         return 1 if self.fatal is not None else 0
 
     def drained(self) -> bool:
-        return self._source_done.is_set() and self._queue.empty() and self.outbox.stats().segments == 0
+        """The source is exhausted, every batch it produced was ingested, and the outbox is empty."""
+        return (self._source_done.is_set() and self._processed == self._emitted
+                and self.outbox.stats().segments == 0)
 
     # ---- source ----------------------------------------------------------------------------
     def _emit(self, batch: Batch) -> bool:
         while not self._stop_source.is_set():
             try:
                 self._queue.put(batch, timeout=0.1)
+                self._emitted += 1
                 return True
             except queue.Full:
                 continue
@@ -188,6 +197,7 @@ class Agent:
                 batches.append(b)
                 n += len(b)
             self._ingest_with_retry(batches)
+            self._processed += len(batches)
 
     def _ingest_with_retry(self, batches: list[Batch]) -> None:
         backoff = Backoff(0.2, 5.0)
@@ -244,8 +254,8 @@ class Agent:
         m.readings_in.inc(total)
         m.scored.inc(scored)
         m.flagged.inc(flagged)
-        for r in rejected:
-            m.quarantined.labels(reason=r.reason).inc()
+        for reason, n in Counter(r.reason for r in rejected).items():
+            m.quarantined.labels(reason=reason).inc(n)
         for reason, n in evicted.items():
             m.dropped.labels(reason=reason).inc(n)
             event(self.log, logging.WARNING, "outbox full: evicted readings", reason=reason, readings=n)
@@ -276,6 +286,7 @@ class Agent:
                               unconfirmed=len(inflight))
                         was_connected = False
                     self.metrics.connected.set(0)
+                    self._confirm(inflight, flush=True)
                     inflight.clear()
                     cursor = {0: 0, 1: 0}
                     if self.config.uplink.type == "none":
@@ -317,27 +328,33 @@ class Agent:
                             sent_any = True
                         break  # anomalies first: look at normal segments only when no anomaly is pending
                 if not sent_any:
+                    self._confirm(inflight, flush=not inflight)
                     self._wake.wait(0.002 if inflight else 0.05)
                     self._wake.clear()
             except OutboxError as exc:
                 self.last_error = str(exc)
                 event(self.log, logging.ERROR, "outbox read failed", error=str(exc))
                 self._stop_sender.wait(1.0)
+        try:
+            self._confirm(inflight, flush=True)
+        except OutboxError as exc:
+            self.last_error = str(exc)
 
-    def _confirm(self, inflight: dict[int, _Inflight]) -> None:
-        done = self.sink.confirmed()
-        if not done:
-            return
-        ids: list[int] = []
-        readings = 0
-        for tok in done:
+    def _confirm(self, inflight: dict[int, _Inflight], *, flush: bool = False) -> None:
+        """Collect confirmations; delete them from the outbox in batches (every 20 ms or 256 messages)."""
+        for tok in self.sink.confirmed():
             f = inflight.pop(tok, None)
             if f is not None:
-                ids += f.message.ids
-                readings += f.message.readings
-        self.outbox.ack(ids)
-        self.metrics.sent.inc(readings)
-        self.metrics.messages_sent.inc(len(done))
+                if not self._acked_ids:
+                    self._acked_since = time.monotonic()
+                self._acked_ids += f.message.ids
+                self._acked_readings += f.message.readings
+                self._acked_messages += 1
+        if self._acked_ids and (flush or self._acked_messages >= 256 or time.monotonic() - self._acked_since > 0.02):
+            self.outbox.ack(self._acked_ids)
+            self.metrics.sent.inc(self._acked_readings)
+            self.metrics.messages_sent.inc(self._acked_messages)
+            self._acked_ids, self._acked_readings, self._acked_messages = [], 0, 0
 
     # ---- status ----------------------------------------------------------------------------
     def _refresh_gauges(self) -> None:

@@ -241,15 +241,23 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
 def build_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Validated AgentConfig from a parsed TOML mapping plus environment overrides."""
     merged: dict[str, dict[str, Any]] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    from_env: set[str] = set()
     for section, values in env_overrides(os.environ if environ is None else environ).items():
         merged.setdefault(section, {}).update(values)
+        from_env |= {f"{section}.{k}" for k in values}
     sections = {f.name: get_type_hints(AgentConfig)[f.name] for f in fields(AgentConfig)}
     for name in merged:
         if name not in sections:
             raise ConfigError(name, f"unknown section (known: {', '.join(sections)})")
-    kwargs = {name: _section(name, cls, merged.get(name, {})) for name, cls in sections.items()}
-    cfg = AgentConfig(**kwargs)
-    _validate(cfg)
+    try:
+        kwargs = {name: _section(name, cls, merged.get(name, {})) for name, cls in sections.items()}
+        cfg = AgentConfig(**kwargs)
+        _validate(cfg)
+    except ConfigError as exc:
+        if exc.key in from_env:  # say where the bad value came from
+            env = ENV_PREFIX + exc.key.upper().replace(".", "__")
+            raise ConfigError(exc.key, f"{exc.reason} (from environment variable {env})") from None
+        raise
     return cfg
 
 

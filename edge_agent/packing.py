@@ -11,6 +11,7 @@ import gzip
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import orjson
@@ -149,26 +150,29 @@ def coalesce(rows: Sequence[StoredSegment], max_message_bytes: int) -> list[list
     return groups
 
 
-def build_message(group: Sequence[StoredSegment], header: str, *, compress: bool, schema_props: bool = True) -> Message:
+@lru_cache(maxsize=4096)
+def _topic(device_id: str, header: str, anomalous: bool, compress: bool) -> tuple[str, dict[str, str]]:
+    """Topic and properties for one (device, model context, kind, encoding) — cached, they repeat."""
+    model = json.loads(header)["model"]
+    props = {CONTENT_TYPE_KEY: "application/json", "anomaly": "true" if anomalous else "false",
+             "schema": str(TELEMETRY_SCHEMA), "model": f"{model['name']}:{model['version']}",
+             CONTENT_ENCODING_KEY: "gzip" if compress else "utf-8"}
+    return telemetry_topic(device_id, props), props
+
+
+def build_message(group: Sequence[StoredSegment], header: str, *, compress: bool) -> Message:
     """Wrap a run of segments into one telemetry message (topic, payload, properties)."""
     first, last = group[0].segment, group[-1].segment
     anomalies = sum(g.segment.anomalies for g in group)
     readings = sum(g.segment.n for g in group)
     head = header[1:-1]  # '"model":{…},"channels":[…]'
-    body = b",".join(g.segment.body for g in group)
+    body = b",".join([g.segment.body for g in group])
     payload = (
         f'{{"v":{TELEMETRY_SCHEMA},"device_id":"{first.device_id}","boot_id":"{first.boot_id}",'
         f'"seq_first":{first.seq_first},"seq_last":{last.seq_last},{head},"anomalies":{anomalies},"readings":['
     ).encode() + body + b"]}"
-    props = {CONTENT_TYPE_KEY: "application/json", "anomaly": "true" if anomalies else "false"}
-    if schema_props:
-        props["schema"] = str(TELEMETRY_SCHEMA)
-        model = json.loads(header)["model"]
-        props["model"] = f"{model['name']}:{model['version']}"
     if compress:
         payload = gzip.compress(payload, compresslevel=6, mtime=0)
-        props[CONTENT_ENCODING_KEY] = "gzip"
-    else:
-        props[CONTENT_ENCODING_KEY] = "utf-8"
-    return Message(device_id=first.device_id, topic=telemetry_topic(first.device_id, props), payload=payload,
-                   properties=props, ids=tuple(g.id for g in group), readings=readings, anomalies=anomalies)
+    topic, props = _topic(first.device_id, header, anomalies > 0, compress)
+    return Message(device_id=first.device_id, topic=topic, payload=payload, properties=props,
+                   ids=tuple(g.id for g in group), readings=readings, anomalies=anomalies)

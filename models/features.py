@@ -178,11 +178,17 @@ def _features_many(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.n
             sub = np.empty((len(hot), len(FEATURE_NAMES)))
             _summary(sub, cur[:, hot], b_mean[:, hot], b_sd[:, hot], dscale[:, hot], s_median[:, hot], floor)
             out[hot] = sub
-        for i in np.flatnonzero(warming).tolist():
-            full = ~np.isnan(b_mean[0, i])
-            if full[-1]:  # at least S previous readings: use the complete blocks only
-                _summary(out[i : i + 1], cur[:, i : i + 1], b_mean[:, i : i + 1][:, :, full],
-                         b_sd[:, i : i + 1][:, :, full], dscale[:, i : i + 1], s_median[:, i : i + 1], floor)
+        # Warm-up rows: only the complete (most recent) blocks count; rows are grouped by how
+        # many blocks are complete so each group is one vectorised call.
+        complete = (~np.isnan(b_mean[0])).sum(axis=1)  # blocks fill from the most recent backwards
+        for k in np.unique(complete[warming]).tolist():
+            if k == 0:
+                continue  # fewer than S previous readings: no evidence, features stay 0
+            rows = np.flatnonzero(warming & (complete == k))
+            sub = np.empty((len(rows), len(FEATURE_NAMES)))
+            _summary(sub, cur[:, rows], b_mean[:, rows, B - k :], b_sd[:, rows, B - k :], dscale[:, rows],
+                     s_median[:, rows], floor)
+            out[rows] = sub
     np.clip(out, -spec.clip, spec.clip, out=out)
     return np.split(out, np.cumsum(counts)[:-1])
 

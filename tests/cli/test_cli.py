@@ -84,3 +84,15 @@ def test_csv_output_can_be_trained_on(tmp_path: Path) -> None:
     r = edgeflag("model", "train", "--data", "d.csv", "--out", "reg", "--name", "pump", "--trees", "20", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "reg" / "pump" / "v0001" / "manifest.json").exists()
+
+
+def test_agent_check_config_names_a_bad_key_and_a_missing_model(tmp_path: Path) -> None:
+    cfg = tmp_path / "a.toml"
+    cfg.write_text('[model]\nbundle = "/nope"\n[uplink]\nprot = 1\n')
+    r = edgeflag("agent", "check-config", "--config", str(cfg))
+    assert r.returncode == 2 and "uplink.prot" in r.stderr and "Traceback" not in r.stderr
+    cfg.write_text('[model]\nbundle = "/nope"\n')
+    r = edgeflag("agent", "check-config", "--config", str(cfg))
+    assert r.returncode == 2 and "model.bundle" in r.stderr
+    r = edgeflag("agent", "run", "--config", str(tmp_path / "missing.toml"))
+    assert r.returncode == 2 and "not found" in r.stderr

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from contracts.block import ReadingBlock
+from edge_agent.intake import Intake, StreamState
+
+REQ = ("a", "b")
+
+
+def reading(seq: int, device: str = "d1", **values: object) -> str:
+    vals = {"a": 1.0, "b": 2.0, **values}
+    return json.dumps({"device_id": device, "ts": "2026-01-01T00:00:00Z", "seq": seq, "values": vals})
+
+
+def test_valid_readings_become_blocks_per_device_with_a_stable_boot_id() -> None:
+    intake = Intake(required=REQ)
+    blocks, rejected = intake.parse([reading(0), reading(1), reading(0, "d2"), reading(2)])
+    assert rejected == []
+    by_dev = {b.device_id: (b, boot) for b, boot in blocks}
+    assert by_dev["d1"][0].seq.tolist() == [0, 1, 2]
+    assert by_dev["d1"][1] == intake.streams["d1"].boot_id
+    assert intake.streams["d1"].last_seq == 2
+
+
+def test_every_reason_is_detected() -> None:
+    intake = Intake(required=REQ, min_value=-100, max_value=100)
+    items = [
+        "{oops", "[]", json.dumps({"device_id": "d1", "seq": 1}),
+        reading(1, a=float("nan")), reading(2, b="x"), reading(3, a=1000.0),
+        json.dumps({"device_id": "d1", "ts": "2026-01-01T00:00:00Z", "seq": 4, "values": {"a": 1.0}}),
+        reading(5), reading(5), reading(4),
+        json.dumps({"device_id": "d1", "ts": "2026-01-01T00:00:00Z", "seq": -1, "values": {"a": 1, "b": 2}}),
+        reading(6, a=True),
+    ]
+    blocks, rejected = intake.parse(items)
+    reasons = [r.reason for r in rejected]
+    assert sorted(reasons) == sorted(["malformed"] * 3 + ["non_finite", "wrong_type", "out_of_range",
+                                                         "missing_channel", "duplicate", "duplicate",
+                                                         "wrong_type", "wrong_type"])
+    assert [b.seq.tolist() for b, _ in blocks] == [[5]]
+
+
+def test_a_device_restart_opens_a_new_boot_id_and_splits_the_block() -> None:
+    intake = Intake(required=REQ, streams={"d1": StreamState("old", 41)})
+    blocks, rejected = intake.parse([reading(42), reading(43), reading(0), reading(1)])
+    assert rejected == []
+    assert [(b.seq.tolist(), boot == "old") for b, boot in blocks] == [([42, 43], True), ([0, 1], False)]
+
+
+def test_simulator_blocks_are_checked_vectorised() -> None:
+    intake = Intake(required=REQ, streams={"d1": StreamState("b", 1)})
+    vals = np.array([[1.0, 2.0], [np.nan, 1.0], [1.0, 2e10], [3.0, 4.0], [5.0, 6.0]])
+    block = ReadingBlock(device_id="d1", channels=("a", "b"), ts=np.zeros(5), seq=np.array([1, 2, 3, 4, 5]),
+                         values=vals)
+    out, rejected = intake.check_blocks([block])
+    assert sorted(r.reason for r in rejected) == ["duplicate", "non_finite", "out_of_range"]
+    assert out[0][0].seq.tolist() == [4, 5]
