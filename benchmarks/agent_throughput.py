@@ -19,11 +19,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 import numpy as np  # noqa: E402
-from broker import Broker  # noqa: E402
 
+from cloud_jobs.mosquitto import Broker  # noqa: E402
 from edge_agent.agent import Agent  # noqa: E402
 from edge_agent.config import build_config  # noqa: E402
 

@@ -2,8 +2,9 @@
 
 simulate a training fleet and a held-out fleet -> train + export ONNX -> verify the
 bundle (and show that a tampered copy is rejected) -> score the held-out stream the way
-the edge agent does (per-device rolling features, micro-batched onnxruntime calls) ->
-report detection quality and throughput.
+the edge agent does -> report detection quality -> run the real agent daemon against a
+private Mosquitto broker, stop the broker mid-stream and restart it, and count every
+reading that arrives by its dedup key (nothing lost).
 """
 
 from __future__ import annotations
@@ -87,5 +88,9 @@ def run(args: argparse.Namespace) -> int:
     from edgeflag.cli import main as cli_main
 
     cli_main(["model", "eval", str(bundle_path), "--data", str(test_file)])
+    console.rule("6. the edge agent: store-and-forward through a broker outage")
+    from edgeflag.cli.demo_agent import run_agent_demo
+
+    ok = run_agent_demo(wd, bundle_path, devices=args.devices)
     console.print(f"demo done in {time.perf_counter() - t0:.1f} s; files in {wd}/")
-    return 0
+    return 0 if ok else 1

@@ -1,0 +1,101 @@
+"""A private Mosquitto on a free loopback port: the local broker for tests, the demo and the hub.
+
+Every MQTT test talks to a real broker started by this (nothing is mocked).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def mosquitto_binary() -> str:
+    for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if cand and Path(cand).exists():
+            return cand
+    raise RuntimeError("mosquitto is not installed (apt-get install mosquitto, or run 'make test' as root)")
+
+
+class Broker:
+    """One Mosquitto process on 127.0.0.1:port; start/stop/restart keep the same port."""
+
+    def __init__(self, workdir: Path, port: int | None = None, host: str = "127.0.0.1",
+                 extra_conf: str = "", persistence: bool = False) -> None:
+        self.workdir = workdir
+        self.host = host
+        self.port = port or free_port(host)
+        self.conf = workdir / f"mosquitto-{self.port}.conf"
+        self.log = workdir / f"mosquitto-{self.port}.log"
+        self.extra_conf = extra_conf
+        self.persistence = persistence
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_conf(self) -> None:
+        if self.persistence:  # sessions and queued QoS 1 messages survive a restart
+            persist = (f"persistence true\npersistence_location {self.workdir}/\n"
+                       f"persistence_file mosquitto-{self.port}.db\nautosave_interval 1\n")
+        else:
+            persist = "persistence false\n"
+        # as root, mosquitto drops to user "mosquitto", which cannot write into a private temp dir
+        user = "user root\n" if os.geteuid() == 0 else ""
+        self.conf.write_text(
+            user + f"listener {self.port} {self.host}\n"
+            "allow_anonymous true\n"
+            + persist
+            + "max_inflight_messages 0\n"
+            "max_queued_messages 1000000\n"
+            "max_queued_bytes 0\n"
+            "log_type error\nlog_type warning\n"
+            f"log_dest file {self.log}\n" + self.extra_conf
+        )
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.write_conf()
+        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err} {self._log_tail()}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log.read_text()[-2000:]
+        except OSError:
+            return ""
