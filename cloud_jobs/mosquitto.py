@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -26,11 +27,43 @@ def mosquitto_binary() -> str:
     raise RuntimeError("mosquitto is not installed (apt-get install mosquitto, or run 'make test' as root)")
 
 
+@dataclass(frozen=True)
+class TlsListener:
+    """A second, TLS listener (e.g. 127.0.0.5:8883 for the azure-iot-device SDK, whose port is fixed)."""
+
+    host: str
+    port: int
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = False
+
+    def conf(self) -> str:
+        return (f"listener {self.port} {self.host}\ncafile {self.ca_file}\ncertfile {self.cert_file}\n"
+                f"keyfile {self.key_file}\nrequire_certificate {'true' if self.require_certificate else 'false'}\n"
+                "allow_anonymous true\n")
+
+
+def free_loopback_address(port: int) -> str:
+    """A 127.x.y.z address whose `port` is free (loopback offers many; tests need not collide)."""
+    import random
+
+    for _ in range(200):
+        host = f"127.{random.randint(1, 254)}.{random.randint(0, 254)}.{random.randint(1, 254)}"
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+                return host
+            except OSError:
+                continue
+    raise RuntimeError(f"no free loopback address for port {port}")
+
+
 class Broker:
     """One Mosquitto process on 127.0.0.1:port; start/stop/restart keep the same port."""
 
     def __init__(self, workdir: Path, port: int | None = None, host: str = "127.0.0.1",
-                 extra_conf: str = "", persistence: bool = False) -> None:
+                 extra_conf: str = "", persistence: bool = False, tls: TlsListener | None = None) -> None:
         self.workdir = workdir
         self.host = host
         self.port = port or free_port(host)
@@ -38,6 +71,7 @@ class Broker:
         self.log = workdir / f"mosquitto-{self.port}.log"
         self.extra_conf = extra_conf
         self.persistence = persistence
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_conf(self) -> None:
@@ -56,7 +90,7 @@ class Broker:
             "max_queued_messages 1000000\n"
             "max_queued_bytes 0\n"
             "log_type error\nlog_type warning\n"
-            f"log_dest file {self.log}\n" + self.extra_conf
+            f"log_dest file {self.log}\n" + self.extra_conf + (self.tls.conf() if self.tls else "")
         )
 
     def start(self, timeout: float = 10.0) -> None:

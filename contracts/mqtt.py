@@ -65,3 +65,29 @@ def make_client(settings: MqttSettings) -> Any:
             tls_version=ssl.PROTOCOL_TLS_CLIENT,
         )
     return client
+
+
+def deferred_ack_client_class() -> Any:
+    """A paho Client subclass whose QoS 1 PUBACKs are sent only when `release` is called.
+
+    paho-mqtt 1.6 acknowledges right after `on_message`; a consumer that must store a
+    message before acknowledging it records (mid, generation) in `on_message` and calls
+    `release` once the message is durable. Acks for an older connection (`generation`
+    changed on reconnect) are dropped: the broker redelivers those messages.
+    """
+    import paho.mqtt.client as mqtt
+
+    class DeferredAckClient(mqtt.Client):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.generation = 0
+
+        def _send_puback(self, mid: int) -> int:
+            return int(mqtt.MQTT_ERR_SUCCESS)  # deferred: the consumer recorded the mid
+
+        def release(self, mids: list[tuple[int, int]]) -> None:
+            for mid, generation in mids:
+                if generation == self.generation:
+                    super()._send_puback(mid)
+
+    return DeferredAckClient

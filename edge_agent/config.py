@@ -96,7 +96,9 @@ class OutboxSection:
 class UplinkSection:
     """[uplink]: where scored readings go.
 
-    type = mqtt: any MQTT broker, IoT Hub topic layout. type = none: keep everything in the outbox.
+    type = mqtt: any MQTT broker, IoT Hub topic layout. type = iothub: Azure IoT Hub via the
+    azure-iot-device SDK (connection_string, or cert_file/key_file + iothub_hostname + device_id;
+    ca_file = server verification certificate). type = none: keep everything in the outbox.
     rate_messages_per_s: token bucket; the default (100/s) is one IoT Hub S1 unit's
     device-to-cloud send limit; 0 disables it.
     """
@@ -118,6 +120,10 @@ class UplinkSection:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     keepalive_s: int = 30
+    connection_string: str = ""
+    iothub_hostname: str = ""
+    device_id: str = ""
+    gateway_hostname: str = ""
 
 
 @dataclass(frozen=True)
@@ -153,7 +159,7 @@ class AgentConfig:
         out = dataclasses.asdict(self)
         for section in out.values():
             for k in list(section):
-                if k in ("password",) and section[k]:
+                if k in ("password", "connection_string") and section[k]:
                     section[k] = "***"
         return out
 

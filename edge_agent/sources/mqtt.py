@@ -18,25 +18,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from contracts.mqtt import MqttSettings
+from contracts.mqtt import MqttSettings, deferred_ack_client_class
 from contracts.topics import sensor_filter
 from edge_agent.sources.base import Batch, Emit, Source, register
-
-
-class _DeferredAckClient(mqtt.Client):  # type: ignore[misc]
-    """paho Client whose QoS 1 PUBACKs are sent only when `release` is called."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.generation = 0
-
-    def _send_puback(self, mid: int) -> int:
-        return int(mqtt.MQTT_ERR_SUCCESS)  # deferred: on_message recorded the mid
-
-    def release(self, mids: list[tuple[int, int]]) -> None:
-        for mid, generation in mids:
-            if generation == self.generation:  # else that connection is gone; the broker redelivers
-                super()._send_puback(mid)
 
 
 @register("mqtt")
@@ -46,7 +30,8 @@ class MqttSource(Source):
         settings = MqttSettings(host=c.host, port=c.port, client_id=c.client_id, username=c.username or None,
                                 password=c.password or None, ca_file=None if not c.ca_file else _path(c.ca_file),
                                 clean_session=False)
-        client = _DeferredAckClient(client_id=settings.client_id, clean_session=False, protocol=mqtt.MQTTv311)
+        client = deferred_ack_client_class()(client_id=settings.client_id, clean_session=False,
+                                             protocol=mqtt.MQTTv311)
         if settings.username:
             client.username_pw_set(settings.username, settings.password)
         if settings.ca_file:

@@ -1,0 +1,82 @@
+"""Hub telemetry ingest: `devices/+/messages/events/#` -> bronze, PUBACK only after fsync.
+
+Subscribes with a persistent session (clean_session=False, fixed client id) at QoS 1, so
+telemetry published while the hub is down waits in the broker; a message is acknowledged
+only after its bronze line is fsynced, so a hub killed mid-stream loses nothing (it may
+land a message twice; silver dedups by device_id, boot_id, seq).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from cloud_jobs.hub.bronze import BronzeWriter, Landed
+from contracts.errors import ContractError
+from contracts.mqtt import MqttSettings, deferred_ack_client_class
+from contracts.topics import TELEMETRY_FILTER, parse_telemetry_topic
+
+
+class HubIngest:
+    def __init__(self, settings: MqttSettings, bronze: Path, *, client_id: str = "edgeflag-hub-ingest") -> None:
+        self.settings = settings
+        self.writer = BronzeWriter(bronze)
+        self.client_id = client_id
+        self.landed = 0
+        self.connected = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        import paho.mqtt.client as mqtt
+
+        s = self.settings
+        client = deferred_ack_client_class()(client_id=self.client_id, clean_session=False, protocol=mqtt.MQTTv311)
+        if s.username:
+            client.username_pw_set(s.username, s.password)
+        if s.ca_file:
+            client.tls_set(ca_certs=str(s.ca_file), certfile=str(s.cert_file) if s.cert_file else None,
+                           keyfile=str(s.key_file) if s.key_file else None)
+        pending: list[tuple[Landed, int, int]] = []
+        lock = threading.Lock()
+
+        def on_connect(cl: Any, _u: Any, _f: Any, rc: int) -> None:
+            if rc == 0:
+                cl.generation += 1
+                cl.subscribe(TELEMETRY_FILTER, qos=1)
+                self.connected.set()
+
+        def on_disconnect(_cl: Any, _u: Any, _rc: int) -> None:
+            self.connected.clear()
+
+        def on_message(cl: Any, _u: Any, msg: Any) -> None:
+            try:
+                device, props = parse_telemetry_topic(msg.topic)
+            except ContractError:
+                device, props = "", {"topic": msg.topic}
+            with lock:
+                pending.append((Landed(device, props, msg.payload, time.time()), msg.mid if msg.qos else -1,
+                                cl.generation))
+
+        client.on_connect, client.on_disconnect, client.on_message = on_connect, on_disconnect, on_message
+        client.max_inflight_messages_set(1000)
+        client.reconnect_delay_set(0.2, 5)
+        client.connect_async(s.host, s.port, s.keepalive)
+        client.loop_start()
+        def land() -> None:
+            with lock:
+                items, pending[:] = list(pending), []
+            if items:
+                self.writer.write([it for it, _, _ in items])
+                client.release([(m, g) for _, m, g in items if m >= 0])
+                self.landed += len(items)
+
+        try:
+            while not stop.wait(0.02):
+                land()
+            land()  # what arrived before the stop is landed and acknowledged too
+            time.sleep(0.1)  # let the network thread send those PUBACKs
+        finally:
+            client.disconnect()
+            client.loop_stop()
+            self.writer.close()

@@ -1,0 +1,140 @@
+"""`iothub` uplink: Azure IoT Hub through the real azure-iot-device SDK (MQTT over TLS).
+
+Identity: a device connection string (SAS; `GatewayHostName=` picks the address to connect
+to) or an X.509 device certificate (`cert_file`/`key_file` with `iothub_hostname` and
+`device_id`). `ca_file` is the server verification certificate (the CA of a local hub or
+an IoT Edge gateway); leave it empty for Azure's public roots.
+
+Messages carry content_type application/json, content_encoding utf-8 or gzip, and custom
+properties `anomaly`, `schema`, `model`. The agent sends every reading under this one
+identity; the payload's device_id names the sensor (identity-translation gateway).
+
+Retry is owned by the agent, not the SDK: the client is created with
+`connection_retry=False`, so a dropped connection is reported (`connected` turns False),
+the client is discarded, unconfirmed messages are resent from the outbox and the agent
+reconnects with its own backoff. A message is confirmed only when the SDK's
+`send_message` completed (PUBACK received).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import deque
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import UplinkError
+from edge_agent.packing import Message
+from edge_agent.sinks.base import Sink, register
+
+
+def _redact(text: str) -> str:
+    import re
+
+    return re.sub(r"(SharedAccessKey|sig)=[^;&\s]+", r"\1=***", text)
+
+
+@register("iothub")
+class IoTHubSink(Sink):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._client: Any = None
+        self._done: deque[int] = deque()
+        self._up = False
+        self.last_error = ""
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=loop.run_forever, name="edgeflag-iothub", daemon=True)
+            self._thread.start()
+            self._loop = loop
+        return self._loop
+
+    def _run(self, coro: Any, timeout: float) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop()).result(timeout)
+
+    def _make_client(self) -> Any:
+        from azure.iot.device import X509
+        from azure.iot.device.aio import IoTHubDeviceClient
+
+        c = self.config
+        kwargs: dict[str, Any] = {"connection_retry": False, "keep_alive": c.keepalive_s}
+        if c.ca_file:
+            kwargs["server_verification_cert"] = Path(c.ca_file).read_text()
+        if c.connection_string:
+            return IoTHubDeviceClient.create_from_connection_string(c.connection_string, **kwargs)
+        if c.cert_file and c.key_file:
+            if c.gateway_hostname:
+                kwargs["gateway_hostname"] = c.gateway_hostname
+            return IoTHubDeviceClient.create_from_x509_certificate(
+                x509=X509(c.cert_file, c.key_file),  # type: ignore[no-untyped-call]
+                hostname=c.iothub_hostname, device_id=c.device_id, **kwargs)
+        raise UplinkError("iothub uplink needs uplink.connection_string, or uplink.cert_file + key_file")
+
+    def connect(self, timeout: float) -> None:
+        self.close()
+        try:
+            client = self._make_client()
+        except (ValueError, TypeError, OSError) as exc:
+            raise UplinkError(f"iothub: bad identity settings: {_redact(str(exc))}") from None
+
+        def on_state_change() -> None:
+            self._up = bool(client.connected)
+
+        client.on_connection_state_change = on_state_change
+        self._client = client
+        try:
+            self._run(client.connect(), timeout)
+        except Exception as exc:  # the SDK raises its own exception tree
+            self.last_error = f"iothub connect failed: {type(exc).__name__}: {_redact(str(exc))}"
+            self.close()
+            raise UplinkError(self.last_error) from None
+        self._up = True
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._up and bool(self._client.connected)
+
+    def send(self, message: Message, token: int) -> bool:
+        from azure.iot.device import Message as SdkMessage
+
+        if not self.connected:
+            return False
+        props = message.properties
+        msg = SdkMessage(message.payload, content_encoding=props.get("$.ce", "utf-8"),  # type: ignore[no-untyped-call]
+                         content_type=props.get("$.ct", "application/json"))
+        msg.custom_properties = {k: v for k, v in props.items() if not k.startswith("$.")}
+        fut: Future[None] = asyncio.run_coroutine_threadsafe(self._client.send_message(msg), self._ensure_loop())
+        client = self._client
+
+        def done(f: Future[None]) -> None:
+            if f.cancelled() or f.exception() is not None:
+                if client is self._client:
+                    self._up = False
+                    self.last_error = f"iothub send failed: {_redact(str(f.exception()))}"
+                return
+            if client is self._client:
+                self._done.append(token)
+
+        fut.add_done_callback(done)
+        return True
+
+    def confirmed(self) -> list[int]:
+        out = []
+        while self._done:
+            out.append(self._done.popleft())
+        return out
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        self._up = False
+        self._done.clear()
+        if client is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._run(client.shutdown(), 5.0)

@@ -1,0 +1,83 @@
+"""Hub ingest into bronze against a real Mosquitto, and the local hub's certificates."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from cloud_jobs.hub.bronze import read_bronze
+from cloud_jobs.hub.certs import make_ca, make_device, make_server
+from cloud_jobs.hub.ingest import HubIngest
+from contracts.mqtt import MqttSettings, make_client
+from contracts.topics import telemetry_topic
+
+
+def test_certs_chain_to_the_ca_and_name_the_hosts_and_devices(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path)
+    server = make_server(ca, tmp_path, ["127.0.0.5", "hub.local"])
+    dev = make_device(ca, tmp_path, "dev-0001")
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    srv = x509.load_pem_x509_certificate(server.cert.read_bytes())
+    sans = srv.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(i) for i in sans.get_values_for_type(x509.IPAddress)} == {"127.0.0.5"}
+    assert sans.get_values_for_type(x509.DNSName) == ["hub.local"]
+    srv.verify_directly_issued_by(ca_cert)
+    d = x509.load_pem_x509_certificate(dev.cert.read_bytes())
+    d.verify_directly_issued_by(ca_cert)
+    assert d.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value == "dev-0001"
+    assert oct(dev.key.stat().st_mode & 0o777) == "0o600"
+    assert make_ca(tmp_path).cert.read_bytes() == ca.cert.read_bytes(), "an existing CA is kept"
+
+
+@pytest.mark.broker
+def test_telemetry_lands_in_bronze_partitioned_and_survives_a_hub_restart(tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
+    bronze = tmp_path / "bronze"
+    settings = MqttSettings(port=broker.port)
+
+    def start_hub() -> tuple[HubIngest, threading.Event, threading.Thread]:
+        hub = HubIngest(settings, bronze)
+        stop = threading.Event()
+        t = threading.Thread(target=hub.run, args=(stop,))
+        t.start()
+        assert hub.connected.wait(10)
+        time.sleep(0.2)
+        return hub, stop, t
+
+    _, stop, t = start_hub()
+    pub = make_client(MqttSettings(port=broker.port, client_id="dev"))
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+
+    def send(seqs: range) -> None:
+        for s in seqs:
+            body = {"v": 1, "device_id": "dev-0001", "boot_id": "b", "readings": [{"seq": s}]}
+            topic = telemetry_topic("dev-0001", {"$.ct": "application/json", "anomaly": str(s % 2 == 0).lower()})
+            pub.publish(topic, json.dumps(body), qos=1).wait_for_publish(5)
+
+    send(range(0, 50))
+    stop.set()
+    t.join(10)
+    send(range(50, 100))  # the hub is down: the broker keeps these for its persistent session
+    pub.publish("devices/dev-0001/messages/events/", b"\x00not json", qos=1).wait_for_publish(5)
+    _hub, stop, t = start_hub()
+    deadline = time.monotonic() + 10
+    while len(read_bronze(bronze)) < 101 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    t.join(10)
+    pub.loop_stop()
+    records = read_bronze(bronze)
+    good = [r for r in records if "body" in r]
+    assert sorted({r["body"]["readings"][0]["seq"] for r in good}) == list(range(100))
+    assert all(r["properties"]["anomaly"] == str(r["body"]["readings"][0]["seq"] % 2 == 0).lower() for r in good)
+    bad = [r for r in records if "body_base64" in r]
+    assert len(bad) == 1 and base64.b64decode(bad[0]["body_base64"]) == b"\x00not json"
+    parts = list(bronze.rglob("*.jsonl"))
+    assert all(p.parent.name.startswith("hour=") and p.parent.parent.name.startswith("date=") for p in parts)
+    assert len({p.name for p in parts}) == 2, "each hub process writes its own part files"
