@@ -1,0 +1,255 @@
+"""The hub's MQTT-aware TLS front end: per-device authentication and per-device namespaces.
+
+On IoT Hub every connection has its own ``$iothub/twin/…`` and ``$iothub/methods/…``
+namespace; on a plain broker those topics would be shared by every client (a device
+subscribed to ``$iothub/twin/res/#`` would see every other device's twin). The front end
+sits between devices and a backend Mosquitto and restores IoT Hub's isolation:
+
+* **Authentication** (per connection, before anything reaches the broker): either a TLS
+  client certificate signed by the hub CA whose CN equals the MQTT client id (X.509), or a
+  SAS token in the password whose `sr` names this device, whose HMAC-SHA256 signature checks
+  against the device's key from the registry, and whose expiry `se` is in the future.
+  Anything else gets CONNACK 5 (not authorized) and is disconnected. Passwords and keys are
+  never logged.
+* **Namespaces**: ``$iothub/<rest>`` from device D is rewritten to
+  ``edgeflag/iothub/D/<rest>`` on the backend (publish and subscribe), and back on the way
+  down; so D can only ever see its own twin and method traffic.
+* **Identity pinning**: D may publish only to ``devices/D/…`` and ``$iothub/…``; any other
+  topic (another device's telemetry, a wildcard trick) drops the connection. The backend
+  sees username D, so Mosquitto `acl_file` patterns with ``%u`` enforce the same rule again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import ssl
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloud_jobs.hub import mqttwire as w
+
+SCOPE = "edgeflag/iothub"
+log = logging.getLogger("edgeflag.hub.frontend")
+
+#: Mosquitto ACL for the backend: each identity only its own topics; the hub service sees all.
+BACKEND_ACL = """\
+pattern write devices/%u/messages/events/#
+pattern read devices/%u/messages/devicebound/#
+pattern readwrite edgeflag/iothub/%u/#
+user edgeflag-hub
+topic readwrite #
+"""
+
+
+class DeviceRegistry:
+    """Device identities and their symmetric keys, in a JSON file (``{"devices": {id: {"key": b64}}}``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._devices: dict[str, dict[str, str]] = {}
+        if path.exists():
+            self._devices = json.loads(path.read_text()).get("devices", {})
+
+    def add(self, device_id: str, key: str | None = None) -> str:
+        key = key or base64.b64encode(secrets.token_bytes(32)).decode()
+        self._devices[device_id] = {"key": key}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"devices": self._devices}, indent=2))
+        self.path.chmod(0o600)
+        return key
+
+    def key(self, device_id: str) -> str | None:
+        d = self._devices.get(device_id)
+        return d["key"] if d else None
+
+
+def sas_token(hub_host: str, device_id: str, key_b64: str, ttl_s: float = 3600, now: float | None = None) -> str:
+    """A device SAS token exactly as the azure-iot-device SDK builds it."""
+    uri = urllib.parse.quote(f"{hub_host}/devices/{device_id}", safe="")
+    expiry = int((now if now is not None else time.time()) + ttl_s)
+    sig = base64.b64encode(hmac.new(base64.b64decode(key_b64), f"{uri}\n{expiry}".encode(), hashlib.sha256).digest())
+    return f"SharedAccessSignature sr={uri}&sig={urllib.parse.quote(sig.decode(), safe='')}&se={expiry}"
+
+
+def check_sas(token: str, device_id: str, key_b64: str, now: float | None = None) -> str | None:
+    """None if `token` is a valid, unexpired SAS token for device_id under key_b64; else the reason."""
+    if not token.startswith("SharedAccessSignature "):
+        return "password is not a SAS token"
+    fields = dict(urllib.parse.parse_qsl(token[len("SharedAccessSignature "):], keep_blank_values=True))
+    try:
+        sr, sig, se = fields["sr"], fields["sig"], int(fields["se"])
+    except (KeyError, ValueError):
+        return "SAS token lacks sr, sig or se"
+    if not sr.endswith(f"/devices/{device_id}"):
+        return "SAS token is for another device"
+    if se <= (now if now is not None else time.time()):
+        return "SAS token expired"
+    uri = urllib.parse.quote(sr, safe="")
+    want = base64.b64encode(hmac.new(base64.b64decode(key_b64), f"{uri}\n{se}".encode(), hashlib.sha256).digest())
+    if not hmac.compare_digest(want.decode(), sig):
+        return "SAS signature does not match the device key"
+    return None
+
+
+@dataclass
+class FrontEndStats:
+    accepted: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    dropped: int = 0
+
+
+class FrontEnd:
+    """TLS listener on (host, port) relaying authenticated devices to a backend broker."""
+
+    def __init__(self, host: str, port: int, *, backend: tuple[str, int], cert: Path, key: Path, ca: Path,
+                 registry: DeviceRegistry) -> None:
+        self.host, self.port, self.backend = host, port, backend
+        self.registry = registry
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(cert), str(key))
+        ctx.load_verify_locations(str(ca))
+        ctx.verify_mode = ssl.CERT_OPTIONAL  # X.509 devices present a cert; SAS devices do not
+        self.ssl = ctx
+        self.stats = FrontEndStats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle (a thread with its own event loop, so sync code and tests can use it) --
+    def start(self) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            self._server = loop.run_until_complete(
+                asyncio.start_server(self._handle, self.host, self.port, ssl=self.ssl))
+            ready.set()
+            loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="edgeflag-hub-frontend", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError(f"front end did not start on {self.host}:{self.port}")
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None or self._server is None:
+            return
+
+        async def close() -> None:
+            assert self._server is not None
+            self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread:
+            self._thread.join(10)
+
+    # -- one device connection ---------------------------------------------------------------
+    def _refuse(self, reason: str) -> None:
+        self.stats.refused[reason] = self.stats.refused.get(reason, 0) + 1
+        log.warning("connection refused: %s", reason)
+
+    def _authenticate(self, c: w.Connect, peercert: dict | None) -> str | None:  # type: ignore[type-arg]
+        device = c.client_id
+        if peercert:
+            cn = next((v for rdn in peercert.get("subject", ()) for k, v in rdn if k == "commonName"), None)
+            if cn != device:
+                self._refuse("certificate CN is not the client id")
+                return None
+            return device
+        key = self.registry.key(device)
+        if key is None:
+            self._refuse("unknown device")
+            return None
+        reason = check_sas((c.password or b"").decode("utf-8", "replace"), device, key)
+        if reason:
+            self._refuse(reason)
+            return None
+        return device
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        b_writer: asyncio.StreamWriter | None = None
+        try:
+            first, body = await asyncio.wait_for(w.read_packet(reader), 10)
+            if first >> 4 != w.CONNECT:
+                return
+            connect = w.Connect.parse(body)
+            device = self._authenticate(connect, writer.get_extra_info("peercert"))
+            if device is None:
+                writer.write(w.connack(5))
+                await writer.drain()
+                return
+            b_reader, b_writer = await asyncio.open_connection(*self.backend)
+            backend_connect = w.Connect(client_id=connect.client_id, username=device, password=None,
+                                        keepalive=connect.keepalive, clean_session=connect.clean_session, will=None)
+            b_writer.write(backend_connect.encode())
+            self.stats.accepted += 1
+            await asyncio.gather(self._up(reader, b_writer, device), self._down(b_reader, writer, device))
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError, w.WireError, ssl.SSLError,
+                UnicodeDecodeError, IndexError):
+            pass
+        finally:
+            for wr in (writer, b_writer):
+                if wr is not None:
+                    with contextlib.suppress(Exception):
+                        wr.close()
+
+    def _up_topic(self, device: str, topic: str) -> str | None:
+        if topic.startswith("$iothub/"):
+            return f"{SCOPE}/{device}/{topic[len('$iothub/'):]}"
+        parts = topic.split("/")
+        if len(parts) >= 3 and parts[0] == "devices" and parts[1] == device:
+            return topic
+        return None
+
+    async def _up(self, reader: asyncio.StreamReader, out: asyncio.StreamWriter, device: str) -> None:
+        try:
+            while True:
+                first, body = await w.read_packet(reader)
+                kind = first >> 4
+                if kind == w.PUBLISH:
+                    packet = w.rewrite_publish(first, body, lambda t: self._up_topic(device, t))
+                elif kind == w.SUBSCRIBE:
+                    packet = w.rewrite_filters(first, body, lambda t: self._up_topic(device, t), with_qos=True)
+                elif kind == w.UNSUBSCRIBE:
+                    packet = w.rewrite_filters(first, body, lambda t: self._up_topic(device, t), with_qos=False)
+                else:
+                    packet = w.frame(first, body)
+                if packet is None:
+                    self.stats.dropped += 1
+                    log.warning("device %s used a topic outside its namespace; disconnected", device)
+                    return
+                out.write(packet)
+                await out.drain()
+        finally:
+            out.close()
+
+    async def _down(self, reader: asyncio.StreamReader, out: asyncio.StreamWriter, device: str) -> None:
+        prefix = f"{SCOPE}/{device}/"
+
+        def down(topic: str) -> str:
+            return "$iothub/" + topic[len(prefix):] if topic.startswith(prefix) else topic
+
+        try:
+            while True:
+                first, body = await w.read_packet(reader)
+                packet = w.rewrite_publish(first, body, down) if first >> 4 == w.PUBLISH else w.frame(first, body)
+                out.write(packet or b"")
+                await out.drain()
+        finally:
+            out.close()
