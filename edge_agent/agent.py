@@ -16,14 +16,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from contracts.block import ReadingBlock
+from contracts.telemetry import ModelLineage
 from edge_agent import sinks as _sinks  # noqa: F401  (register sinks)
 from edge_agent import sources as _sources  # noqa: F401  (register sources)
 from edge_agent.config import AgentConfig
+from edge_agent.control import ControlPlane
 from edge_agent.errors import AgentError, ConfigError, OutboxError, UplinkError
 from edge_agent.flow import Backoff, TokenBucket
 from edge_agent.intake import Intake, Quarantine, Rejected, StreamState
@@ -31,6 +33,7 @@ from edge_agent.logs import event, setup_logging
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import Outbox, SqliteOutbox
 from edge_agent.packing import Message, Scored, build_message, coalesce, context_header, segments_for_many
+from edge_agent.rollout import RolloutError
 from edge_agent.scoring import ScoringStage
 from edge_agent.sinks.base import Sink, make_sink
 from edge_agent.sources.base import Batch, Source, make_source
@@ -87,6 +90,13 @@ class Agent:
         self._wake = threading.Event()
         self._source_done = threading.Event()
         self._contexts: dict[tuple[str, ...], int] = {}
+        self._swap_lock = threading.Lock()
+        self._pending: tuple[Bundle, ScoringStage] | None = None
+        self._previous: tuple[Bundle, ScoringStage] | None = None
+        self._threshold_override: float | None = None
+        self._batch_limit = config.scoring.batch_size
+        self.bucket = TokenBucket(config.uplink.rate_messages_per_s)
+        self.control = ControlPlane(self)
         self._threads: list[threading.Thread] = []
         self.last_error = ""
         self._acked_ids: list[int] = []  # confirmed by the uplink, not yet deleted from the outbox
@@ -122,6 +132,7 @@ class Agent:
         for t in self._threads:
             t.join(10)
         self.sink.close()
+        self.control.close()
         self._refresh_gauges()
         event(self.log, logging.INFO, "agent stopped", **self.status())
         self.outbox.close()
@@ -180,8 +191,8 @@ class Agent:
 
     # ---- ingest ----------------------------------------------------------------------------
     def _run_ingest(self) -> None:
-        limit = self.config.scoring.batch_size
         while True:
+            limit = self._batch_limit
             try:
                 first = self._queue.get(timeout=0.05)
             except queue.Empty:
@@ -215,6 +226,7 @@ class Agent:
 
     def ingest(self, batches: list[Batch]) -> None:
         """Validate, score and store one micro-batch; acknowledge its sources once durable."""
+        self._maybe_swap()
         t0 = time.perf_counter()
         accepted: list[tuple[ReadingBlock, str]] = []
         rejected: list[Rejected] = []
@@ -265,13 +277,69 @@ class Agent:
     def _context(self, channels: tuple[str, ...]) -> int:
         cid = self._contexts.get(channels)
         if cid is None:
-            cid = self._contexts[channels] = self.outbox.context_id(context_header(self.bundle.lineage, channels))
+            cid = self._contexts[channels] = self.outbox.context_id(context_header(self.lineage(), channels))
         return cid
+
+    # ---- control plane hooks ---------------------------------------------------------------
+    def lineage(self) -> ModelLineage:
+        """The model lineage every message carries: the bundle's, with the effective threshold."""
+        lin = self.bundle.lineage
+        return replace(lin, threshold=self.stage.threshold)
+
+    def apply_settings(self, plan: dict[str, Any]) -> None:
+        """Apply a validated control-plane plan (see edge_agent.control). Model swaps happen between batches."""
+        if "model" in plan and plan["model"] is not None:
+            with self._swap_lock:
+                self._pending = plan["model"]
+        if "threshold" in plan:
+            self._threshold_override = plan["threshold"]
+            with self._swap_lock:
+                if self._pending is None:
+                    self._pending = (self.bundle, self.stage)  # same model, new threshold: re-key contexts
+        if "batch_size" in plan:
+            self._batch_limit = plan["batch_size"]
+        if "send_rate" in plan:
+            self.bucket.rate = plan["send_rate"]
+            self.bucket.capacity = max(1.0, plan["send_rate"])
+        if "log_level" in plan:
+            self.log.setLevel(plan["log_level"].upper())
+
+    def _maybe_swap(self) -> None:
+        with self._swap_lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        bundle, stage = pending
+        if stage is not self.stage:
+            stage.adopt_state(self.stage)
+            self._previous = (self.bundle, self.stage)
+        self.bundle, self.stage = bundle, stage
+        self.stage.threshold = (self._threshold_override if self._threshold_override is not None
+                                else float(bundle.manifest.threshold))
+        self._contexts.clear()
+        self.intake.required = bundle.spec.channels
+        self.metrics.model.info({"name": bundle.manifest.name, "version": str(bundle.manifest.version),
+                                 "sha256": bundle.manifest.sha256})
+        event(self.log, logging.INFO, "model in use", model=bundle.label, threshold=self.stage.threshold)
+        self.control.request_report()  # report what is now in effect
+
+    def rollback_model(self) -> Bundle:
+        """Go back to the model used before the last swap (between batches)."""
+        with self._swap_lock:
+            if self._previous is None:
+                raise RolloutError("no previous model to roll back to")
+            self._pending, self._previous = self._previous, None
+            return self._pending[0]
+
+    def flush_now(self) -> None:
+        """Send what is pending without waiting for the token bucket to refill."""
+        self.bucket._tokens = self.bucket.capacity
+        self._wake.set()
 
     # ---- sender ----------------------------------------------------------------------------
     def _run_sender(self) -> None:
         cfg = self.config.uplink
-        bucket = TokenBucket(cfg.rate_messages_per_s)
+        bucket = self.bucket
         backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
         cursor = {0: 0, 1: 0}
         inflight: dict[int, _Inflight] = {}
@@ -306,6 +374,7 @@ class Agent:
                     was_connected = True
                     self.metrics.connected.set(1)
                     event(self.log, logging.INFO, "uplink connected", uplink=cfg.type, host=cfg.host, port=cfg.port)
+                    self.control.attach(self.sink)
                 self._confirm(inflight)
                 room = cfg.max_inflight - len(inflight)
                 sent_any = False
@@ -373,11 +442,18 @@ class Agent:
             if time.monotonic() - last >= interval:
                 last = time.monotonic()
                 event(self.log, logging.INFO, "status", **self.status())
+                if self.sink.connected:
+                    self.control.request_report()
 
     def status(self) -> dict[str, Any]:
         """What `get_status` reports: agent version, model, counters, outbox, last error."""
         m = self.bundle.manifest
         snap = self.metrics.snapshot()
         snap["dropped_total"] = self.outbox.drops()
-        return {"agent_version": VERSION, "model": {"name": m.name, "version": m.version, "sha256": m.sha256},
+        return {"agent_version": VERSION,
+                "model": {"name": m.name, "version": m.version, "sha256": m.sha256,
+                          "threshold": self.stage.threshold},
+                "config": {"batch_size": self._batch_limit, "send_rate": self.bucket.rate,
+                           "log_level": logging.getLevelName(self.log.level).lower(),
+                           "threshold": self.stage.threshold},
                 "last_error": self.last_error, **snap}

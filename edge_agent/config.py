@@ -124,6 +124,7 @@ class UplinkSection:
     iothub_hostname: str = ""
     device_id: str = ""
     gateway_hostname: str = ""
+    dialect: str = "scoped"
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,7 @@ def _validate(cfg: AgentConfig) -> None:
     check(cfg.scoring.min_value < cfg.scoring.max_value, "scoring.min_value", "must be below scoring.max_value")
     check(1024 <= cfg.uplink.max_message_bytes <= 256 * 1024, "uplink.max_message_bytes", "must be in 1024..262144")
     check(cfg.uplink.qos in (0, 1), "uplink.qos", "must be 0 or 1")
+    check(cfg.uplink.dialect in ("scoped", "iothub"), "uplink.dialect", "must be scoped or iothub")
     check(cfg.uplink.rate_messages_per_s >= 0, "uplink.rate_messages_per_s", "must be >= 0 (0 = unlimited)")
     check(cfg.uplink.max_inflight >= 1, "uplink.max_inflight", "must be >= 1")
     check(0 < cfg.uplink.backoff_initial_s <= cfg.uplink.backoff_max_s, "uplink.backoff_initial_s",

@@ -30,8 +30,10 @@ class ScoringStage:
 
     def __init__(self, bundle: Bundle, *, threads: int = 1) -> None:
         self.bundle = bundle
+        self.scorer_threads = threads
         self.scorer = OnnxScorer(bundle, threads=threads)
         self.threshold = self.scorer.threshold
+        self.recent: np.ndarray | None = None  # the last micro-batch's features (canary input for rollouts)
         self._features: dict[str, StreamingFeatures] = {}
         self._columns: dict[tuple[str, ...], list[int]] = {}
 
@@ -68,16 +70,24 @@ class ScoringStage:
             todo = later
         return [o for o in out if o is not None]
 
+    def adopt_state(self, other: ScoringStage) -> None:
+        """Keep the devices' rolling windows across a model swap when the feature spec is the same."""
+        if other.bundle.spec.hash == self.bundle.spec.hash:
+            self._features = other._features
+
     def score(self, block: ReadingBlock) -> Scored:
         scores = self.scorer.score(self.features(block))
         return Scored(scores=scores, flags=scores >= self.threshold)
+
 
     def score_many(self, blocks: list[ReadingBlock]) -> list[Scored]:
         """Score several devices' blocks with ONE onnxruntime call (the micro-batch)."""
         if not blocks:
             return []
         feats = self.features_many(blocks)
-        scores = self.scorer.score(np.vstack(feats))
+        stacked = np.vstack(feats)
+        self.recent = stacked[-64:]
+        scores = self.scorer.score(stacked)
         out, i = [], 0
         for f in feats:
             s = scores[i : i + len(f)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from edge_agent.config import UplinkSection
 from edge_agent.packing import Message
@@ -62,3 +62,26 @@ def make_sink(config: UplinkSection) -> Sink:
         return SINKS[config.type](config)
     except KeyError:
         raise ConfigError("uplink.type", f"unknown uplink {config.type!r}; known: {', '.join(sorted(SINKS))}") from None
+
+
+DesiredHandler = Callable[[dict[str, Any]], None]
+MethodHandler = Callable[[str, Any], tuple[int, Any]]
+
+
+class Controllable(ABC):
+    """Optional ability of an uplink: device twin and direct methods (IoT Hub's control plane).
+
+    Handlers are called on the uplink's network thread and must return quickly; the agent's
+    control plane queues the work to its own thread.
+    """
+
+    @abstractmethod
+    def set_control_handlers(self, on_desired: DesiredHandler, on_method: MethodHandler) -> None: ...
+
+    @abstractmethod
+    def get_twin(self, timeout: float) -> dict[str, Any]:
+        """{"desired": {...}, "reported": {...}} (raises UplinkError)."""
+
+    @abstractmethod
+    def patch_reported(self, patch: dict[str, Any], timeout: float) -> None:
+        """Merge `patch` into the reported properties (raises UplinkError)."""

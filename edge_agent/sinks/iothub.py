@@ -28,7 +28,7 @@ from typing import Any
 
 from edge_agent.errors import UplinkError
 from edge_agent.packing import Message
-from edge_agent.sinks.base import Sink, register
+from edge_agent.sinks.base import Controllable, DesiredHandler, MethodHandler, Sink, register
 
 
 def _redact(text: str) -> str:
@@ -38,7 +38,7 @@ def _redact(text: str) -> str:
 
 
 @register("iothub")
-class IoTHubSink(Sink):
+class IoTHubSink(Sink, Controllable):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -47,6 +47,50 @@ class IoTHubSink(Sink):
         self._done: deque[int] = deque()
         self._up = False
         self.last_error = ""
+        self._on_desired: DesiredHandler | None = None
+        self._on_method: MethodHandler | None = None
+
+    def set_control_handlers(self, on_desired: DesiredHandler, on_method: MethodHandler) -> None:
+        """Route twin patches and method calls of the SDK client (now and after reconnects) to the agent."""
+        self._on_desired, self._on_method = on_desired, on_method
+        if self._client is not None:
+            self._install_handlers(self._client)
+
+    def _install_handlers(self, client: Any) -> None:
+        from azure.iot.device import MethodResponse
+
+        loop = self._ensure_loop()
+
+        def on_patch(patch: dict[str, Any]) -> None:
+            if self._on_desired:
+                self._on_desired(dict(patch))
+
+        def on_method(request: Any) -> None:
+            if not self._on_method:
+                return
+            status, body = self._on_method(request.name, request.payload)
+            response = MethodResponse.create_from_method_request(request, status, body)
+            asyncio.run_coroutine_threadsafe(client.send_method_response(response), loop)
+
+        client.on_twin_desired_properties_patch_received = on_patch
+        client.on_method_request_received = on_method
+
+    def get_twin(self, timeout: float) -> dict[str, Any]:
+        if self._client is None:
+            raise UplinkError("not connected")
+        try:
+            twin: dict[str, Any] = self._run(self._client.get_twin(), timeout)
+        except Exception as exc:  # the SDK's exception tree
+            raise UplinkError(f"get_twin failed: {_redact(str(exc))}") from None
+        return twin
+
+    def patch_reported(self, patch: dict[str, Any], timeout: float) -> None:
+        if self._client is None:
+            raise UplinkError("not connected")
+        try:
+            self._run(self._client.patch_twin_reported_properties(patch), timeout)
+        except Exception as exc:
+            raise UplinkError(f"patch_reported failed: {_redact(str(exc))}") from None
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -89,6 +133,8 @@ class IoTHubSink(Sink):
 
         client.on_connection_state_change = on_state_change
         self._client = client
+        if self._on_desired or self._on_method:
+            self._install_handlers(client)
         try:
             self._run(client.connect(), timeout)
         except Exception as exc:  # the SDK raises its own exception tree

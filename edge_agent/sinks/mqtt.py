@@ -3,25 +3,32 @@
 One paho client per connection: paho's own reconnect is off (`reconnect_on_failure=False`)
 and a dropped client is discarded with whatever it had in flight, so the outbox stays the
 single source of truth and the agent's backoff owns retry.
+
+Control plane (twin, methods) in IoT Hub's MQTT protocol, in one of two dialects
+(`uplink.dialect`): "scoped" (default) uses ``edgeflag/iothub/<device_id>/twin/…`` and
+``…/methods/…`` so a plain Mosquitto/EMQX with ACLs (``%u`` = device id) isolates devices;
+"iothub" uses ``$iothub/…`` for a real IoT Hub or the local hub's front end.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import deque
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import paho.mqtt.client as mqtt
 
 from contracts.mqtt import MqttSettings
 from edge_agent.errors import UplinkError
 from edge_agent.packing import Message
-from edge_agent.sinks.base import Sink, register
+from edge_agent.sinks.base import Controllable, DesiredHandler, MethodHandler, Sink, register
 
 
 @register("mqtt")
-class MqttSink(Sink):
+class MqttSink(Sink, Controllable):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._client: Any = None
@@ -29,6 +36,67 @@ class MqttSink(Sink):
         self._acked: deque[int] = deque()
         self._tokens: dict[int, int] = {}
         self.last_error = ""
+        self._on_desired: DesiredHandler | None = None
+        self._on_method: MethodHandler | None = None
+        self._rid = 0
+        self._replies: dict[str, tuple[threading.Event, dict[str, Any]]] = {}
+
+    @property
+    def control_prefix(self) -> str:
+        c = self.config
+        device = c.device_id or c.username or c.client_id
+        return "$iothub/" if c.dialect == "iothub" else f"edgeflag/iothub/{device}/"
+
+    def set_control_handlers(self, on_desired: DesiredHandler, on_method: MethodHandler) -> None:
+        self._on_desired, self._on_method = on_desired, on_method
+
+    def _request(self, topic: str, payload: bytes, timeout: float) -> tuple[int, bytes]:
+        if not self.connected:
+            raise UplinkError("not connected")
+        self._rid += 1
+        rid = f"r{self._rid}"
+        waiter: tuple[threading.Event, dict[str, Any]] = (threading.Event(), {})
+        self._replies[rid] = waiter
+        try:
+            self._client.publish(f"{topic}?$rid={rid}", payload, qos=1)
+            if not waiter[0].wait(timeout):
+                raise UplinkError(f"no twin response within {timeout:g}s")
+            return int(waiter[1]["status"]), bytes(waiter[1]["payload"])
+        finally:
+            self._replies.pop(rid, None)
+
+    def get_twin(self, timeout: float) -> dict[str, Any]:
+        status, body = self._request(f"{self.control_prefix}twin/GET/", b"", timeout)
+        if status != 200:
+            raise UplinkError(f"twin GET answered {status}")
+        twin: dict[str, Any] = json.loads(body)
+        return twin
+
+    def patch_reported(self, patch: dict[str, Any], timeout: float) -> None:
+        status, _ = self._request(f"{self.control_prefix}twin/PATCH/properties/reported/",
+                                  json.dumps(patch).encode(), timeout)
+        if status not in (200, 204):
+            raise UplinkError(f"reported patch answered {status}")
+
+    def _on_control(self, client: Any, msg: Any) -> None:
+        prefix = self.control_prefix
+        rest, _, query = msg.topic[len(prefix):].partition("?")
+        q = dict(parse_qsl(query))
+        if rest.startswith("twin/res/"):
+            waiter = self._replies.get(q.get("$rid", ""))
+            if waiter:
+                waiter[1].update(status=int(rest.split("/")[2]), payload=msg.payload)
+                waiter[0].set()
+        elif rest.startswith("twin/PATCH/properties/desired") and self._on_desired:
+            self._on_desired(json.loads(msg.payload or b"{}"))
+        elif rest.startswith("methods/POST/") and self._on_method:
+            name = rest.split("/")[2]
+            try:
+                payload = json.loads(msg.payload) if msg.payload else None
+            except ValueError:
+                payload = None
+            status, body = self._on_method(name, payload)
+            client.publish(f"{prefix}methods/res/{status}/?$rid={q.get('$rid', '')}", json.dumps(body), qos=1)
 
     def settings(self) -> MqttSettings:
         c = self.config
@@ -65,7 +133,17 @@ class MqttSink(Sink):
         def on_publish(_c: Any, _u: Any, mid: int) -> None:
             acked.append(mid)
 
+        prefix = self.control_prefix
+
+        def on_message(cl: Any, _u: Any, msg: Any) -> None:
+            if msg.topic.startswith(prefix):
+                try:
+                    self._on_control(cl, msg)
+                except (ValueError, KeyError, IndexError) as exc:
+                    self.last_error = f"bad control message on {msg.topic}: {exc}"
+
         client.on_connect, client.on_disconnect, client.on_publish = on_connect, on_disconnect, on_publish
+        client.on_message = on_message
         self._tokens = {}
         acked.clear()
         try:
@@ -75,7 +153,10 @@ class MqttSink(Sink):
             raise UplinkError(self.last_error) from None
         client.loop_start()
         self._client = client
-        if not connack.wait(timeout) or result.get("rc") != 0:
+        if connack.wait(timeout) and result.get("rc") == 0:
+            client.subscribe([(f"{prefix}twin/res/#", 1), (f"{prefix}twin/PATCH/properties/desired/#", 1),
+                              (f"{prefix}methods/POST/#", 1)])
+        if not connack.is_set() or result.get("rc") != 0:
             rc = result.get("rc")
             self.close()
             self.last_error = (f"broker {s.host}:{s.port} refused the connection: {mqtt.connack_string(rc)}"

@@ -1,8 +1,15 @@
-"""`edgeflag hub …`: the local IoT Hub stand-in (so far: certificates and telemetry ingest to bronze)."""
+"""`edgeflag hub …`: the local IoT Hub stand-in.
+
+`run` starts the hub services on a broker: telemetry ingest into bronze, device twins and
+direct methods, and (with --frontend) the TLS front end that authenticates devices and gives
+each its own $iothub namespace. The operator commands (`device add`, `twin`, `method`,
+`rollout`) talk to the same broker and hub state directory.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import threading
 import time
@@ -11,27 +18,62 @@ from typing import Any
 
 from edgeflag.cli._common import CliError, console, host_port
 
+HUB_NAME = "edgeflag-hub.local"
+
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("hub", help="local IoT Hub stand-in: certificates, telemetry ingest to bronze",
-                       description="The cloud side on one machine. Twins, direct methods and rollout are not "
-                       "built yet (see the IoT Hub issue).")
+    p = sub.add_parser("hub", help="local IoT Hub stand-in: ingest, twins, methods, rollout, certificates",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     hsub = p.add_subparsers(dest="hub_command", metavar="ACTION")
     hsub.required = True
     fmt = argparse.ArgumentDefaultsHelpFormatter
+
     c = hsub.add_parser("certs", help="create a CA, a server certificate and device certificates", formatter_class=fmt)
     c.add_argument("--out", type=Path, required=True, help="directory for the PEM files")
     c.add_argument("--host", action="append", default=[], help="server host (IP or DNS name); repeatable")
     c.add_argument("--device", action="append", default=[], help="device id to issue a client cert for; repeatable")
     c.set_defaults(handler=certs_cmd)
-    r = hsub.add_parser("run", help="ingest telemetry from a broker into append-only bronze files",
-                        formatter_class=fmt)
-    r.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT of the MQTT broker")
+
+    def common(x: Any) -> None:
+        x.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT of the backend MQTT broker")
+        x.add_argument("--state", type=Path, default=Path("hub-state"), help="hub state directory (twins, devices)")
+
+    r = hsub.add_parser("run", help="run ingest, twins/methods and optionally the TLS front end", formatter_class=fmt)
+    common(r)
     r.add_argument("--bronze", type=Path, required=True, help="bronze landing directory")
-    r.add_argument("--ca-file", type=Path, help="CA to verify the broker (enables TLS)")
-    r.add_argument("--client-id", default="edgeflag-hub-ingest", help="persistent-session client id")
+    r.add_argument("--frontend", metavar="HOST", help="serve devices over TLS on HOST:8883 (needs --pki)")
+    r.add_argument("--pki", type=Path, help="directory from 'hub certs' (ca.pem, server.pem, server.key)")
     r.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = until SIGTERM/SIGINT)")
     r.set_defaults(handler=run_cmd)
+
+    d = hsub.add_parser("device", help="register a device (SAS key) and print its connection string",
+                        formatter_class=fmt)
+    common(d)
+    d.add_argument("device_id")
+    d.add_argument("--gateway", default="127.0.0.1", help="GatewayHostName for the connection string")
+    d.set_defaults(handler=device_cmd)
+
+    t = hsub.add_parser("twin", help="show a device twin, or set desired properties (key=value ...)",
+                        formatter_class=fmt)
+    common(t)
+    t.add_argument("device_id")
+    t.add_argument("set", nargs="*", metavar="KEY=VALUE", help="desired properties to set (values parsed as JSON)")
+    t.set_defaults(handler=twin_cmd)
+
+    m = hsub.add_parser("method", help="invoke a direct method on a device", formatter_class=fmt)
+    common(m)
+    m.add_argument("device_id")
+    m.add_argument("name", help="get_status, flush, rollback_model, set_log_level")
+    m.add_argument("--payload", default="null", help="JSON payload")
+    m.add_argument("--timeout", type=float, default=30.0)
+    m.set_defaults(handler=method_cmd)
+
+    o = hsub.add_parser("rollout", help="roll a model bundle out to devices", formatter_class=fmt)
+    common(o)
+    o.add_argument("--bundle", type=Path, required=True, help="bundle directory (or registry: latest)")
+    o.add_argument("--devices", required=True, help="comma-separated device ids")
+    o.add_argument("--url", help="URL devices fetch the bundle from (default: file:// of --bundle)")
+    o.set_defaults(handler=rollout_cmd)
 
 
 def certs_cmd(args: argparse.Namespace) -> int:
@@ -48,27 +90,118 @@ def certs_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _twins(args: argparse.Namespace) -> Any:
+    from cloud_jobs.hub.twins import TwinService
+
+    host, port = host_port(args.broker)
+    svc = TwinService(host, port, args.state)
+    try:
+        svc.start()
+    except RuntimeError as exc:
+        raise CliError(f"{exc} ({host}:{port})") from None
+    return svc
+
+
 def run_cmd(args: argparse.Namespace) -> int:
+    from cloud_jobs.hub.frontend import DeviceRegistry, FrontEnd
     from cloud_jobs.hub.ingest import HubIngest
+    from cloud_jobs.hub.twins import HUB_USER
     from contracts.mqtt import MqttSettings
 
     host, port = host_port(args.broker)
-    if args.ca_file and not args.ca_file.exists():
-        raise CliError(f"--ca-file: {args.ca_file} does not exist")
-    hub = HubIngest(MqttSettings(host=host, port=port, ca_file=args.ca_file), args.bronze, client_id=args.client_id)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    t = threading.Thread(target=hub.run, args=(stop,), daemon=True)
+    ingest = HubIngest(MqttSettings(host=host, port=port, username=HUB_USER), args.bronze)
+    t = threading.Thread(target=ingest.run, args=(stop,), daemon=True)
     t.start()
-    if not hub.connected.wait(10):
+    if not ingest.connected.wait(10):
         stop.set()
         raise CliError(f"cannot reach the broker at {host}:{port}")
-    console.print(f"hub ingesting devices/+/messages/events/# from {host}:{port} into {args.bronze}")
+    twins = _twins(args)
+    front = None
+    if args.frontend:
+        if not args.pki or not (args.pki / "server.pem").exists():
+            raise CliError("--frontend needs --pki with ca.pem, server.pem and server.key (see 'hub certs')")
+        front = FrontEnd(args.frontend, 8883, backend=(host, port), cert=args.pki / "server.pem",
+                         key=args.pki / "server.key", ca=args.pki / "ca.pem",
+                         registry=DeviceRegistry(args.state / "devices.json"))
+        front.start()
+    console.print(f"hub: ingest -> {args.bronze}, twins/methods in {args.state}"
+                  + (f", devices over TLS on {args.frontend}:8883" if front else ""))
     start = time.monotonic()
     while not stop.wait(0.2):
         if args.seconds and time.monotonic() - start >= args.seconds:
             stop.set()
     t.join(10)
-    console.print(f"hub stopped; landed {hub.landed:,} messages")
+    twins.stop()
+    if front:
+        front.stop()
+    console.print(f"hub stopped; landed {ingest.landed:,} messages")
+    return 0
+
+
+def device_cmd(args: argparse.Namespace) -> int:
+    from cloud_jobs.hub.frontend import DeviceRegistry
+
+    key = DeviceRegistry(args.state / "devices.json").add(args.device_id)
+    console.print(f"HostName={HUB_NAME};DeviceId={args.device_id};SharedAccessKey={key};"
+                  f"GatewayHostName={args.gateway}")
+    return 0
+
+
+def twin_cmd(args: argparse.Namespace) -> int:
+    svc = _twins(args)
+    try:
+        if args.set:
+            patch: dict[str, Any] = {}
+            for kv in args.set:
+                key, sep, value = kv.partition("=")
+                if not sep:
+                    raise CliError(f"expected KEY=VALUE, got {kv!r}")
+                try:
+                    patch[key] = json.loads(value)
+                except ValueError:
+                    patch[key] = value
+            twin = svc.set_desired(args.device_id, patch)
+        else:
+            twin = svc.twin(args.device_id)
+        print(json.dumps(twin, indent=2))
+    finally:
+        svc.stop()
+    return 0
+
+
+def method_cmd(args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except ValueError:
+        raise CliError("--payload must be JSON") from None
+    svc = _twins(args)
+    try:
+        status, body = svc.invoke(args.device_id, args.name, payload, args.timeout)
+    finally:
+        svc.stop()
+    print(json.dumps({"status": status, "payload": body}, indent=2))
+    return 0 if status < 400 else 1
+
+
+def rollout_cmd(args: argparse.Namespace) -> int:
+    from models.bundle import load_bundle
+    from models.errors import ModelError
+    from models.registry import Registry
+
+    try:
+        path = Registry(args.bundle).resolve(args.bundle)
+        m = load_bundle(path).manifest
+    except ModelError as exc:
+        raise CliError(str(exc)) from None
+    spec = {"version": m.version, "url": args.url or path.resolve().as_uri(), "sha256": m.sha256}
+    svc = _twins(args)
+    try:
+        for dev in [d for d in args.devices.split(",") if d]:
+            svc.set_desired(dev, {"model": spec})
+            console.print(f"{dev}: desired model -> {m.name} v{m.version} ({m.sha256[:12]})")
+    finally:
+        svc.stop()
     return 0

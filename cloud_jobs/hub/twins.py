@@ -1,0 +1,169 @@
+"""Device twins and direct methods for the local hub, spoken in IoT Hub's MQTT protocol.
+
+The service connects to the backend broker as ``edgeflag-hub`` and serves every device's
+scoped namespace (``edgeflag/iothub/<device>/…``, which the front end maps to the device's
+own ``$iothub/…``):
+
+* ``twin/GET/?$rid=R``  -> ``twin/res/200/?$rid=R`` with ``{"desired": …, "reported": …}``
+* ``twin/PATCH/properties/reported/?$rid=R`` -> merge (JSON merge patch), version + 1,
+  ``twin/res/204/?$rid=R&$version=V``
+* `set_desired(device, patch)` -> merge, version + 1, publish
+  ``twin/PATCH/properties/desired/?$version=V`` with the patch and ``$version``
+* `invoke(device, method, payload)` -> ``methods/POST/<method>/?$rid=R``; the device answers on
+  ``methods/res/<status>/?$rid=R``.
+
+Twins are kept in ``<state>/twins/<device>.json`` (written atomically) so they survive restarts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from cloud_jobs.hub.frontend import SCOPE
+
+HUB_USER = "edgeflag-hub"
+
+
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386 JSON merge patch (null deletes), returning a new dict."""
+    out = dict(target)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_patch(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+class TwinStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def _path(self, device: str) -> Path:
+        return self.root / f"{device}.json"
+
+    def get(self, device: str) -> dict[str, Any]:
+        p = self._path(device)
+        if p.exists():
+            data: dict[str, Any] = json.loads(p.read_text())
+            return data
+        return {"desired": {"$version": 1}, "reported": {"$version": 1}}
+
+    def update(self, device: str, side: str, patch: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            twin = self.get(device)
+            version = int(twin[side].get("$version", 1)) + 1
+            twin[side] = {**merge_patch({k: v for k, v in twin[side].items() if k != "$version"}, patch),
+                          "$version": version}
+            tmp = self._path(device).with_suffix(".tmp")
+            tmp.write_text(json.dumps(twin, indent=1))
+            os.replace(tmp, self._path(device))
+            return twin
+
+
+class TwinService:
+    """Answers twin requests, pushes desired patches and invokes methods over the backend broker."""
+
+    def __init__(self, host: str, port: int, state: Path) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.store = TwinStore(state / "twins")
+        self._rid = itertools.count(1)
+        self._waiting: dict[str, tuple[threading.Event, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        c = self.client = mqtt.Client(client_id="edgeflag-hub-twins", clean_session=True)
+        c.username_pw_set(HUB_USER)
+        def on_connect(cl: Any, _u: Any, _f: Any, rc: int) -> None:
+            cl.subscribe([(f"{SCOPE}/+/twin/GET/#", 1), (f"{SCOPE}/+/twin/PATCH/properties/reported/#", 1),
+                          (f"{SCOPE}/+/methods/res/#", 1)])
+            self.connected.set()
+
+        c.on_connect = on_connect
+        c.on_message = self._on_message
+        c.reconnect_delay_set(0.2, 5)
+        c.connect_async(host, port, 30)
+
+    def start(self) -> None:
+        self.client.loop_start()
+        if not self.connected.wait(10):
+            raise RuntimeError("twin service cannot reach the backend broker")
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) < 5 or "/".join(parts[:2]) != SCOPE:
+            return
+        device, rest = parts[2], "/".join(parts[3:])
+        path, _, query = rest.partition("?")
+        q = dict(parse_qsl(query))
+        rid = q.get("$rid", "")
+        base = f"{SCOPE}/{device}"
+        try:
+            if path.startswith("twin/GET"):
+                twin = self.store.get(device)
+                self.client.publish(f"{base}/twin/res/200/?$rid={rid}", json.dumps(twin), qos=1)
+            elif path.startswith("twin/PATCH/properties/reported"):
+                patch = json.loads(msg.payload or b"{}")
+                twin = self.store.update(device, "reported", patch)
+                v = twin["reported"]["$version"]
+                self.client.publish(f"{base}/twin/res/204/?$rid={rid}&$version={v}", b"", qos=1)
+            elif path.startswith("methods/res/"):
+                status = int(path.split("/")[2])
+                with self._lock:
+                    waiter = self._waiting.get(rid)
+                if waiter:
+                    waiter[1].update(status=status, payload=json.loads(msg.payload or b"null"))
+                    waiter[0].set()
+        except (ValueError, KeyError):
+            if rid and path.startswith("twin/"):
+                self.client.publish(f"{base}/twin/res/400/?$rid={rid}", b"", qos=1)
+
+    def twin(self, device: str) -> dict[str, Any]:
+        return self.store.get(device)
+
+    def set_desired(self, device: str, patch: dict[str, Any]) -> dict[str, Any]:
+        twin = self.store.update(device, "desired", patch)
+        v = twin["desired"]["$version"]
+        self.client.publish(f"{SCOPE}/{device}/twin/PATCH/properties/desired/?$version={v}",
+                            json.dumps({**patch, "$version": v}), qos=1)
+        return twin
+
+    def invoke(self, device: str, method: str, payload: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+        rid = f"m{next(self._rid)}"
+        done: tuple[threading.Event, dict[str, Any]] = (threading.Event(), {})
+        with self._lock:
+            self._waiting[rid] = done
+        try:
+            self.client.publish(f"{SCOPE}/{device}/methods/POST/{method}/?$rid={rid}", json.dumps(payload), qos=1)
+            if not done[0].wait(timeout):
+                return 504, {"error": f"device {device} did not answer {method} within {timeout:g}s"}
+            return int(done[1]["status"]), done[1]["payload"]
+        finally:
+            with self._lock:
+                self._waiting.pop(rid, None)
+
+    def wait_reported(self, device: str, pred: Any, timeout: float = 10.0) -> dict[str, Any]:
+        """Poll the stored reported properties until pred(reported); TimeoutError after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rep: dict[str, Any] = self.store.get(device)["reported"]
+            if pred(rep):
+                return rep
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reported properties of {device} did not match within {timeout:g}s: {rep}")
+            time.sleep(0.05)

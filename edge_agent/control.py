@@ -1,0 +1,194 @@
+"""The agent's control plane: device twin and direct methods, the same over both uplinks.
+
+Desired properties (validated as a whole, then applied as a whole — or not at all):
+
+| key | value | effect |
+|---|---|---|
+| `threshold` | number in (0, 1], or null for the bundle's | flag when score >= threshold, from the next batch |
+| `batch_size` | int 1..65536 | micro-batch limit |
+| `send_rate` | messages/s >= 0 (0 = unlimited) | the uplink token bucket |
+| `log_level` | debug, info, warning, error | agent log level |
+| `model` | {version, url, sha256} | rollout: fetch, verify, canary, swap between batches |
+
+Reported properties: agent version, model (name, version, sha256, threshold), effective
+config, outbox depth/bytes/oldest age, drops and quarantine by reason, last error, and the
+outcome of the last desired patch (`control`) and rollout (`model_rollout`).
+
+Direct methods: `get_status`, `flush` (send now, returns what is pending), `rollback_model`
+(back to the previous model), `set_log_level` ({"level": …}).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.errors import UplinkError
+from edge_agent.logs import event
+from edge_agent.rollout import RolloutError, parse_spec, prepare
+from edge_agent.sinks.base import Controllable
+
+if TYPE_CHECKING:
+    from edge_agent.agent import Agent
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+KNOWN = ("threshold", "batch_size", "send_rate", "log_level", "model")
+
+
+class PatchError(ValueError):
+    """Raised when a desired patch is invalid (nothing of it is applied)."""
+
+
+class ControlPlane:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.desired_version: int | None = None
+        self.control_status: dict[str, Any] = {}
+        self.rollout_status: dict[str, Any] = {}
+        self._jobs: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._sink: Controllable | None = None
+        self._thread = threading.Thread(target=self._work, name="edgeflag-control", daemon=True)
+        self._stop = threading.Event()
+        self._thread.start()
+
+    # -- wiring --------------------------------------------------------------------------------
+    def attach(self, sink: Any) -> None:
+        """Called after every (re)connect: install handlers, then sync the full twin."""
+        if not isinstance(sink, Controllable):
+            return
+        self._sink = sink
+        sink.set_control_handlers(lambda patch: self._jobs.put(("desired", patch)), self.method)
+        self._jobs.put(("sync", None))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._jobs.put(("stop", None))
+        self._thread.join(0.5)  # it may be waiting on the network; it is a daemon thread
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            kind, arg = self._jobs.get()
+            try:
+                if kind == "sync" and self._sink is not None:
+                    twin = self._sink.get_twin(10.0)
+                    self.apply_desired(twin.get("desired", {}), full=True)
+                elif kind == "desired":
+                    self.apply_desired(arg)
+                elif kind == "report":
+                    self.report()
+            except UplinkError as exc:  # e.g. a plain broker with no twin service behind it
+                if self.control_status.get("status") != "unavailable":
+                    event(self.agent.log, logging.INFO, "control plane unavailable", error=str(exc))
+                self.control_status = {"status": "unavailable", "error": str(exc)}
+
+    # -- desired properties --------------------------------------------------------------------
+    def apply_desired(self, patch: dict[str, Any], *, full: bool = False) -> None:
+        version = patch.get("$version")
+        body = {k: v for k, v in patch.items() if not k.startswith("$")}
+        if full:  # a full twin: only the keys we manage, and only if they changed
+            body = {k: v for k, v in body.items() if k in KNOWN}
+        try:
+            plan = self.validate(body)
+        except (PatchError, RolloutError) as exc:
+            self.control_status = {"desired_version": version, "status": "rejected", "error": str(exc)}
+            if "model" in body:
+                self.rollout_status = {"status": "refused", "reason": str(exc)}
+            event(self.agent.log, logging.WARNING, "desired patch rejected", version=version, error=str(exc))
+            self.report()
+            return
+        self.agent.apply_settings(plan)
+        if "model" in plan and plan["model"] is not None:
+            bundle = plan["model"][0]
+            self.rollout_status = {"status": "ok", "version": bundle.manifest.version, "sha256": bundle.manifest.sha256}
+        self.desired_version = version
+        self.control_status = {"desired_version": version, "status": "applied", "error": ""}
+        event(self.agent.log, logging.INFO, "desired patch applied", version=version, keys=sorted(plan))
+        self.report()
+
+    def validate(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Check every key; prepare a rollout (fetch, verify, canary). Raises without side effects."""
+        unknown = sorted(set(body) - set(KNOWN))
+        if unknown:
+            raise PatchError(f"unknown desired properties: {', '.join(unknown)} (known: {', '.join(KNOWN)})")
+        plan: dict[str, Any] = {}
+        if "threshold" in body:
+            t = body["threshold"]
+            if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1):
+                raise PatchError(f"threshold: must be a number in (0, 1] or null, got {t!r}")
+            plan["threshold"] = None if t is None else float(t)
+        if "batch_size" in body:
+            b = body["batch_size"]
+            if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 65536:
+                raise PatchError(f"batch_size: must be an integer in 1..65536, got {b!r}")
+            plan["batch_size"] = b
+        if "send_rate" in body:
+            r = body["send_rate"]
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or r < 0:
+                raise PatchError(f"send_rate: must be a number >= 0, got {r!r}")
+            plan["send_rate"] = float(r)
+        if "log_level" in body:
+            lv = body["log_level"]
+            if lv not in LOG_LEVELS:
+                raise PatchError(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {lv!r}")
+            plan["log_level"] = lv
+        if body.get("model") is not None:
+            version, _url, sha = parse_spec(body["model"])
+            current = self.agent.bundle.manifest
+            if (version, sha) != (current.version, current.sha256):
+                cfg = self.agent.config
+                trusted = Path(cfg.model.trusted_key) if cfg.model.trusted_key else None
+                stage = self.agent.stage
+                plan["model"] = prepare(body["model"], cfg.state_dir, trusted_key=trusted, current=stage,
+                                        canary=stage.recent)
+        return plan
+
+    # -- methods ---------------------------------------------------------------------------------
+    def method(self, name: str, payload: Any) -> tuple[int, Any]:
+        """Handle a direct method quickly (called on the uplink's network thread)."""
+        agent = self.agent
+        if name == "get_status":
+            return 200, agent.status()
+        if name == "flush":
+            agent.flush_now()
+            st = agent.outbox.stats()
+            return 200, {"pending_readings": st.readings, "pending_segments": st.segments}
+        if name == "set_log_level":
+            level = (payload or {}).get("level") if isinstance(payload, dict) else payload
+            if level not in LOG_LEVELS:
+                return 400, {"error": f"level must be one of {', '.join(LOG_LEVELS)}"}
+            agent.apply_settings({"log_level": level})
+            self._jobs.put(("report", None))
+            return 200, {"log_level": level}
+        if name == "rollback_model":
+            try:
+                bundle = agent.rollback_model()
+            except RolloutError as exc:
+                return 409, {"error": str(exc)}
+            self.rollout_status = {"status": "rolled_back", "version": bundle.manifest.version,
+                                   "sha256": bundle.manifest.sha256}
+            self._jobs.put(("report", None))
+            return 200, {"model": {"name": bundle.manifest.name, "version": bundle.manifest.version}}
+        return 404, {"error": f"unknown method {name!r}; known: get_status, flush, rollback_model, set_log_level"}
+
+    # -- reported properties -------------------------------------------------------------------
+    def reported(self) -> dict[str, Any]:
+        s = self.agent.status()
+        return {
+            "agent_version": s["agent_version"], "model": s["model"], "config": s["config"],
+            "outbox": s["outbox"], "dropped": s["dropped_total"], "quarantined": s["quarantined"],
+            "last_error": s["last_error"], "control": self.control_status, "model_rollout": self.rollout_status,
+        }
+
+    def report(self) -> None:
+        if self._sink is None:
+            return
+        try:
+            self._sink.patch_reported(self.reported(), 10.0)
+        except UplinkError as exc:
+            self.control_status = {**self.control_status, "report_error": str(exc)}
+
+    def request_report(self) -> None:
+        self._jobs.put(("report", None))

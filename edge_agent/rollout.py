@@ -1,0 +1,99 @@
+"""Model rollout: fetch a bundle named by a desired property, verify it, canary it.
+
+Spec (the `model` desired property): ``{"version": 3, "url": "file:///models/pump/v0003"
+| "http(s)://host/path/v0003", "sha256": "<sha256 of model.onnx>"}``. The bundle is copied
+into ``<state_dir>/models/v<version>-<sha12>/`` (for http(s): ``<url>/manifest.json`` and
+``<url>/model.onnx``), verified by `models.bundle.load_bundle` (hashes, feature spec,
+signature when a trusted key is configured, onnxruntime load), checked against the spec
+(version, sha256), and canaried: a batch of feature rows must score to finite numbers of
+the right shape. Only then is it offered for the swap. Any failure raises RolloutError
+with the reason, and the agent keeps its current model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contracts.manifest import MANIFEST_FILE, MODEL_FILE
+from edge_agent.errors import AgentError
+from edge_agent.scoring import ScoringStage
+from models.bundle import Bundle, load_bundle
+from models.errors import ModelError
+
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+
+
+class RolloutError(AgentError):
+    """Raised when a rollout spec is invalid or the bundle it names fails download, verification or canary."""
+
+
+def parse_spec(spec: Any) -> tuple[int, str, str]:
+    if not isinstance(spec, Mapping):
+        raise RolloutError("model: must be an object {version, url, sha256}")
+    try:
+        version, url, sha = int(spec["version"]), str(spec["url"]), str(spec["sha256"]).lower()
+    except (KeyError, TypeError, ValueError):
+        raise RolloutError("model: needs version (int), url and sha256") from None
+    if urllib.parse.urlparse(url).scheme not in ("file", "http", "https"):
+        raise RolloutError(f"model.url: scheme must be file, http or https, got {url!r}")
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise RolloutError("model.sha256: must be 64 hex digits")
+    return version, url, sha
+
+
+def fetch(url: str, dest: Path) -> Path:
+    """Copy or download a bundle directory into dest (a fresh directory)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    parsed = urllib.parse.urlparse(url)
+    for name in (MANIFEST_FILE, MODEL_FILE):
+        try:
+            if parsed.scheme == "file":
+                src = Path(urllib.parse.unquote(parsed.path)) / name
+                if src.stat().st_size > MAX_BUNDLE_BYTES:
+                    raise RolloutError(f"{name} is larger than {MAX_BUNDLE_BYTES} bytes")
+                shutil.copyfile(src, dest / name)
+            else:
+                with urllib.request.urlopen(url.rstrip("/") + "/" + name, timeout=30) as resp:
+                    data = resp.read(MAX_BUNDLE_BYTES + 1)
+                if len(data) > MAX_BUNDLE_BYTES:
+                    raise RolloutError(f"{name} is larger than {MAX_BUNDLE_BYTES} bytes")
+                (dest / name).write_bytes(data)
+        except OSError as exc:
+            raise RolloutError(f"cannot fetch {name} from {url}: {exc}") from None
+    return dest
+
+
+def prepare(spec: Any, state_dir: Path, *, trusted_key: Path | None, current: ScoringStage,
+            canary: np.ndarray | None) -> tuple[Bundle, ScoringStage]:
+    """Fetch, verify and canary the bundle a spec names; returns it and a ready scoring stage."""
+    version, url, sha = parse_spec(spec)
+    path = fetch(url, state_dir / "models" / f"v{version:04d}-{sha[:12]}")
+    try:
+        bundle = load_bundle(path, trusted_key=trusted_key)
+    except ModelError as exc:
+        raise RolloutError(f"bundle rejected: {exc}") from None
+    if bundle.manifest.sha256 != sha:
+        raise RolloutError(f"bundle sha256 {bundle.manifest.sha256[:12]}… is not the {sha[:12]}… the rollout named")
+    if bundle.manifest.version != version:
+        raise RolloutError(f"bundle is version {bundle.manifest.version}, the rollout named {version}")
+    if bundle.spec.channels != current.bundle.spec.channels and not set(bundle.spec.channels) <= set(
+            current.bundle.spec.channels):
+        raise RolloutError("bundle needs channels the current readings do not carry")
+    stage = ScoringStage(bundle, threads=current.scorer_threads)
+    rows = canary if canary is not None and len(canary) else np.zeros((8, bundle.spec.n_features))
+    try:
+        scores = stage.scorer.score(rows[:, : bundle.spec.n_features])
+    except ModelError as exc:
+        raise RolloutError(f"canary failed: {exc}") from None
+    if scores.shape != (len(rows),) or not np.isfinite(scores).all():
+        raise RolloutError("canary failed: scores are not finite or have the wrong shape")
+    return bundle, stage
