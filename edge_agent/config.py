@@ -125,6 +125,7 @@ class UplinkSection:
     device_id: str = ""
     gateway_hostname: str = ""
     dialect: str = "scoped"
+    sas_key: str = ""  # mqtt: sign a fresh SAS token per connection (IoT Hub or the hub's front end)
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ class AgentConfig:
         out = dataclasses.asdict(self)
         for section in out.values():
             for k in list(section):
-                if k in ("password", "connection_string") and section[k]:
+                if k in ("password", "connection_string", "sas_key") and section[k]:
                     section[k] = "***"
         return out
 

@@ -37,6 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloud_jobs.hub import mqttwire as w
+from contracts.mqtt import sas_token
+
+__all__ = ["BACKEND_ACL", "SCOPE", "DeviceRegistry", "FrontEnd", "check_sas", "sas_token"]
 
 SCOPE = "edgeflag/iothub"
 log = logging.getLogger("edgeflag.hub.frontend")
@@ -71,14 +74,6 @@ class DeviceRegistry:
     def key(self, device_id: str) -> str | None:
         d = self._devices.get(device_id)
         return d["key"] if d else None
-
-
-def sas_token(hub_host: str, device_id: str, key_b64: str, ttl_s: float = 3600, now: float | None = None) -> str:
-    """A device SAS token exactly as the azure-iot-device SDK builds it."""
-    uri = urllib.parse.quote(f"{hub_host}/devices/{device_id}", safe="")
-    expiry = int((now if now is not None else time.time()) + ttl_s)
-    sig = base64.b64encode(hmac.new(base64.b64decode(key_b64), f"{uri}\n{expiry}".encode(), hashlib.sha256).digest())
-    return f"SharedAccessSignature sr={uri}&sig={urllib.parse.quote(sig.decode(), safe='')}&se={expiry}"
 
 
 def check_sas(token: str, device_id: str, key_b64: str, now: float | None = None) -> str | None:
@@ -128,12 +123,18 @@ class FrontEnd:
     # -- lifecycle (a thread with its own event loop, so sync code and tests can use it) --
     def start(self) -> None:
         ready = threading.Event()
+        failure: list[BaseException] = []
 
         def run() -> None:
             loop = asyncio.new_event_loop()
+            try:
+                self._server = loop.run_until_complete(
+                    asyncio.start_server(self._handle, self.host, self.port, ssl=self.ssl))
+            except OSError as exc:  # address in use, no such address …
+                failure.append(exc)
+                ready.set()
+                return
             self._loop = loop
-            self._server = loop.run_until_complete(
-                asyncio.start_server(self._handle, self.host, self.port, ssl=self.ssl))
             ready.set()
             loop.run_forever()
 
@@ -141,6 +142,8 @@ class FrontEnd:
         self._thread.start()
         if not ready.wait(10):
             raise RuntimeError(f"front end did not start on {self.host}:{self.port}")
+        if failure:
+            raise OSError(f"front end cannot listen on {self.host}:{self.port}: {failure[0]}")
 
     def stop(self) -> None:
         loop = self._loop

@@ -54,7 +54,11 @@ class IoTHubSink(Sink, Controllable):
         """Route twin patches and method calls of the SDK client (now and after reconnects) to the agent."""
         self._on_desired, self._on_method = on_desired, on_method
         if self._client is not None:
-            self._install_handlers(self._client)
+            try:
+                self._install_handlers(self._client)
+            except Exception as exc:  # the connection went away meanwhile: the next connect installs them
+                self._up = False
+                self.last_error = f"iothub: cannot enable twin/methods: {_redact(str(exc))}"
 
     def _install_handlers(self, client: Any) -> None:
         from azure.iot.device import MethodResponse
@@ -133,10 +137,10 @@ class IoTHubSink(Sink, Controllable):
 
         client.on_connection_state_change = on_state_change
         self._client = client
-        if self._on_desired or self._on_method:
-            self._install_handlers(client)
         try:
             self._run(client.connect(), timeout)
+            if self._on_desired or self._on_method:  # enabling twin/method features needs a connection
+                self._install_handlers(client)
         except Exception as exc:  # the SDK raises its own exception tree
             self.last_error = f"iothub connect failed: {type(exc).__name__}: {_redact(str(exc))}"
             self.close()

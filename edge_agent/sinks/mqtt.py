@@ -21,7 +21,8 @@ from urllib.parse import parse_qsl
 
 import paho.mqtt.client as mqtt
 
-from contracts.mqtt import MqttSettings
+from contracts.mqtt import MqttSettings, sas_token
+from contracts.topics import telemetry_topic
 from edge_agent.errors import UplinkError
 from edge_agent.packing import Message
 from edge_agent.sinks.base import Controllable, DesiredHandler, MethodHandler, Sink, register
@@ -40,6 +41,11 @@ class MqttSink(Sink, Controllable):
         self._on_method: MethodHandler | None = None
         self._rid = 0
         self._replies: dict[str, tuple[threading.Event, dict[str, Any]]] = {}
+
+    @property
+    def _identity(self) -> str:
+        c = self.config
+        return c.device_id or c.client_id
 
     @property
     def control_prefix(self) -> str:
@@ -105,13 +111,20 @@ class MqttSink(Sink, Controllable):
                             cert_file=Path(c.cert_file) if c.cert_file else None,
                             key_file=Path(c.key_file) if c.key_file else None, keepalive=c.keepalive_s)
 
+    def _password(self) -> str | None:
+        """The configured password, or a fresh SAS token when uplink.sas_key is set (valid 1 h)."""
+        c = self.config
+        if not c.sas_key:
+            return c.password or None
+        return sas_token(c.iothub_hostname, c.device_id or c.client_id, c.sas_key)
+
     def connect(self, timeout: float) -> None:
         self.close()
         s = self.settings()
         client = mqtt.Client(client_id=s.client_id, clean_session=True, protocol=mqtt.MQTTv311,
                              reconnect_on_failure=False)
         if s.username is not None:
-            client.username_pw_set(s.username, s.password)
+            client.username_pw_set(s.username, self._password())
         if s.ca_file is not None:
             client.tls_set(ca_certs=str(s.ca_file), certfile=str(s.cert_file) if s.cert_file else None,
                            keyfile=str(s.key_file) if s.key_file else None)
@@ -170,7 +183,12 @@ class MqttSink(Sink, Controllable):
     def send(self, message: Message, token: int) -> bool:
         if not self.connected:
             return False
-        info = self._client.publish(message.topic, message.payload, qos=self.config.qos)
+        topic = message.topic
+        if self.config.dialect == "iothub" and message.device_id != self._identity:
+            # IoT Hub (and the hub's front end) let a connection publish only as itself: an
+            # identity-translation gateway sends under its own id; the payload names the sensor.
+            topic = telemetry_topic(self._identity, message.properties)
+        info = self._client.publish(topic, message.payload, qos=self.config.qos)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             self._up.clear()
             self.last_error = f"publish failed: {mqtt.error_string(info.rc)}"

@@ -41,8 +41,10 @@ def register(sub: Any) -> None:
     r = hsub.add_parser("run", help="run ingest, twins/methods and optionally the TLS front end", formatter_class=fmt)
     common(r)
     r.add_argument("--bronze", type=Path, required=True, help="bronze landing directory")
-    r.add_argument("--frontend", metavar="HOST", help="serve devices over TLS on HOST:8883 (needs --pki)")
-    r.add_argument("--pki", type=Path, help="directory from 'hub certs' (ca.pem, server.pem, server.key)")
+    r.add_argument("--frontend", metavar="HOST", default="127.0.0.1",
+                   help="serve devices over TLS on HOST:8883 (the SDK's fixed port)")
+    r.add_argument("--no-frontend", action="store_true", help="no device listener (devices use the broker + ACLs)")
+    r.add_argument("--pki", type=Path, help="certificates from 'hub certs' (default: <state>/pki, created if missing)")
     r.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = until SIGTERM/SIGINT)")
     r.set_defaults(handler=run_cmd)
 
@@ -120,13 +122,20 @@ def run_cmd(args: argparse.Namespace) -> int:
         raise CliError(f"cannot reach the broker at {host}:{port}")
     twins = _twins(args)
     front = None
-    if args.frontend:
-        if not args.pki or not (args.pki / "server.pem").exists():
-            raise CliError("--frontend needs --pki with ca.pem, server.pem and server.key (see 'hub certs')")
-        front = FrontEnd(args.frontend, 8883, backend=(host, port), cert=args.pki / "server.pem",
-                         key=args.pki / "server.key", ca=args.pki / "ca.pem",
-                         registry=DeviceRegistry(args.state / "devices.json"))
-        front.start()
+    if not args.no_frontend:
+        from cloud_jobs.hub.certs import make_ca, make_server
+
+        pki = args.pki or args.state / "pki"
+        if not (pki / "server.pem").exists():
+            make_server(make_ca(pki), pki, [args.frontend, HUB_NAME])
+            console.print(f"created hub certificates in {pki} (devices trust {pki / 'ca.pem'})")
+        front = FrontEnd(args.frontend, 8883, backend=(host, port), cert=pki / "server.pem", key=pki / "server.key",
+                         ca=pki / "ca.pem", registry=DeviceRegistry(args.state / "devices.json"))
+        try:
+            front.start()
+        except (OSError, RuntimeError) as exc:
+            stop.set()
+            raise CliError(f"cannot listen on {args.frontend}:8883: {exc} (pick another --frontend address)") from None
     console.print(f"hub: ingest -> {args.bronze}, twins/methods in {args.state}"
                   + (f", devices over TLS on {args.frontend}:8883" if front else ""))
     start = time.monotonic()

@@ -1,0 +1,75 @@
+"""Rollout preparation: fetch (file:// and http://), verify, canary — failures leave the agent untouched."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.rollout import RolloutError, parse_spec, prepare
+from edge_agent.scoring import ScoringStage
+from models.bundle import load_bundle
+
+
+@pytest.fixture
+def current(trained_small) -> ScoringStage:  # type: ignore[no-untyped-def]
+    return ScoringStage(load_bundle(trained_small[0]))
+
+
+def spec_for(path: Path, url: str) -> dict[str, object]:
+    m = json.loads((path / "manifest.json").read_text())
+    return {"version": m["version"], "url": url, "sha256": m["sha256"]}
+
+
+def test_a_bundle_is_fetched_over_http_verified_and_canaried(tmp_path: Path, trained_small, current) -> None:  # type: ignore[no-untyped-def]
+    src = trained_small[0]
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(src))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        bundle, stage = prepare(spec_for(src, url), tmp_path, trusted_key=None, current=current,
+                                canary=np.random.default_rng(0).random((16, 4)))
+    finally:
+        server.shutdown()
+    assert bundle.manifest.sha256 == load_bundle(src).manifest.sha256
+    assert (tmp_path / "models").is_dir() and stage.bundle is bundle
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ({"version": 1, "url": "ftp://x/y", "sha256": "0" * 64}, "scheme"),
+        ({"version": 1, "url": "file:///nonexistent/bundle", "sha256": "0" * 64}, "cannot fetch"),
+        ({"version": "one", "url": "file:///x", "sha256": "0" * 64}, "version"),
+        ({"version": 1, "url": "file:///x", "sha256": "xyz"}, "sha256"),
+        ("not an object", "object"),
+    ],
+)
+def test_bad_specs_are_refused_with_a_reason(tmp_path: Path, current, spec: object, reason: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RolloutError, match=reason):
+        prepare(spec, tmp_path, trusted_key=None, current=current, canary=None)
+
+
+def test_a_bundle_that_is_not_the_one_named_is_refused(tmp_path: Path, trained_small, current) -> None:  # type: ignore[no-untyped-def]
+    src = trained_small[0]
+    spec = spec_for(src, src.as_uri())
+    with pytest.raises(RolloutError, match="is not the"):
+        prepare({**spec, "sha256": "ab" * 32}, tmp_path, trusted_key=None, current=current, canary=None)
+    with pytest.raises(RolloutError, match="version"):
+        prepare({**spec, "version": 99}, tmp_path, trusted_key=None, current=current, canary=None)
+    tampered = tmp_path / "t"
+    shutil.copytree(src, tampered)
+    raw = bytearray((tampered / "model.onnx").read_bytes())
+    raw[-10] ^= 0xFF
+    (tampered / "model.onnx").write_bytes(bytes(raw))
+    with pytest.raises(RolloutError, match="bundle rejected"):
+        prepare(spec_for(src, tampered.as_uri()), tmp_path, trusted_key=None, current=current, canary=None)
+    assert parse_spec(spec)[0] == 1

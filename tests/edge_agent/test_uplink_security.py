@@ -1,0 +1,160 @@
+"""Security over both uplinks: wrong keys are refused, devices are isolated, secrets stay out of logs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from helpers import wait_for
+
+from cloud_jobs.hub.bronze import read_bronze
+from cloud_jobs.hub.certs import make_ca, make_server
+from cloud_jobs.hub.frontend import BACKEND_ACL, DeviceRegistry, FrontEnd
+from cloud_jobs.hub.ingest import HubIngest
+from cloud_jobs.hub.twins import HUB_USER
+from cloud_jobs.mosquitto import Broker, free_loopback_address
+from contracts.mqtt import MqttSettings
+from edge_agent.agent import Agent
+from edge_agent.config import build_config
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+HUB = "edgeflag-hub.local"
+
+
+class Hub:
+    """Backend Mosquitto (ACLs) + TLS front end + bronze ingest, restartable like a real hub."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.host = free_loopback_address(8883)
+        ca = make_ca(tmp / "pki")
+        self.server = make_server(ca, tmp / "pki", [self.host, HUB])
+        self.ca = ca.cert
+        acl = tmp / "acl"
+        acl.write_text(BACKEND_ACL)
+        self.broker = Broker(tmp, extra_conf=f"acl_file {acl}\n", persistence=True)
+        self.broker.start()
+        reg = DeviceRegistry(tmp / "devices.json")
+        self.keys = {d: reg.add(d) for d in ("gw-1", "gw-2")}
+        self.front: FrontEnd | None = None
+        self.ingest_stop = threading.Event()
+        self.start_front()
+        self.start_ingest()
+
+    def start_front(self) -> None:
+        self.front = FrontEnd(self.host, 8883, backend=("127.0.0.1", self.broker.port), cert=self.server.cert,
+                              key=self.server.key, ca=self.ca, registry=DeviceRegistry(self.tmp / "devices.json"))
+        self.front.start()
+
+    def start_ingest(self) -> None:
+        self.ingest_stop = threading.Event()
+        ingest = HubIngest(MqttSettings(port=self.broker.port, username=HUB_USER), self.tmp / "bronze")
+        self.ingest_thread = threading.Thread(target=ingest.run, args=(self.ingest_stop,))
+        self.ingest_thread.start()
+        assert ingest.connected.wait(10)
+
+    def stop_all(self) -> None:
+        if self.front:
+            self.front.stop()
+            self.front = None
+        self.ingest_stop.set()
+        self.ingest_thread.join(10)
+
+    def keys_landed(self) -> set[tuple[str, str, int]]:
+        return {(r["body"]["device_id"], r["body"]["boot_id"], x["seq"])
+                for r in read_bronze(self.tmp / "bronze") if "body" in r for x in r["body"]["readings"]}
+
+
+@pytest.fixture
+def hub(tmp_path: Path):  # type: ignore[no-untyped-def]
+    h = Hub(tmp_path)
+    yield h
+    h.stop_all()
+    h.broker.stop()
+
+
+def agent_cfg(tmp: Path, bundle: Path, uplink: dict[str, Any], readings: int, rate: float = 0.0) -> Any:
+    return build_config({
+        "agent": {"state_dir": str(tmp / "state"), "status_interval_s": 3600.0},
+        "model": {"bundle": str(bundle)},
+        "source": {"type": "simulator", "devices": 2, "readings": readings, "rate": rate, "seed": 5},
+        "uplink": {**uplink, "rate_messages_per_s": 0.0, "backoff_initial_s": 0.1, "backoff_max_s": 0.5},
+        "log": {"level": "info"},
+    }, environ={})
+
+
+def sdk_uplink(hub: Hub, key: str) -> dict[str, Any]:
+    cs = f"HostName={HUB};DeviceId=gw-1;SharedAccessKey={key};GatewayHostName={hub.host}"
+    return {"type": "iothub", "connection_string": cs, "ca_file": str(hub.ca)}
+
+
+def mqtt_uplink(hub: Hub, key: str) -> dict[str, Any]:
+    return {"type": "mqtt", "host": hub.host, "port": 8883, "ca_file": str(hub.ca), "client_id": "gw-1",
+            "device_id": "gw-1", "username": f"{HUB}/gw-1/?api-version=2021-04-12", "sas_key": key,
+            "iothub_hostname": HUB, "dialect": "iothub"}
+
+
+@pytest.mark.parametrize("kind", ["iothub", "mqtt"])
+def test_a_wrong_key_is_refused_nothing_is_lost_and_no_secret_is_logged(tmp_path: Path, hub: Hub, trained_small,
+                                                                       kind: str, capfd) -> None:  # type: ignore[no-untyped-def]
+    make = sdk_uplink if kind == "iothub" else mqtt_uplink
+    agent = Agent(agent_cfg(tmp_path, trained_small[0], make(hub, hub.keys["gw-2"]), readings=100))
+    agent.start()
+    wait_for(lambda: agent.metrics.snapshot()["uplink_errors"] >= 2, 30, "refused connections")
+    assert agent.outbox.stats().readings == 200 and not agent.sink.connected
+    assert "SAS signature does not match the device key" in hub.front.stats.refused  # type: ignore[union-attr]
+    agent.stop(flush_timeout=0.2)
+    out, err = capfd.readouterr()
+    for secret in hub.keys.values():
+        assert secret not in out + err + agent.last_error
+
+
+@pytest.mark.parametrize("kind", ["iothub", "mqtt"])
+def test_the_hub_restarted_mid_stream_loses_nothing(tmp_path: Path, hub: Hub, trained_small, kind: str) -> None:  # type: ignore[no-untyped-def]
+    make = sdk_uplink if kind == "iothub" else mqtt_uplink
+    agent = Agent(agent_cfg(tmp_path, trained_small[0], make(hub, hub.keys["gw-1"]), readings=1500, rate=1000.0))
+    agent.start()
+    wait_for(lambda: agent.metrics.snapshot()["sent"] > 300, 30, "first deliveries")
+    hub.stop_all()  # the whole hub goes away: front end and ingest
+    time.sleep(1.0)
+    hub.start_front()
+    hub.start_ingest()
+    wait_for(agent.drained, 60, "the backlog to drain after the hub came back")
+    streams = agent.outbox.streams()
+    agent.stop()
+    want = {(d, streams[d][0], s) for d in ("dev-0001", "dev-0002") for s in range(1500)}
+    wait_for(lambda: hub.keys_landed() >= want, 20, "bronze to hold every reading")
+    assert hub.keys_landed() == want
+    assert agent.metrics.snapshot()["uplink_errors"] >= 1
+
+
+def test_mosquitto_acls_isolate_devices_on_the_scoped_mqtt_dialect(tmp_path: Path, hub: Hub) -> None:
+    """Without the front end (a production broker), %u ACLs keep each device to its own topics."""
+    got: dict[str, list[str]] = {"dev-a": [], "hub": []}
+
+    def client(user: str, sink: list[str]) -> mqtt.Client:
+        c = mqtt.Client(client_id=user)
+        c.username_pw_set(user)
+        c.on_message = lambda _c, _u, m: sink.append(m.topic)
+        c.connect("127.0.0.1", hub.broker.port)
+        c.loop_start()
+        return c
+
+    spy = client(HUB_USER, got["hub"])
+    spy.subscribe("devices/#", 1)
+    a = client("dev-a", got["dev-a"])
+    a.subscribe([("edgeflag/iothub/dev-b/#", 1), ("edgeflag/iothub/dev-a/#", 1)])
+    time.sleep(0.3)
+    a.publish("devices/dev-b/messages/events/", b"forged", qos=1).wait_for_publish(5)
+    a.publish("devices/dev-a/messages/events/", b"mine", qos=1).wait_for_publish(5)
+    spy.publish("edgeflag/iothub/dev-b/twin/res/200/?$rid=1", b"{}", qos=1)
+    spy.publish("edgeflag/iothub/dev-a/twin/res/200/?$rid=2", b"{}", qos=1)
+    time.sleep(0.5)
+    for c in (a, spy):
+        c.loop_stop()
+    assert got["hub"] == ["devices/dev-a/messages/events/"], "the forged publish never reaches the hub"
+    assert got["dev-a"] == ["edgeflag/iothub/dev-a/twin/res/200/?$rid=2"], "A sees only its own twin"
