@@ -55,11 +55,12 @@ def register(sub: Any) -> None:
     d.add_argument("--gateway", default="127.0.0.1", help="GatewayHostName for the connection string")
     d.set_defaults(handler=device_cmd)
 
-    t = hsub.add_parser("twin", help="show a device twin, or set desired properties (key=value ...)",
+    t = hsub.add_parser("twin", help="show a device twin (get) or set desired properties (set)",
                         formatter_class=fmt)
+    t.add_argument("action", choices=("get", "set"))
     common(t)
     t.add_argument("device_id")
-    t.add_argument("set", nargs="*", metavar="KEY=VALUE", help="desired properties to set (values parsed as JSON)")
+    t.add_argument("set", nargs="*", metavar="KEY=VALUE", help="with set: desired properties (values parsed as JSON)")
     t.set_defaults(handler=twin_cmd)
 
     m = hsub.add_parser("method", help="invoke a direct method on a device", formatter_class=fmt)
@@ -154,15 +155,19 @@ def device_cmd(args: argparse.Namespace) -> int:
     from cloud_jobs.hub.frontend import DeviceRegistry
 
     key = DeviceRegistry(args.state / "devices.json").add(args.device_id)
-    console.print(f"HostName={HUB_NAME};DeviceId={args.device_id};SharedAccessKey={key};"
-                  f"GatewayHostName={args.gateway}")
+    # plain print: the connection string must stay on one line to be copied
+    print(f"HostName={HUB_NAME};DeviceId={args.device_id};SharedAccessKey={key};GatewayHostName={args.gateway}")
     return 0
 
 
 def twin_cmd(args: argparse.Namespace) -> int:
+    if args.action == "set" and not args.set:
+        raise CliError("twin set needs at least one KEY=VALUE")
+    if args.action == "get" and args.set:
+        raise CliError("twin get takes no KEY=VALUE (did you mean 'twin set'?)")
     svc = _twins(args)
     try:
-        if args.set:
+        if args.action == "set":
             patch: dict[str, Any] = {}
             for kv in args.set:
                 key, sep, value = kv.partition("=")

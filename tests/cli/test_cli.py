@@ -96,3 +96,20 @@ def test_agent_check_config_names_a_bad_key_and_a_missing_model(tmp_path: Path) 
     assert r.returncode == 2 and "model.bundle" in r.stderr
     r = edgeflag("agent", "run", "--config", str(tmp_path / "missing.toml"))
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_hub_operator_commands_talk_to_the_broker(tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
+    common = ["--broker", f"127.0.0.1:{broker.port}", "--state", str(tmp_path / "hub")]
+    r = edgeflag("hub", "twin", "set", *common, "dev-1", "threshold=0.7", 'model={"version": 2}')
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["desired"]["threshold"] == 0.7
+    r = edgeflag("hub", "twin", "get", *common, "dev-1")
+    twin = json.loads(r.stdout)
+    assert twin["desired"]["model"] == {"version": 2} and twin["desired"]["$version"] == 2
+    r = edgeflag("hub", "method", *common, "dev-1", "get_status", "--timeout", "0.5")
+    assert r.returncode == 1 and json.loads(r.stdout)["status"] == 504
+    r = edgeflag("hub", "device", *common, "dev-1", "--gateway", "127.0.0.9")
+    assert r.stdout.startswith("HostName=edgeflag-hub.local;DeviceId=dev-1;SharedAccessKey=")
+    assert "GatewayHostName=127.0.0.9" in r.stdout
+    r = edgeflag("hub", "twin", "set", *common, "dev-1")
+    assert r.returncode == 2 and "KEY=VALUE" in r.stderr

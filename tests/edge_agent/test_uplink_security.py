@@ -158,3 +158,19 @@ def test_mosquitto_acls_isolate_devices_on_the_scoped_mqtt_dialect(tmp_path: Pat
         c.loop_stop()
     assert got["hub"] == ["devices/dev-a/messages/events/"], "the forged publish never reaches the hub"
     assert got["dev-a"] == ["edgeflag/iothub/dev-a/twin/res/200/?$rid=2"], "A sees only its own twin"
+
+
+def test_an_x509_device_sends_through_the_sdk(tmp_path: Path, hub: Hub, trained_small) -> None:  # type: ignore[no-untyped-def]
+    from cloud_jobs.hub.certs import make_ca, make_device
+
+    cert = make_device(make_ca(tmp_path / "pki"), tmp_path / "pki", "gw-1")
+    uplink = {"type": "iothub", "cert_file": str(cert.cert), "key_file": str(cert.key), "iothub_hostname": HUB,
+              "device_id": "gw-1", "gateway_hostname": hub.host, "ca_file": str(hub.ca)}
+    agent = Agent(agent_cfg(tmp_path, trained_small[0], uplink, readings=200))
+    agent.start()
+    wait_for(agent.drained, 60, "X.509 delivery")
+    streams = agent.outbox.streams()
+    agent.stop()
+    want = {(d, streams[d][0], s) for d in ("dev-0001", "dev-0002") for s in range(200)}
+    wait_for(lambda: hub.keys_landed() >= want, 20, "bronze")
+    assert hub.front is not None and hub.front.stats.accepted >= 1 and not hub.front.stats.refused
