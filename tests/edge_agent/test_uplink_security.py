@@ -174,3 +174,16 @@ def test_an_x509_device_sends_through_the_sdk(tmp_path: Path, hub: Hub, trained_
     want = {(d, streams[d][0], s) for d in ("dev-0001", "dev-0002") for s in range(200)}
     wait_for(lambda: hub.keys_landed() >= want, 20, "bronze")
     assert hub.front is not None and hub.front.stats.accepted >= 1 and not hub.front.stats.refused
+
+
+def test_an_expired_token_is_refused_on_the_mqtt_uplink(tmp_path: Path, hub: Hub, trained_small) -> None:  # type: ignore[no-untyped-def]
+    from contracts.mqtt import sas_token
+
+    uplink = {**mqtt_uplink(hub, hub.keys["gw-1"]), "sas_key": "",
+              "password": sas_token(HUB, "gw-1", hub.keys["gw-1"], ttl_s=-5)}
+    agent = Agent(agent_cfg(tmp_path, trained_small[0], uplink, readings=50))
+    agent.start()
+    wait_for(lambda: agent.metrics.snapshot()["uplink_errors"] >= 1, 30, "a refused connection")
+    assert hub.front is not None and hub.front.stats.refused.get("SAS token expired", 0) >= 1
+    assert "not authorised" in agent.last_error.lower() or "refused" in agent.last_error.lower()
+    agent.stop(flush_timeout=0.2)
