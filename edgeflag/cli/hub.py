@@ -45,6 +45,8 @@ def register(sub: Any) -> None:
                    help="serve devices over TLS on HOST:8883 (the SDK's fixed port)")
     r.add_argument("--no-frontend", action="store_true", help="no device listener (devices use the broker + ACLs)")
     r.add_argument("--pki", type=Path, help="certificates from 'hub certs' (default: <state>/pki, created if missing)")
+    r.add_argument("--start-broker", action="store_true",
+                   help="start a private Mosquitto on --broker with the hub's ACLs (else use a running one)")
     r.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = until SIGTERM/SIGINT)")
     r.set_defaults(handler=run_cmd)
 
@@ -112,6 +114,20 @@ def run_cmd(args: argparse.Namespace) -> int:
     from contracts.mqtt import MqttSettings
 
     host, port = host_port(args.broker)
+    broker = None
+    if args.start_broker:
+        from cloud_jobs.hub.frontend import BACKEND_ACL
+        from cloud_jobs.mosquitto import Broker
+
+        args.state.mkdir(parents=True, exist_ok=True)
+        acl = args.state / "mosquitto.acl"
+        acl.write_text(BACKEND_ACL)
+        broker = Broker(args.state.resolve(), port=port, host=host, persistence=True,
+                        extra_conf=f"acl_file {acl.resolve()}\n")
+        try:
+            broker.start()
+        except RuntimeError as exc:
+            raise CliError(f"cannot start mosquitto on {host}:{port}: {exc}") from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -147,6 +163,8 @@ def run_cmd(args: argparse.Namespace) -> int:
     twins.stop()
     if front:
         front.stop()
+    if broker:
+        broker.stop()
     console.print(f"hub stopped; landed {ingest.landed:,} messages")
     return 0
 

@@ -113,3 +113,14 @@ def test_hub_operator_commands_talk_to_the_broker(tmp_path: Path, broker) -> Non
     assert "GatewayHostName=127.0.0.9" in r.stdout
     r = edgeflag("hub", "twin", "set", *common, "dev-1")
     assert r.returncode == 2 and "KEY=VALUE" in r.stderr
+
+
+def test_hub_run_starts_its_broker_front_end_and_pki(tmp_path: Path) -> None:
+    from cloud_jobs.mosquitto import free_loopback_address, free_port
+
+    host, port = free_loopback_address(8883), free_port()
+    r = edgeflag("hub", "run", "--start-broker", "--broker", f"127.0.0.1:{port}", "--bronze", "bronze",
+                 "--frontend", host, "--seconds", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "hub-state" / "pki" / "ca.pem").exists()
+    assert f"devices over TLS on {host}:8883" in r.stdout
