@@ -105,7 +105,12 @@ class IoTHubSink(Sink, Controllable):
         return self._loop
 
     def _run(self, coro: Any, timeout: float) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop()).result(timeout)
+        fut = asyncio.run_coroutine_threadsafe(coro, self._ensure_loop())
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            fut.cancel()  # do not leave the SDK operation pending on the loop
+            raise
 
     def _make_client(self) -> Any:
         from azure.iot.device import X509
