@@ -186,22 +186,24 @@ def eval_cmd(args: argparse.Namespace) -> int:
         print(json.dumps({"bundle": str(bundle.path), "model": bundle.label, **report.to_dict()}))
         return 0
     table = Table(title=f"{bundle.label} on {args.data.name} (threshold {report.threshold:.4f})")
-    for col in ("subset", "rows", "anomalous", "flagged", "precision", "recall", "F1", "ROC-AUC", "PR-AUC"):
+    for col in ("subset", "rows", "anomalous", "flagged", "precision", "recall", "F1", "ROC-AUC", "PR-AUC",
+                "events caught"):
         table.add_column(col, justify="left" if col == "subset" else "right", no_wrap=True, min_width=len(col))
 
     def auc(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
     def row(name: str, m: Any) -> None:
+        events = "-" if m.events is None else f"{m.events_caught}/{m.events}"
         table.add_row(name, f"{m.rows:,}", f"{m.positives:,}", f"{m.flagged:,}", f"{m.precision:.3f}",
-                      f"{m.recall:.3f}", f"{m.f1:.3f}", auc(m.roc_auc), auc(m.pr_auc))
+                      f"{m.recall:.3f}", f"{m.f1:.3f}", auc(m.roc_auc), auc(m.pr_auc), events)
 
     row("all", report.overall)
     for kind, m in report.by_type.items():
         row(kind, m)
     console.print(table)
     console.print("Per type: that type's readings plus all normal readings (every false positive counts "
-                  "against every type).")
+                  "against every type). Events caught: faults with at least one flagged reading.")
     return 0
 
 

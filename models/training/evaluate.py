@@ -4,6 +4,11 @@ Metrics (scikit-learn): precision, recall, F1 at the bundle's threshold, ROC-AUC
 PR-AUC (average precision) of the raw score. Per anomaly type, metrics are computed
 on the readings of that type plus all normal readings — as if the data held only that
 fault — so every false positive is charged to every type.
+
+Event level: an event is a maximal run of consecutive readings of one device with the same
+fault; it is *caught* when at least one of its readings is flagged. "Did we notice the
+fault at all" is what an operator asks first, and it does not depend on how long a fault
+lasts the way reading-level recall does.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class Metrics:
     f1: float
     roc_auc: float | None
     pr_auc: float | None
+    events: int | None = None
+    events_caught: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -66,15 +73,35 @@ def score_blocks(bundle: Bundle, blocks: Mapping[str, ReadingBlock]) -> tuple[np
     return OnnxScorer(bundle).score(table.x), table
 
 
+def fault_events(devices: list[str], faults: list[str]) -> list[tuple[str, int, int]]:
+    """(fault, start, stop) for every maximal run of one fault on one device, in row order."""
+    out = []
+    start = 0
+    for i in range(1, len(faults) + 1):
+        if i == len(faults) or faults[i] != faults[start] or devices[i] != devices[start]:
+            if faults[start]:
+                out.append((faults[start], start, i))
+            start = i
+    return out
+
+
 def evaluate(bundle: Bundle, blocks: Mapping[str, ReadingBlock]) -> EvalReport:
+    from dataclasses import replace
+
     scores, table = score_blocks(bundle, blocks)
     if table.labels is None or table.faults is None:
         raise ModelError("the data carries no labels; eval needs labelled readings (label/fault fields)")
     labels = table.labels.astype(int)
     thr = float(bundle.manifest.threshold)
     faults = np.array(table.faults, dtype=object)
+    flagged = scores >= thr
+    events = fault_events(table.devices, list(table.faults))
+    caught = {kind: [bool(flagged[a:b].any()) for k, a, b in events if k == kind] for kind, _, _ in events}
     by_type = {}
     for kind in sorted({f for f in table.faults if f}):
         rows = (faults == kind) | (labels == 0)
-        by_type[kind] = metrics(labels[rows], scores[rows], thr)
-    return EvalReport(overall=metrics(labels, scores, thr), by_type=by_type, threshold=thr)
+        by_type[kind] = replace(metrics(labels[rows], scores[rows], thr), events=len(caught[kind]),
+                                events_caught=sum(caught[kind]))
+    overall = replace(metrics(labels, scores, thr), events=len(events),
+                      events_caught=sum(bool(flagged[a:b].any()) for _, a, b in events))
+    return EvalReport(overall=overall, by_type=by_type, threshold=thr)

@@ -34,9 +34,18 @@ def test_f1_is_at_least_0_8_on_held_out_data(bundle, kind: FaultType) -> None:  
     assert m.positives > 100, "the held-out fleet must contain enough faults to measure"
     assert m.f1 >= 0.8, m.to_dict()
     assert m.roc_auc is not None and m.roc_auc > 0.95
+    assert m.events is not None and m.events_caught is not None and m.events_caught >= 0.9 * m.events
 
 
 def test_mixed_faults_are_ranked_well_above_chance(bundle) -> None:  # type: ignore[no-untyped-def]
     report = evaluate(bundle, Fleet(FleetConfig(devices=10, seed=303)).generate(3600))
     assert report.overall.roc_auc is not None and report.overall.roc_auc > 0.85
     assert set(report.by_type) == {f.value for f in FaultType}
+
+
+def test_fault_events_are_runs_of_one_fault_on_one_device() -> None:
+    from models.training.evaluate import fault_events
+
+    devices = ["a"] * 6 + ["b"] * 4
+    faults = ["", "spike", "", "stuck", "stuck", "stuck", "stuck", "stuck", "", "dip"]
+    assert fault_events(devices, faults) == [("spike", 1, 2), ("stuck", 3, 6), ("stuck", 6, 8), ("dip", 9, 10)]
