@@ -380,7 +380,7 @@ class Agent:
                 sent_any = False
                 if room > 0:
                     for kind in (1, 0):
-                        rows = self.outbox.pending(kind, cursor[kind], room * 4)
+                        rows = self.outbox.pending(kind, cursor[kind], room + 8)  # rows are ~message-sized
                         if not rows:
                             continue
                         for group in coalesce(rows, cfg.max_message_bytes)[:room]:
