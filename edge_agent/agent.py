@@ -211,7 +211,7 @@ class Agent:
             self._processed += len(batches)
 
     def _ingest_with_retry(self, batches: list[Batch]) -> None:
-        backoff = Backoff(0.2, 5.0)
+        backoff: Backoff | None = None  # created on the first failure only (seeding a Random is not free)
         while True:
             snapshot = {d: StreamState(s.boot_id, s.last_seq) for d, s in self.intake.streams.items()}
             try:
@@ -221,6 +221,7 @@ class Agent:
                 self.intake.streams = snapshot
                 self.last_error = str(exc)
                 event(self.log, logging.ERROR, "outbox write failed; retrying", error=str(exc))
+                backoff = backoff or Backoff(0.2, 5.0)
                 if self._stop_sender.wait(backoff.next_delay()):
                     return
 
