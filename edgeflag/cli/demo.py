@@ -19,7 +19,7 @@ from edgeflag.cli._common import console, positive_int
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run the end-to-end demo (simulate, train, verify, score)",
+    p = sub.add_parser("demo", help="end-to-end demo: simulate, train, verify, score, agent through an outage",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", type=Path, default=Path("demo-output"), help="where files go (default: %(default)s)")
     p.add_argument("--devices", type=positive_int, default=10, help="devices per fleet (default: %(default)s)")

@@ -1,9 +1,10 @@
 """`edgeflag hub …`: the local IoT Hub stand-in.
 
-`run` starts the hub services on a broker: telemetry ingest into bronze, device twins and
-direct methods, and (with --frontend) the TLS front end that authenticates devices and gives
-each its own $iothub namespace. The operator commands (`device add`, `twin`, `method`,
-`rollout`) talk to the same broker and hub state directory.
+`run` starts the hub services on a broker (or, with --start-broker, its own Mosquitto with the
+hub's ACLs): telemetry ingest into bronze, device twins and direct methods, and the TLS front end
+on HOST:8883 that authenticates devices and gives each its own $iothub namespace (--no-frontend
+to skip it). The operator commands (`device`, `twin get|set`, `method`, `rollout`) talk to the
+same broker and hub state directory.
 """
 
 from __future__ import annotations
