@@ -79,6 +79,13 @@ class Connect:
 
     @classmethod
     def parse(cls, body: bytes) -> Connect:
+        try:
+            return cls._parse(body)
+        except (struct.error, IndexError, UnicodeDecodeError) as exc:
+            raise WireError(f"malformed CONNECT: {exc}") from None
+
+    @classmethod
+    def _parse(cls, body: bytes) -> Connect:
         name, i = _str(body, 0)
         if name != "MQTT" or body[i] != 4:
             raise WireError("only MQTT 3.1.1 is supported")
@@ -135,6 +142,8 @@ def publish_topic(body: bytes) -> str:
 
 
 def rewrite_filters(first: int, body: bytes, rewrite: Rewrite, with_qos: bool) -> bytes | None:
+    if len(body) < 2:
+        raise WireError("SUBSCRIBE/UNSUBSCRIBE without a packet id")
     out = bytearray(body[:2])  # packet id
     i = 2
     while i < len(body):
@@ -144,6 +153,8 @@ def rewrite_filters(first: int, body: bytes, rewrite: Rewrite, with_qos: bool) -
             return None
         out += _enc(new)
         if with_qos:
+            if i >= len(body):
+                raise WireError("subscription without a QoS byte")
             out.append(body[i])
             i += 1
     return frame(first, bytes(out))
