@@ -200,3 +200,29 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path, broker: Broker, train
     got = collector.finish()
     assert final["readings_in"] == final["sent"] == len(got["unique"]) > 0
     assert final["outbox"]["readings"] == 0
+
+
+def test_anomalies_go_first_and_the_normal_backlog_drains_in_order(tmp_path: Path, trained_small) -> None:  # type: ignore[no-untyped-def]
+    b = Broker(tmp_path, persistence=True)
+    b.start()
+    collector = Collector(b.port, tmp_path)
+    b.stop()  # build a backlog while the uplink is down
+    cfg = build_config(agent_config(tmp_path / "state", trained_small[0], b.port,
+                                    source={"readings": 2000, "anomaly_rate": 0.01},
+                                    uplink={"rate_messages_per_s": 40.0, "max_inflight": 4}), environ={})
+    agent = Agent(cfg)
+    agent.start()
+    wait_for(lambda: agent.metrics.snapshot()["readings_in"] == 6000, 30, "the backlog")
+    flagged = agent.metrics.snapshot()["flagged"]
+    b.start()
+    wait_for(agent.drained, 90, "the backlog to drain through the token bucket")
+    agent.stop()
+    got = collector.finish()
+    keys = json.loads(collector.out.read_text())["keys"]
+    first_normal = next(i for i, k in enumerate(keys) if not k[3])
+    assert first_normal >= flagged, "every flagged reading arrives before any normal one"
+    for dev in {k[0] for k in keys}:
+        seqs = [k[2] for k in keys[first_normal:] if k[0] == dev and not k[3]]
+        assert seqs == sorted(seqs), "the normal backlog drains in order"
+    assert len(got["unique"]) == 6000
+    b.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from helpers import wait_for
@@ -50,4 +51,27 @@ def test_a_restarted_simulator_source_continues_its_stream(tmp_path: Path, train
     snap = second.metrics.snapshot()
     assert snap["readings_in"] == 400 and snap["quarantined"] == {}
     assert {d: s for d, (_, s) in second.outbox.streams().items()} == {"dev-0001": 499, "dev-0002": 499}
+    second.stop(flush_timeout=0)
+
+
+def test_the_mqtt_source_stores_readings_and_gets_those_sent_while_it_was_down(tmp_path: Path, trained_small,  # type: ignore[no-untyped-def]
+                                                                                broker) -> None:
+    from contracts.mqtt import MqttSettings
+    from simulators.publish import publish_blocks
+
+    fleet = Fleet(FleetConfig(devices=2, seed=6))
+    src = {"type": "mqtt", "port": broker.port, "client_id": "agent-src"}
+    first = Agent(_cfg(tmp_path, trained_small[0], src))  # type: ignore[arg-type]
+    first.start()
+    time.sleep(0.5)  # subscribed with a persistent session
+    publish_blocks(fleet.blocks(150, chunk=50), MqttSettings(port=broker.port, client_id="sensors"), qos=1)
+    wait_for(lambda: first.outbox.stats().readings == 300, 20, "the first readings")
+    first.stop(flush_timeout=0)
+    # the agent is down: the broker keeps QoS 1 readings for its session
+    publish_blocks(fleet.blocks(150, chunk=50), MqttSettings(port=broker.port, client_id="sensors"), qos=1)
+    second = Agent(_cfg(tmp_path, trained_small[0], src))  # type: ignore[arg-type]
+    second.start()
+    wait_for(lambda: second.outbox.stats().readings == 600, 20, "the readings sent while it was down")
+    assert {d: s for d, (_, s) in second.outbox.streams().items()} == {"dev-0001": 299, "dev-0002": 299}
+    assert second.metrics.snapshot()["quarantined"].get("duplicate", 0) <= 300
     second.stop(flush_timeout=0)
