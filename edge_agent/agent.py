@@ -112,11 +112,26 @@ class Agent:
         self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
         for name, target in (("source", self._run_source), ("ingest", self._run_ingest),
                              ("sender", self._run_sender), ("status", self._run_status)):
-            t = threading.Thread(target=target, name=f"edgeflag-{name}", daemon=True)
+            t = threading.Thread(target=self._guard(name, target), name=f"edgeflag-{name}", daemon=True)
             t.start()
             self._threads.append(t)
         event(self.log, logging.INFO, "agent started", version=VERSION, model=self.bundle.label,
               source=self.config.source.type, uplink=self.config.uplink.type, config=self.config.redacted())
+
+    def _guard(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
+        """Run a thread body; an unexpected exception makes the agent exit non-zero (systemd restarts it
+        with the outbox intact) instead of leaving a half-dead process that no longer reads or sends."""
+
+        def run() -> None:
+            try:
+                target()
+            except Exception as exc:  # the last line of defence
+                self.last_error = f"{name} thread crashed: {type(exc).__name__}: {exc}"
+                self.log.exception("thread crashed; the agent will exit so its supervisor restarts it",
+                                   extra={"fields": {"thread": name}})
+                self.fatal = exc
+
+        return run
 
     def stop(self, flush_timeout: float = 10.0) -> None:
         """Stop reading, store what was read, try to deliver the outbox for `flush_timeout` s, exit."""
@@ -125,7 +140,9 @@ class Agent:
         self._join("edgeflag-source", 5)
         self._join("edgeflag-ingest", 30)
         deadline = time.monotonic() + flush_timeout
-        while time.monotonic() < deadline and self.outbox.stats().segments and self.sink.connected:
+        sender = next((t for t in self._threads if t.name == "edgeflag-sender"), None)
+        while (time.monotonic() < deadline and self.fatal is None and sender is not None and sender.is_alive()
+               and self.outbox.stats().segments and self.sink.connected):
             time.sleep(0.02)
         self._stop_sender.set()
         self._wake.set()

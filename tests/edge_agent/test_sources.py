@@ -75,3 +75,22 @@ def test_the_mqtt_source_stores_readings_and_gets_those_sent_while_it_was_down(t
     assert {d: s for d, (_, s) in second.outbox.streams().items()} == {"dev-0001": 299, "dev-0002": 299}
     assert second.metrics.snapshot()["quarantined"].get("duplicate", 0) <= 300
     second.stop(flush_timeout=0)
+
+
+def test_a_crashing_thread_makes_the_agent_exit_non_zero_for_its_supervisor(tmp_path: Path, trained_small) -> None:  # type: ignore[no-untyped-def]
+    from edge_agent.sinks.memory import ListSink
+
+    class Broken(ListSink):
+        def send(self, message, token):  # type: ignore[no-untyped-def]
+            raise RuntimeError("bug in a sink")
+
+    cfg = _cfg(tmp_path, trained_small[0], {"type": "simulator", "devices": 1, "readings": 100})
+    agent = Agent(cfg, sink=Broken(cfg.uplink))  # type: ignore[attr-defined,arg-type]
+    assert agent.run() == 1
+    assert "sender thread crashed: RuntimeError: bug in a sink" in agent.last_error
+    # nothing is lost: the readings wait in the outbox for the restarted agent
+    from edge_agent.outbox import SqliteOutbox
+
+    db = SqliteOutbox(tmp_path / "state" / "outbox.db", 1 << 30)
+    assert db.stats().readings == 100
+    db.close()
