@@ -12,6 +12,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
+RUNNING: list[subprocess.Popen[str]] = []  # killed after each test by tests/edge_agent/conftest.py
+
+
 class Collector:
     """tests/collector.py in a subprocess: a persistent-session subscriber to all telemetry."""
 
@@ -19,6 +22,7 @@ class Collector:
         self.out = workdir / f"{client_id}.json"
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "collector.py"), str(port), str(self.out),
                                       client_id], stdout=subprocess.PIPE, text=True)
+        RUNNING.append(self.proc)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
         assert line == "ready", f"collector did not start: {line!r}"

@@ -93,9 +93,8 @@ def test_a_sigkilled_agent_restarts_without_losing_a_reading(tmp_path: Path, bro
 
 
 def test_an_outage_longer_than_the_outbox_evicts_normal_readings_first_and_counts_them(
-        tmp_path: Path, trained_small) -> None:  # type: ignore[no-untyped-def]
-    b = Broker(tmp_path, persistence=True)
-    b.start()
+        tmp_path: Path, trained_small, pbroker: Broker) -> None:  # type: ignore[no-untyped-def]
+    b = pbroker
     collector = Collector(b.port, tmp_path)
     b.stop()  # the uplink is down for the whole stream
     cap = 1024 * 1024
@@ -131,7 +130,6 @@ def test_an_outage_longer_than_the_outbox_evicts_normal_readings_first_and_count
         by_dev.setdefault(dev, []).append(seq)
     for dev, seqs in by_dev.items():
         assert max(seqs) == 3999 or max(seqs) >= 3990, dev
-    b.stop()
 
 
 def test_malformed_input_is_quarantined_by_reason_and_the_rest_delivered(tmp_path: Path, broker: Broker,
@@ -202,9 +200,9 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path, broker: Broker, train
     assert final["outbox"]["readings"] == 0
 
 
-def test_anomalies_go_first_and_the_normal_backlog_drains_in_order(tmp_path: Path, trained_small) -> None:  # type: ignore[no-untyped-def]
-    b = Broker(tmp_path, persistence=True)
-    b.start()
+def test_anomalies_go_first_and_the_normal_backlog_drains_in_order(tmp_path: Path, trained_small,  # type: ignore[no-untyped-def]
+                                                                   pbroker: Broker) -> None:
+    b = pbroker
     collector = Collector(b.port, tmp_path)
     b.stop()  # build a backlog while the uplink is down
     cfg = build_config(agent_config(tmp_path / "state", trained_small[0], b.port,
@@ -225,4 +223,3 @@ def test_anomalies_go_first_and_the_normal_backlog_drains_in_order(tmp_path: Pat
         seqs = [k[2] for k in keys[first_normal:] if k[0] == dev and not k[3]]
         assert seqs == sorted(seqs), "the normal backlog drains in order"
     assert len(got["unique"]) == 6000
-    b.stop()
