@@ -96,13 +96,20 @@ def deferred_ack_client_class() -> Any:
 def sas_token(hub_host: str, device_id: str, key_b64: str, ttl_s: float = 3600, now: float | None = None) -> str:
     """A device SAS token exactly as Azure IoT Hub (and the azure-iot-device SDK) builds it:
     ``SharedAccessSignature sr=<url-encoded hub/devices/id>&sig=<HMAC-SHA256, base64>&se=<expiry>``."""
-    import base64
-    import hashlib
-    import hmac
     import time
     import urllib.parse
 
     uri = urllib.parse.quote(f"{hub_host}/devices/{device_id}", safe="")
     expiry = int((now if now is not None else time.time()) + ttl_s)
-    sig = base64.b64encode(hmac.new(base64.b64decode(key_b64), f"{uri}\n{expiry}".encode(), hashlib.sha256).digest())
-    return f"SharedAccessSignature sr={uri}&sig={urllib.parse.quote(sig.decode(), safe='')}&se={expiry}"
+    sig = sas_signature(uri, expiry, key_b64)
+    return f"SharedAccessSignature sr={uri}&sig={urllib.parse.quote(sig, safe='')}&se={expiry}"
+
+
+def sas_signature(encoded_uri: str, expiry: int, key_b64: str) -> str:
+    """base64(HMAC-SHA256(key, "<url-encoded resource uri>\\n<expiry>")): what signs and checks a SAS token."""
+    import base64
+    import hashlib
+    import hmac
+
+    mac = hmac.new(base64.b64decode(key_b64), f"{encoded_uri}\n{expiry}".encode(), hashlib.sha256)
+    return base64.b64encode(mac.digest()).decode()

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from edge_agent.intake import Intake, Quarantine, Rejected, StreamState
 from edge_agent.logs import event, setup_logging
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import Outbox, SqliteOutbox
-from edge_agent.packing import Message, Scored, build_message, coalesce, context_header, segments_for_many
+from edge_agent.packing import Message, ScoredBlock, build_message, coalesce, context_header, segments_for_many
 from edge_agent.rollout import RolloutError
 from edge_agent.scoring import ScoringStage
 from edge_agent.sinks.base import Sink, make_sink
@@ -53,12 +53,6 @@ def load_model(config: AgentConfig) -> Bundle:
         return load_bundle(path, trusted_key=trusted)
     except (BundleError, ModelError) as exc:
         raise ConfigError("model.bundle", str(exc)) from None
-
-
-@dataclass
-class _Inflight:
-    message: Message
-    kind: int
 
 
 class Agent:
@@ -267,7 +261,7 @@ class Agent:
             ts = time.perf_counter()
             results = self.stage.score_many([blk for blk, _ in accepted])
             self.metrics.batch_seconds.observe(time.perf_counter() - ts)
-            items = [Scored(blk, res.scores, res.flags, boot, self._context(blk.channels))
+            items = [ScoredBlock(blk, res.scores, res.flags, boot, self._context(blk.channels))
                      for (blk, boot), res in zip(accepted, results, strict=True)]
             segments = segments_for_many(items, max_message_bytes=self.config.uplink.max_message_bytes,
                                          stored_at=self.clock())
@@ -317,8 +311,7 @@ class Agent:
         if "batch_size" in plan:
             self._batch_limit = plan["batch_size"]
         if "send_rate" in plan:
-            self.bucket.rate = plan["send_rate"]
-            self.bucket.capacity = max(1.0, plan["send_rate"])
+            self.bucket.set_rate(plan["send_rate"])
         if "log_level" in plan:
             self.log.setLevel(plan["log_level"].upper())
 
@@ -351,7 +344,7 @@ class Agent:
 
     def flush_now(self) -> None:
         """Send what is pending without waiting for the token bucket to refill."""
-        self.bucket._tokens = self.bucket.capacity
+        self.bucket.fill()
         self._wake.set()
 
     # ---- sender ----------------------------------------------------------------------------
@@ -360,7 +353,7 @@ class Agent:
         bucket = self.bucket
         backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
         cursor = {0: 0, 1: 0}
-        inflight: dict[int, _Inflight] = {}
+        inflight: dict[int, Message] = {}
         token = 0
         headers: dict[int, str] = {}
         was_connected = False
@@ -410,7 +403,7 @@ class Agent:
                             token += 1
                             if not self.sink.send(msg, token):
                                 break
-                            inflight[token] = _Inflight(msg, kind)
+                            inflight[token] = msg
                             cursor[kind] = group[-1].id
                             sent_any = True
                         break  # anomalies first: look at normal segments only when no anomaly is pending
@@ -427,15 +420,15 @@ class Agent:
         except OutboxError as exc:
             self.last_error = str(exc)
 
-    def _confirm(self, inflight: dict[int, _Inflight], *, flush: bool = False) -> None:
+    def _confirm(self, inflight: dict[int, Message], *, flush: bool = False) -> None:
         """Collect confirmations; delete them from the outbox in batches (every 20 ms or 256 messages)."""
         for tok in self.sink.confirmed():
-            f = inflight.pop(tok, None)
-            if f is not None:
+            msg = inflight.pop(tok, None)
+            if msg is not None:
                 if not self._acked_ids:
                     self._acked_since = time.monotonic()
-                self._acked_ids += f.message.ids
-                self._acked_readings += f.message.readings
+                self._acked_ids += msg.ids
+                self._acked_readings += msg.readings
                 self._acked_messages += 1
         if self._acked_ids and (flush or self._acked_messages >= 256 or time.monotonic() - self._acked_since > 0.02):
             self.outbox.ack(self._acked_ids)

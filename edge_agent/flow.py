@@ -22,6 +22,15 @@ class TokenBucket:
         self._clock = clock
         self._last = clock()
 
+    def set_rate(self, rate: float) -> None:
+        """Change the rate (0 = unlimited); the burst follows it."""
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+
+    def fill(self) -> None:
+        """Allow a full burst now (an operator asked to flush)."""
+        self._tokens = self.capacity
+
     def acquire(self, stop: threading.Event | None = None, n: float = 1.0) -> bool:
         if self.rate <= 0:
             return True

@@ -57,7 +57,7 @@ def _render_columns(seq: np.ndarray, ts: np.ndarray, values: np.ndarray, scores:
 
 
 @dataclass(frozen=True, slots=True)
-class Scored:
+class ScoredBlock:
     """A scored block and the stream it belongs to."""
 
     block: ReadingBlock
@@ -70,11 +70,11 @@ class Scored:
 def segments_for(block: ReadingBlock, scores: np.ndarray, flags: np.ndarray, *, boot_id: str, context_id: int,
                  max_message_bytes: int, stored_at: float = 0.0) -> list[Segment]:
     """Split a scored block into kind-1 (flagged) and kind-0 (normal) segments, each fitting one message."""
-    return segments_for_many([Scored(block, scores, flags, boot_id, context_id)],
+    return segments_for_many([ScoredBlock(block, scores, flags, boot_id, context_id)],
                              max_message_bytes=max_message_bytes, stored_at=stored_at)
 
 
-def segments_for_many(items: Sequence[Scored], *, max_message_bytes: int, stored_at: float = 0.0) -> list[Segment]:
+def segments_for_many(items: Sequence[ScoredBlock], *, max_message_bytes: int, stored_at: float = 0.0) -> list[Segment]:
     """Segments for many scored blocks, rendered in one pass (per-call overhead paid once).
 
     Per block, flagged segments come first, then normal ones; every segment body is at most

@@ -1,7 +1,7 @@
 """The scoring stage: per-device rolling features + ONNX scoring, one micro-batch at a time.
 
-Guarantees: a device's readings must arrive in seq order; each `score` call returns one
-score and one flag per reading, identical to scoring the device's whole stream at once
+Guarantees: a device's readings must arrive in seq order; `score_many` returns one score
+and one flag per reading, identical to scoring each device's whole stream at once
 (features are chunking-invariant, see models.features). Flags are ``score >= threshold``.
 """
 
@@ -49,9 +49,6 @@ class ScoringStage:
             state = self._features[device_id] = StreamingFeatures(self.bundle.spec)
         return state
 
-    def features(self, block: ReadingBlock) -> np.ndarray:
-        return self._state(block.device_id).update(block.values[:, self._cols(block)])
-
     def features_many(self, blocks: list[ReadingBlock]) -> list[np.ndarray]:
         """Features for many blocks in as few vectorised calls as possible (a device at most once per call)."""
         out: list[np.ndarray | None] = [None] * len(blocks)
@@ -74,11 +71,6 @@ class ScoringStage:
         """Keep the devices' rolling windows across a model swap when the feature spec is the same."""
         if other.bundle.spec.hash == self.bundle.spec.hash:
             self._features = other._features
-
-    def score(self, block: ReadingBlock) -> Scored:
-        scores = self.scorer.score(self.features(block))
-        return Scored(scores=scores, flags=scores >= self.threshold)
-
 
     def score_many(self, blocks: list[ReadingBlock]) -> list[Scored]:
         """Score several devices' blocks with ONE onnxruntime call (the micro-batch)."""

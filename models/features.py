@@ -24,7 +24,7 @@ readings all its features are 0 ("no evidence").
 Guarantee: features depend only on the reading and the `long_window` readings before
 it, and are bitwise identical whether computed one reading at a time
 (`StreamingFeatures.update` with one row), in micro-batches of any size, or over a
-whole array at once (`compute_features`) — every path runs `_window_features` on the
+whole array at once (`compute_features`) — every path runs `_features_many` on the
 same contiguous window rows, and numpy reduces each row independently.
 Pure numpy: imported by the edge agent, the trainer and the Spark jobs.
 """
@@ -264,15 +264,4 @@ class StreamingFeatures:
         self._tail: np.ndarray | None = None
 
     def update(self, values: np.ndarray) -> np.ndarray:
-        values = _check(self.spec, values)
-        if len(values) == 0:
-            return np.empty((0, self.spec.n_features))
-        L = self.spec.long_window
-        tail = self._tail if self._tail is not None else np.full((L, values.shape[1]), np.nan)
-        padded = np.concatenate([tail, values])
-        self._tail = padded[-L:].copy()
-        return _window_features(self.spec, padded)
-
-    @property
-    def warm(self) -> bool:
-        return self._tail is not None
+        return update_many([self], [values])[0]

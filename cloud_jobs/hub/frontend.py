@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import hmac
 import json
 import logging
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloud_jobs.hub import mqttwire as w
-from contracts.mqtt import sas_token
+from contracts.mqtt import sas_signature, sas_token
 
 __all__ = ["BACKEND_ACL", "SCOPE", "DeviceRegistry", "FrontEnd", "check_sas", "sas_token"]
 
@@ -89,9 +88,8 @@ def check_sas(token: str, device_id: str, key_b64: str, now: float | None = None
         return "SAS token is for another device"
     if se <= (now if now is not None else time.time()):
         return "SAS token expired"
-    uri = urllib.parse.quote(sr, safe="")
-    want = base64.b64encode(hmac.new(base64.b64decode(key_b64), f"{uri}\n{se}".encode(), hashlib.sha256).digest())
-    if not hmac.compare_digest(want.decode(), sig):
+    want = sas_signature(urllib.parse.quote(sr, safe=""), se, key_b64)
+    if not hmac.compare_digest(want, sig):
         return "SAS signature does not match the device key"
     return None
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from helpers import wait_for
+from helpers import expected_keys, wait_for
 
 from cloud_jobs.hub.bronze import read_bronze
 from cloud_jobs.hub.certs import make_ca, make_server
@@ -126,7 +126,7 @@ def test_the_hub_restarted_mid_stream_loses_nothing(tmp_path: Path, hub: Hub, tr
     wait_for(agent.drained, 60, "the backlog to drain after the hub came back")
     streams = agent.outbox.streams()
     agent.stop()
-    want = {(d, streams[d][0], s) for d in ("dev-0001", "dev-0002") for s in range(1500)}
+    want = expected_keys(streams, 2, 1500)
     wait_for(lambda: hub.keys_landed() >= want, 20, "bronze to hold every reading")
     assert hub.keys_landed() == want
     assert agent.metrics.snapshot()["uplink_errors"] >= 1
@@ -171,7 +171,7 @@ def test_an_x509_device_sends_through_the_sdk(tmp_path: Path, hub: Hub, trained_
     wait_for(agent.drained, 60, "X.509 delivery")
     streams = agent.outbox.streams()
     agent.stop()
-    want = {(d, streams[d][0], s) for d in ("dev-0001", "dev-0002") for s in range(200)}
+    want = expected_keys(streams, 2, 200)
     wait_for(lambda: hub.keys_landed() >= want, 20, "bronze")
     assert hub.front is not None and hub.front.stats.accepted >= 1 and not hub.front.stats.refused
 
