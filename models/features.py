@@ -35,10 +35,10 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from models.errors import FeatureError
 
@@ -134,6 +134,79 @@ def _median_last(x: np.ndarray) -> np.ndarray:
     return mid
 
 
+@lru_cache(maxsize=16)
+def median_network(k: int) -> tuple[tuple[int, int, bool, bool], ...]:
+    """A comparator network that leaves the middle order statistic(s) of k inputs on wires
+    (k - 1) // 2 and k // 2: Batcher's odd-even merge sort, pruned to what those wires need.
+
+    Each step is (a, b, keep_min, keep_max): wire a takes min(a, b) if keep_min and wire b takes
+    max(a, b) if keep_max. Min and max are exact, so the median equals the sorted one bit for bit.
+    """
+    n = 1
+    while n < k:
+        n *= 2
+    comps: list[tuple[int, int]] = []
+    p = 1
+    while p < n:
+        step = p
+        while step >= 1:
+            for j in range(step % p, n - step, 2 * step):
+                for i in range(min(step, n - j - step)):
+                    if (i + j) // (2 * p) == (i + j + step) // (2 * p):
+                        comps.append((i + j, i + j + step))
+            step //= 2
+        p *= 2
+    need = {(k - 1) // 2, k // 2}
+    ops: list[tuple[int, int, bool, bool]] = []
+    for a, b in reversed(comps):
+        if b >= k:  # wires k.. hold +inf in the padded sort: the comparator changes nothing
+            continue
+        keep_min, keep_max = a in need, b in need
+        if keep_min or keep_max:
+            ops.append((a, b, keep_min, keep_max))
+            need |= {a, b}
+    return tuple(reversed(ops))
+
+
+def _median_of(columns: Sequence[np.ndarray]) -> np.ndarray:
+    """Elementwise median of k same-shaped arrays (k >= 2) through `median_network(k)`.
+
+    Vectorised across elements (contiguous min/max passes), about 2.5x faster than sorting
+    short rows; identical to `_median_last(np.stack(columns, -1))`.
+    """
+    k = len(columns)
+    w = list(columns)
+    for a, b, keep_min, keep_max in median_network(k):
+        x, y = w[a], w[b]
+        if keep_min:
+            w[a] = np.minimum(x, y)
+        if keep_max:
+            w[b] = np.maximum(x, y)
+    mid: np.ndarray = w[k // 2] if k % 2 else 0.5 * (w[k // 2 - 1] + w[k // 2])
+    return mid
+
+
+def _run_stats(p: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) sd of every run of s consecutive readings: run k covers p[:, k : k+s].
+
+    Summed reading by reading in a fixed order, so a run's statistics depend only on its own
+    readings, never on where it sits in the array (this keeps features chunking-invariant).
+    """
+    k = p.shape[1] - s + 1
+    acc = p[:, 0:k].copy()
+    for j in range(1, s):
+        acc += p[:, j : j + k]
+    mean = acc / s
+    var = np.zeros_like(mean)
+    dev = np.empty_like(mean)
+    for j in range(s):
+        np.subtract(p[:, j : j + k], mean, out=dev)
+        np.multiply(dev, dev, out=dev)
+        var += dev
+    var /= s
+    return mean, np.sqrt(var, out=var)
+
+
 def _window_features(spec: FeatureSpec, padded: np.ndarray) -> np.ndarray:
     """Features of rows padded[L:], given padded = [previous L rows; new rows] (float64)."""
     return _features_many(spec, [padded])[0]
@@ -142,10 +215,16 @@ def _window_features(spec: FeatureSpec, padded: np.ndarray) -> np.ndarray:
 def _features_many(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Features for several streams at once; each item is [previous L rows; new rows] of one device.
 
-    The streams are laid end to end and every statistic is taken only from windows inside
-    one stream, so the result for a stream is bit-for-bit what it would be alone (one fixed
-    run of readings, reduced by the same numpy call) — whatever else is in the call.
-    Rows before a device's first reading are NaN (warm-up, see module docstring).
+    The streams are laid end to end (channel-major) and every statistic of a reading is
+    taken only from that reading's own window, by the same sequence of float operations
+    wherever the reading sits, so the result for a stream is bit-for-bit what it would be
+    alone — whatever else is in the call. Rows before a device's first reading are NaN
+    (warm-up, see module docstring).
+
+    Row r of the concatenation (r >= L) has its blocks starting at runs r-L, r-L+S, …; the
+    statistics of all such rows are shifted slices of the run statistics, so when most rows
+    are new ("dense") every row is computed with plain contiguous slices and the new ones
+    picked at the end; otherwise the new rows are gathered first.
     """
     L, S, B = spec.long_window, spec.short_window, spec.blocks
     counts = [len(p) - L for p in padded]
@@ -154,50 +233,55 @@ def _features_many(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.n
         return [np.zeros((max(c, 0), len(FEATURE_NAMES))) for c in counts]
     floor = np.asarray(spec.floors)[:, None]
     p = np.ascontiguousarray(np.concatenate(padded, axis=0).T)  # (C, total): channel-major
+    m = p.shape[1] - L  # candidate rows: row i stands for reading L + i of the concatenation
     offsets = np.cumsum([0] + [len(x) for x in padded[:-1]])
-    pos = np.concatenate([off + L + np.arange(c) for off, c in zip(offsets, counts, strict=True)])  # new rows
-    runs = sliding_window_view(p, S, axis=1)  # run k = readings k .. k+S-1
-    run_mean = runs.mean(axis=-1)
-    dev = runs - run_mean[..., None]
-    run_sd = np.sqrt((dev * dev).mean(axis=-1))
-    starts = pos[:, None] - L + np.arange(B)[None, :] * S  # block b of the reading at pos
-    b_mean = run_mean[:, starts]  # (C, n, B)
-    b_sd = run_sd[:, starts]
-    diffs = np.abs(np.diff(p, axis=1))  # diffs[k] = |p[k+1] - p[k]|
-    recent = sliding_window_view(diffs, S, axis=1)[:, pos - S]  # |diffs| over readings pos-S .. pos
-    dscale = _median_last(recent) * (1.4826 / np.sqrt(2.0)) + floor
-    s_median = _median_last(runs[:, pos - S])  # the S readings before pos
-    cur = p[:, pos]
-    out = np.zeros((total_new, len(FEATURE_NAMES)), dtype=np.float64)
-    warming = np.isnan(b_mean[0, :, 0])
-    if not warming.any():
-        _summary(out, cur, b_mean, b_sd, dscale, s_median, floor)
-    else:
-        hot = np.flatnonzero(~warming)
-        if len(hot):
-            sub = np.empty((len(hot), len(FEATURE_NAMES)))
-            _summary(sub, cur[:, hot], b_mean[:, hot], b_sd[:, hot], dscale[:, hot], s_median[:, hot], floor)
-            out[hot] = sub
+    new = np.concatenate([off + np.arange(c) for off, c in zip(offsets, counts, strict=True)])
+    dense = m <= 2 * total_new
+
+    def at(a: np.ndarray, shift: int) -> np.ndarray:
+        """a[:, i + shift] for the rows computed (all candidates when dense, else the new ones)."""
+        return a[:, shift : shift + m] if dense else a[:, new + shift]
+
+    with np.errstate(invalid="ignore"):  # warm-up rows carry NaN; they are redone below
+        run_mean, run_sd = _run_stats(p, S)
+        b_mean = [at(run_mean, b * S) for b in range(B)]
+        diffs = np.abs(np.diff(p, axis=1))  # diffs[k] = |p[k+1] - p[k]|
+        dscale = _median_of([at(diffs, L - S + j) for j in range(S)]) * (1.4826 / np.sqrt(2.0)) + floor
+        s_median = _median_of([at(p, L - S + j) for j in range(S)])  # the S readings before
+        centre = _median_of(b_mean)
+        scale = _median_of([at(run_sd, b * S) for b in range(B)]) + floor
+        out = _summary(at(p, L), centre, scale, dscale, s_median)
+    if dense:
+        out = out[new]
+    first_block = b_mean[0][0, new] if dense else b_mean[0][0]
+    warming = np.isnan(first_block)
+    if warming.any():
         # Warm-up rows: only the complete (most recent) blocks count; rows are grouped by how
         # many blocks are complete so each group is one vectorised call.
-        complete = (~np.isnan(b_mean[0])).sum(axis=1)  # blocks fill from the most recent backwards
-        for k in np.unique(complete[warming]).tolist():
-            if k == 0:
-                continue  # fewer than S previous readings: no evidence, features stay 0
-            rows = np.flatnonzero(warming & (complete == k))
-            sub = np.empty((len(rows), len(FEATURE_NAMES)))
-            _summary(sub, cur[:, rows], b_mean[:, rows, B - k :], b_sd[:, rows, B - k :], dscale[:, rows],
-                     s_median[:, rows], floor)
-            out[rows] = sub
+        rows = new[warming]
+        starts = rows[:, None] + np.arange(B)[None, :] * S
+        wb_mean, wb_sd = run_mean[:, starts], run_sd[:, starts]  # (C, w, B)
+        complete = (~np.isnan(wb_mean[0])).sum(axis=1)  # blocks fill from the most recent backwards
+        sub_idx = np.flatnonzero(warming)
+        w_dscale = dscale[:, rows] if dense else dscale[:, sub_idx]
+        w_smed = s_median[:, rows] if dense else s_median[:, sub_idx]
+        w_cur = p[:, rows + L]
+        for k in np.unique(complete).tolist():
+            sel = complete == k
+            if k == 0:  # fewer than S previous readings: no evidence, features are 0
+                out[sub_idx[sel]] = 0.0
+                continue
+            out[sub_idx[sel]] = _summary(w_cur[:, sel], _median_last(wb_mean[:, sel, B - k :]),
+                                         _median_last(wb_sd[:, sel, B - k :]) + floor, w_dscale[:, sel],
+                                         w_smed[:, sel])
     np.clip(out, -spec.clip, spec.clip, out=out)
     return np.split(out, np.cumsum(counts)[:-1])
 
 
-def _summary(out: np.ndarray, cur: np.ndarray, b_mean: np.ndarray, b_sd: np.ndarray,
-             dscale: np.ndarray, s_median: np.ndarray, floor: np.ndarray) -> None:
-    """Write the features into out (n, 4) from channel-major stats: (C, n) rows, blocks (C, n, B)."""
-    scale = _median_last(b_sd) + floor
-    centre = _median_last(b_mean)
+def _summary(cur: np.ndarray, centre: np.ndarray, scale: np.ndarray, dscale: np.ndarray,
+             s_median: np.ndarray) -> np.ndarray:
+    """The features (n, 4) from channel-major (C, n) statistics."""
+    out = np.empty((cur.shape[1], len(FEATURE_NAMES)), dtype=np.float64)
     z_long = np.abs(cur - centre) / scale
     shift = np.abs(s_median - centre) / scale
     ratio = np.log(dscale / scale)
@@ -205,6 +289,7 @@ def _summary(out: np.ndarray, cur: np.ndarray, b_mean: np.ndarray, b_sd: np.ndar
     out[:, 1] = np.square(shift.max(axis=0))
     out[:, 2] = ratio.max(axis=0)
     out[:, 3] = ratio.min(axis=0)
+    return out
 
 
 def _check(spec: FeatureSpec, values: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.errors import FeatureError
-from models.features import FEATURE_NAMES, FeatureSpec, StreamingFeatures, compute_features
+from models.features import FEATURE_NAMES, FeatureSpec, StreamingFeatures, _median_last, _median_of, compute_features
 
 SPEC = FeatureSpec(channels=("a", "b", "c"), floors=(0.05, 0.05, 0.05))
 
@@ -77,3 +77,47 @@ def test_floors_are_fitted_from_the_channel_noise() -> None:
     spec = FeatureSpec.fit(["x", "y"], streams)
     assert spec.floors[0] == pytest.approx(0.05, rel=0.1)
     assert spec.floors[1] == pytest.approx(0.2, rel=0.1)
+
+
+def reference_features(spec: FeatureSpec, x: np.ndarray) -> np.ndarray:
+    """The module docstring's definition, one reading at a time with np.median (slow, obviously right)."""
+    S, B = spec.short_window, spec.blocks
+    floor = np.asarray(spec.floors)
+    out = np.zeros((len(x), len(FEATURE_NAMES)))
+    for i in range(len(x)):
+        k = min(i // S, B)  # complete blocks before reading i
+        if k == 0:
+            continue
+        blocks = [x[i - (k - b) * S : i - (k - b - 1) * S] for b in range(k)]
+        centre = np.median([blk.mean(axis=0) for blk in blocks], axis=0)
+        scale = np.median([blk.std(axis=0) for blk in blocks], axis=0) + floor
+        recent = np.abs(np.diff(x[i - S : i + 1], axis=0))
+        dscale = np.median(recent, axis=0) * 1.4826 / np.sqrt(2.0) + floor
+        z_long = np.abs(x[i] - centre) / scale
+        shift = np.abs(np.median(x[i - S : i], axis=0) - centre) / scale
+        ratio = np.log(dscale / scale)
+        out[i] = [z_long.max() ** 2, shift.max() ** 2, ratio.max(), ratio.min()]
+    return np.clip(out, -spec.clip, spec.clip)
+
+
+def test_features_match_the_documented_definition() -> None:
+    x = stream(400, seed=3)
+    x[250, 1] += 9  # a spike
+    x[300:330, 2] = x[300, 2]  # a stuck channel
+    np.testing.assert_allclose(compute_features(SPEC, x), reference_features(SPEC, x), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("k", range(2, 14))
+def test_the_median_network_picks_the_middle_of_every_0_1_input(k: int) -> None:
+    """0-1 principle: a comparator network that orders every 0/1 input orders every input."""
+    bits = (np.arange(2**k)[:, None] >> np.arange(k)[None, :]) & 1  # every 0/1 vector of length k
+    got = _median_of([bits[:, j].astype(float) for j in range(k)])
+    assert np.array_equal(got, np.median(bits, axis=1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.lists(st.floats(-1e6, 1e6), min_size=12, max_size=12), min_size=1, max_size=30),
+       k=st.integers(2, 12))
+def test_the_median_network_equals_sorting_bit_for_bit(rows: list[list[float]], k: int) -> None:
+    a = np.array(rows)[:, :k]
+    assert np.array_equal(_median_of([a[:, j] for j in range(k)]), _median_last(a))
