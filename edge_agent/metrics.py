@@ -33,8 +33,8 @@ class AgentMetrics:
         self.outbox_segments = Gauge("edgeflag_outbox_segments", "Segments waiting in the outbox", registry=r)
         self.outbox_readings = Gauge("edgeflag_outbox_readings", "Readings waiting in the outbox", registry=r)
         self.outbox_bytes = Gauge("edgeflag_outbox_bytes", "Bytes (cost) held by the outbox", registry=r)
-        self.oldest_age = Gauge("edgeflag_outbox_oldest_age_seconds", "Event-time age of the oldest unsent reading",
-                                registry=r)
+        self.oldest_age = Gauge("edgeflag_outbox_oldest_age_seconds",
+                                "Seconds since the oldest unsent segment was stored", registry=r)
         self.connected = Gauge("edgeflag_uplink_connected", "1 when the uplink is connected", registry=r)
         self.model = Info("edgeflag_model", "Model in use", registry=r)
         self._server: Any = None

@@ -40,6 +40,8 @@ class StoredSegment:
 
 @dataclass(frozen=True, slots=True)
 class OutboxStats:
+    """What the outbox holds now; `oldest_ts` is `stored_at` of its oldest (lowest-id) segment."""
+
     segments: int
     readings: int
     anomalies: int

@@ -79,7 +79,7 @@ class MemoryOutbox(Outbox):
             rows = list(self._rows.values())
             return OutboxStats(segments=len(rows), readings=sum(s.n for s in rows),
                                anomalies=sum(s.anomalies for s in rows), bytes=self._bytes,
-                               oldest_ts=min((s.stored_at for s in rows), default=None))
+                               oldest_ts=rows[0].stored_at if rows else None)
 
     def streams(self) -> dict[str, tuple[str, int]]:
         return dict(self._streams)
