@@ -8,6 +8,7 @@ parses back through `TelemetryMessage.decode`.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,27 +93,34 @@ def segments_for_many(items: Sequence[ScoredBlock], *, max_message_bytes: int, s
                                 np.concatenate([it.flags for it in items]))
     else:
         frags = [f for it in items for f in render(it.block, it.scores, it.flags)]
-    lengths = np.fromiter((len(f) + 1 for f in frags), dtype=np.int64, count=len(frags))
+    n_all = len(frags)
+    lengths = np.fromiter(map(len, frags), dtype=np.int64, count=n_all) + 1  # + the separating comma
     budget = max(1, max_message_bytes - HEADER_ALLOWANCE - int(lengths.max()))
     flags = np.concatenate([np.asarray(it.flags, dtype=bool) for it in items])
+    # One key per (block, kind), flagged first; a stable sort keeps seq order inside each key.
+    key = np.repeat(np.arange(len(items)) * 2, sizes) + ~flags
+    order = np.argsort(key, kind="stable")
+    key, size = key[order], lengths[order]
+    new_key = np.empty(n_all, dtype=bool)
+    new_key[0], new_key[1:] = True, key[1:] != key[:-1]
+    end = np.cumsum(size)
+    first = np.flatnonzero(new_key)
+    before = end - size - (end - size)[first][np.cumsum(new_key) - 1]  # bytes before each fragment in its key
+    group = before // budget  # a group starts below the budget, so ends below budget + one fragment
+    cut = new_key.copy()
+    cut[1:] |= group[1:] != group[:-1]
+    bounds = [*np.flatnonzero(cut).tolist(), n_all]
+    body = [frags[i] for i in order.tolist()]
+    seq_sorted = seq[order].tolist()
+    key_list = key.tolist()
     out: list[Segment] = []
-    start = 0
-    for it, n in zip(items, sizes, strict=True):
-        end = start + n
-        for kind, mask in ((1, flags[start:end]), (0, ~flags[start:end])):
-            idx = np.flatnonzero(mask) + start
-            if not len(idx):
-                continue
-            before = np.cumsum(lengths[idx]) - lengths[idx]  # bytes before each fragment of this kind
-            group = before // budget  # a group starts below the budget, so ends below budget + one fragment
-            for part in np.split(idx, np.flatnonzero(np.diff(group)) + 1):
-                ids = part.tolist()
-                out.append(Segment(
-                    device_id=it.block.device_id, boot_id=it.boot_id, context_id=it.context_id,
-                    seq_first=int(seq[ids[0]]), seq_last=int(seq[ids[-1]]), n=len(ids),
-                    anomalies=len(ids) if kind else 0, stored_at=stored_at,
-                    body=b",".join([frags[i] for i in ids])))
-        start = end
+    for a, b in itertools.pairwise(bounds):
+        it = items[key_list[a] // 2]
+        flagged = key_list[a] % 2 == 0
+        out.append(Segment(
+            device_id=it.block.device_id, boot_id=it.boot_id, context_id=it.context_id,
+            seq_first=seq_sorted[a], seq_last=seq_sorted[b - 1], n=b - a, anomalies=b - a if flagged else 0,
+            stored_at=stored_at, body=b",".join(body[a:b])))
     return out
 
 
