@@ -37,6 +37,7 @@ from edge_agent.rollout import RolloutError
 from edge_agent.scoring import ScoringStage
 from edge_agent.sinks.base import Sink, make_sink
 from edge_agent.sources.base import Batch, Source, make_source
+from edge_agent.tuning import tune_allocator
 from models.bundle import Bundle, load_bundle
 from models.errors import BundleError, ModelError
 
@@ -62,6 +63,7 @@ class Agent:
                  outbox: Outbox | None = None, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.log = setup_logging(config.log.level)
+        self.allocator_tuned = tune_allocator()
         self.clock = clock
         self.bundle = load_model(config)
         self.stage = ScoringStage(self.bundle, threads=config.scoring.threads)
@@ -110,7 +112,8 @@ class Agent:
             t.start()
             self._threads.append(t)
         event(self.log, logging.INFO, "agent started", version=VERSION, model=self.bundle.label,
-              source=self.config.source.type, uplink=self.config.uplink.type, config=self.config.redacted())
+              source=self.config.source.type, uplink=self.config.uplink.type, config=self.config.redacted(),
+              allocator_tuned=self.allocator_tuned)
 
     def _guard(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
         """Run a thread body; an unexpected exception makes the agent exit non-zero (systemd restarts it
