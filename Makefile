@@ -17,8 +17,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
+bench: system-deps $(STAMP)
 	$(PY) benchmarks/scoring.py
+	$(PY) benchmarks/agent_throughput.py
 
 system-deps:
 	@scripts/ensure-system-deps.sh
