@@ -26,6 +26,7 @@ from contracts.topics import telemetry_topic
 from edge_agent.errors import UplinkError
 from edge_agent.packing import Message
 from edge_agent.sinks.base import Controllable, DesiredHandler, MethodHandler, Sink, register
+from edge_agent.sinks.netloop import NetworkLoop
 
 
 @register("mqtt")
@@ -33,6 +34,7 @@ class MqttSink(Sink, Controllable):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._client: Any = None
+        self._net: NetworkLoop | None = None
         self._up = threading.Event()
         self._acked: deque[int] = deque()
         self._tokens: dict[int, int] = {}
@@ -159,13 +161,15 @@ class MqttSink(Sink, Controllable):
         client.on_message = on_message
         self._tokens = {}
         acked.clear()
+        net = NetworkLoop(client)
         try:
             client.connect(s.host, s.port, s.keepalive)
         except (OSError, ValueError) as exc:
+            net.stop()
             self.last_error = f"cannot reach {s.host}:{s.port}: {exc}"
             raise UplinkError(self.last_error) from None
-        client.loop_start()
-        self._client = client
+        net.start()
+        self._client, self._net = client, net
         if connack.wait(timeout) and result.get("rc") == 0:
             client.subscribe([(f"{prefix}twin/res/#", 1), (f"{prefix}twin/PATCH/properties/desired/#", 1),
                               (f"{prefix}methods/POST/#", 1)])
@@ -209,9 +213,11 @@ class MqttSink(Sink, Controllable):
 
     def close(self) -> None:
         client, self._client = self._client, None
+        net, self._net = self._net, None
         self._up.clear()
         if client is not None:
             try:
                 client.disconnect()
             finally:
-                client.loop_stop()
+                if net is not None:
+                    net.stop()
