@@ -32,16 +32,19 @@ from edge_agent.intake import Intake, Quarantine, Rejected, StreamState
 from edge_agent.logs import event, setup_logging
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import Outbox, SqliteOutbox
-from edge_agent.packing import Message, ScoredBlock, build_message, coalesce, context_header, segments_for_many
+from edge_agent.packing import HEADER_ALLOWANCE, Message, ScoredBlock, build_message, context_header, segments_for_many
 from edge_agent.rollout import RolloutError
 from edge_agent.scoring import ScoringStage
 from edge_agent.sinks.base import Sink, make_sink
 from edge_agent.sources.base import Batch, Source, make_source
+from edge_agent.staging import SendQueue
 from edge_agent.tuning import tune_allocator
 from models.bundle import Bundle, load_bundle
 from models.errors import BundleError, ModelError
 
 VERSION = "0.1.0"
+STAGE_MAX_ROWS = 8192  # rows the sender reads ahead per kind (bounds its memory with tiny rows)
+STAGE_PAGE_ROWS = 4096  # rows per outbox read at most
 
 
 def load_model(config: AgentConfig) -> Bundle:
@@ -355,7 +358,8 @@ class Agent:
         cfg = self.config.uplink
         bucket = self.bucket
         backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
-        cursor = {0: 0, 1: 0}
+        budget = cfg.max_message_bytes - HEADER_ALLOWANCE
+        queues = {1: SendQueue(budget), 0: SendQueue(budget)}
         inflight: dict[int, Message] = {}
         token = 0
         headers: dict[int, str] = {}
@@ -370,7 +374,8 @@ class Agent:
                     self.metrics.connected.set(0)
                     self._confirm(inflight, flush=True)
                     inflight.clear()
-                    cursor = {0: 0, 1: 0}
+                    for q in queues.values():
+                        q.reset()  # unconfirmed rows are read again and resent
                     if self.config.uplink.type == "none":
                         self._stop_sender.wait(0.5)
                         continue
@@ -394,20 +399,26 @@ class Agent:
                 sent_any = False
                 if room > 0:
                     for kind in (1, 0):
-                        rows = self.outbox.pending(kind, cursor[kind], room + 8)  # rows are ~message-sized
-                        if not rows:
+                        q = queues[kind]
+                        self._stage(q, kind, room)
+                        if not q:
                             continue
-                        for group in coalesce(rows, cfg.max_message_bytes)[:room]:
+                        evicted = self.outbox.evicted_upto(kind)
+                        for _ in range(room):
+                            group = q.pop(evicted)
+                            if group is None:
+                                break
                             if not bucket.acquire(self._stop_sender):
+                                q.push_front(group)
                                 break
                             cid = group[0].segment.context_id
                             header = headers.get(cid) or headers.setdefault(cid, self.outbox.context(cid))
                             msg = build_message(group, header, compress=cfg.compress)
                             token += 1
                             if not self.sink.send(msg, token):
+                                q.push_front(group)
                                 break
                             inflight[token] = msg
-                            cursor[kind] = group[-1].id
                             sent_any = True
                         break  # anomalies first: look at normal segments only when no anomaly is pending
                 if not sent_any:
@@ -422,6 +433,22 @@ class Agent:
             self._confirm(inflight, flush=True)
         except OutboxError as exc:
             self.last_error = str(exc)
+
+    def _stage(self, q: SendQueue, kind: int, room: int) -> None:
+        """Read ahead enough rows of `kind` to fill `room` messages (bounded in rows and bytes).
+
+        Rows are read in pages sized from the rows seen so far, so small rows (many devices, small
+        batches) are read in large pages and big rows (one device, big batches) in small ones.
+        """
+        want = room * q.budget
+        limit = room + 8
+        while q.bytes < want and q.rows < STAGE_MAX_ROWS:
+            rows = self.outbox.pending(kind, q.fetched_upto, limit)
+            q.add(rows)
+            if len(rows) < limit:
+                return
+            avg = max(1, sum(len(r.segment.body) + 1 for r in rows) // len(rows))
+            limit = max(8, min(STAGE_PAGE_ROWS, (want - q.bytes) // avg + 8))
 
     def _confirm(self, inflight: dict[int, Message], *, flush: bool = False) -> None:
         """Collect confirmations; delete them from the outbox in batches (every 20 ms or 256 messages)."""

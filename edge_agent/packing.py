@@ -137,27 +137,6 @@ class Message:
     anomalies: int
 
 
-def coalesce(rows: Sequence[StoredSegment], max_message_bytes: int) -> list[list[StoredSegment]]:
-    """Group consecutive rows of the same stream, context and kind into message-sized runs."""
-    groups: list[list[StoredSegment]] = []
-    budget = max_message_bytes - HEADER_ALLOWANCE
-    cur: list[StoredSegment] = []
-    size = 0
-    for r in rows:
-        s = r.segment
-        if cur:
-            h = cur[-1].segment
-            same = (h.device_id, h.boot_id, h.context_id, h.kind) == (s.device_id, s.boot_id, s.context_id, s.kind)
-            if not same or s.seq_first <= h.seq_last or size + len(s.body) + 1 > budget:
-                groups.append(cur)
-                cur, size = [], 0
-        cur.append(r)
-        size += len(s.body) + 1
-    if cur:
-        groups.append(cur)
-    return groups
-
-
 @lru_cache(maxsize=4096)
 def _topic(device_id: str, header: str, anomalous: bool, compress: bool) -> tuple[str, dict[str, str]]:
     """Topic and properties for one (device, model context, kind, encoding) — cached, they repeat."""

@@ -80,6 +80,12 @@ class Outbox(ABC):
         """Up to `limit` segments of `kind` with id > after_id, oldest first."""
 
     @abstractmethod
+    def evicted_upto(self, kind: int) -> int:
+        """The highest id of `kind` evicted since this outbox was opened (0: none). Eviction takes the
+        oldest first, so no segment of that kind with a lower id is left: a reader holding rows it
+        fetched earlier drops those at or below this mark instead of sending evicted readings."""
+
+    @abstractmethod
     def ack(self, ids: Sequence[int]) -> int:
         """Delete delivered segments; returns how many readings they held."""
 

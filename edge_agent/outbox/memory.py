@@ -20,6 +20,7 @@ class MemoryOutbox(Outbox):
         self._checkpoint: dict[str, str] = {}
         self._drops: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._evicted_upto = {0: 0, 1: 0}
 
     def context_id(self, header: str) -> int:
         with self._lock:
@@ -48,6 +49,7 @@ class MemoryOutbox(Outbox):
                 if self._bytes <= self.max_bytes:
                     break
                 s = self._rows.pop(rid)
+                self._evicted_upto[kind] = max(self._evicted_upto[kind], rid)
                 self._bytes -= cost(s)
                 out[reason] = out.get(reason, 0) + s.n
         for k, v in out.items():
@@ -63,6 +65,9 @@ class MemoryOutbox(Outbox):
                     if len(out) >= limit:
                         break
             return out
+
+    def evicted_upto(self, kind: int) -> int:
+        return self._evicted_upto[kind]
 
     def ack(self, ids: Sequence[int]) -> int:
         with self._lock:

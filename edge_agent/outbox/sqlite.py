@@ -98,6 +98,7 @@ class SqliteOutbox(Outbox):
         except sqlite3.DatabaseError as exc:
             raise OutboxError(f"{self.path}: cannot open outbox: {exc}") from None
         self._contexts: dict[str, int] = dict(self._db.execute("SELECT header, id FROM contexts").fetchall())
+        self._evicted_upto = {0: 0, 1: 0}
 
     def context_id(self, header: str) -> int:
         with self._lock:
@@ -139,19 +140,22 @@ class SqliteOutbox(Outbox):
                     self._db.executemany("INSERT OR REPLACE INTO checkpoint VALUES(?,?)", list(checkpoint.items()))
                 total = _Totals(len(rows), readings, anomalies, added).plus(self._totals())
                 evicted: dict[str, int] = {}
+                marks: dict[int, int] = {}  # highest evicted id per kind, published once committed
                 if total.bytes > self.max_bytes:
-                    total = self._evict(total, evicted)
+                    total = self._evict(total, evicted, marks)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
                 raise OutboxError(f"{self.path}: append failed: {exc}") from None
             self._segments, self._readings, self._anomalies, self._bytes = total
+            for kind, upto in marks.items():
+                self._evicted_upto[kind] = max(self._evicted_upto[kind], upto)
             return evicted
 
     def _totals(self) -> _Totals:
         return _Totals(self._segments, self._readings, self._anomalies, self._bytes)
 
-    def _evict(self, total: _Totals, evicted: dict[str, int]) -> _Totals:
+    def _evict(self, total: _Totals, evicted: dict[str, int], marks: dict[int, int]) -> _Totals:
         """Delete the oldest normal segments, then the oldest anomaly segments, until under the bound."""
         for kind, reason in ((0, "outbox_full_normal"), (1, "outbox_full_anomaly")):
             while total.bytes > self.max_bytes:
@@ -167,6 +171,7 @@ class SqliteOutbox(Outbox):
                     if total.bytes - gone.bytes <= self.max_bytes:
                         break
                 self._db.execute("DELETE FROM segments WHERE kind=? AND id<=?", (kind, upto))
+                marks[kind] = max(marks.get(kind, 0), int(upto or 0))
                 total = total.minus(gone)
                 evicted[reason] = evicted.get(reason, 0) + gone.readings
         for reason, n in evicted.items():
@@ -186,6 +191,9 @@ class SqliteOutbox(Outbox):
         return [StoredSegment(r[0], Segment(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bytes(r[9])))
                 for r in rows]
 
+    def evicted_upto(self, kind: int) -> int:
+        return self._evicted_upto[kind]
+
     def ack(self, ids: Sequence[int]) -> int:
         if not ids:
             return 0
@@ -197,9 +205,9 @@ class SqliteOutbox(Outbox):
                 gone = _Totals(0, 0, 0, 0)
                 for i in range(0, len(ids), 500):
                     chunk = list(ids[i : i + 500])
-                    marks = ",".join("?" * len(chunk))
-                    deleted = self._db.execute(
-                        f"DELETE FROM segments WHERE id IN ({marks}) RETURNING n, anomalies, cost", chunk).fetchall()
+                    placeholders = ",".join("?" * len(chunk))
+                    sql = f"DELETE FROM segments WHERE id IN ({placeholders}) RETURNING n, anomalies, cost"
+                    deleted = self._db.execute(sql, chunk).fetchall()
                     for rn, ra, rc in deleted:
                         gone = gone.plus(_Totals(1, rn, ra, rc))
                 self._db.execute("COMMIT")

@@ -223,3 +223,25 @@ def test_anomalies_go_first_and_the_normal_backlog_drains_in_order(tmp_path: Pat
         seqs = [k[2] for k in keys[first_normal:] if k[0] == dev and not k[3]]
         assert seqs == sorted(seqs), "the normal backlog drains in order"
     assert len(got["unique"]) == 6000
+
+
+def test_a_gateways_backlog_goes_out_in_full_messages(tmp_path: Path, trained_small, pbroker: Broker) -> None:  # type: ignore[no-untyped-def]
+    """40 devices, 2 readings each per micro-batch: every outbox row is small and its neighbours are
+    other devices'. After an outage the backlog must still leave in ~4 KB messages per device."""
+    b = pbroker
+    collector = Collector(b.port, tmp_path)
+    b.stop()
+    cfg = build_config(agent_config(tmp_path / "state", trained_small[0], b.port,
+                                    source={"devices": 40, "readings": 150}, scoring={"batch_size": 80}), environ={})
+    agent = Agent(cfg)
+    agent.start()
+    wait_for(lambda: agent.metrics.snapshot()["readings_in"] == 6000, 30, "the backlog")
+    rows = agent.outbox.stats().segments
+    b.start()
+    wait_for(agent.drained, 60, "the backlog to drain")
+    agent.stop()
+    got = collector.finish()
+    print(f"(gateway) 6000 readings in {rows} outbox rows left in {got['messages']} messages")
+    assert len(got["unique"]) == 6000 and got["duplicates"] == 0
+    assert rows >= 3000, "the scenario should make one small row per device per batch"
+    assert got["messages"] <= 6000 / 12, "a device's rows from many micro-batches share a message"

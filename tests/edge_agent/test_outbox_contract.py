@@ -59,6 +59,8 @@ def test_the_bound_holds_and_normal_segments_are_evicted_first(make: Factory) ->
     kept = [s.segment.seq_first for s in ob.pending(0, 0, 100)]
     assert kept == [5, 6, 7, 8, 9, 10, 11, 12, 13][-8:]  # the oldest normal ones went
     assert [s.segment.seq_first for s in ob.pending(1, 0, 100)] == [0, 4]
+    # ids 1-14 in append order; the normal ones evicted were ids 2, 3, 4 and 6 (seqs 1, 2, 3, 5)
+    assert (ob.evicted_upto(0), ob.evicted_upto(1)) == (6, 0)
     evicted = ob.append([seg(seq=100 + i, anomalies=1) for i in range(10)])
     assert evicted == {"outbox_full_normal": 8, "outbox_full_anomaly": 2}
     assert [s.segment.seq_first for s in ob.pending(1, 0, 100)][:2] == [100, 101]
@@ -148,6 +150,8 @@ class OutboxModel(RuleBasedStateMachine):
         for kind in (0, 1):
             assert [(s.id, s.segment) for s in self.real.pending(kind, 0, 1000)] == \
                    [(s.id, s.segment) for s in self.model.pending(kind, 0, 1000)]
+            for ob in (self.real, self.model):  # nothing at or below the eviction mark is left
+                assert all(s.id > ob.evicted_upto(kind) for s in ob.pending(kind, 0, 1000))
 
     def teardown(self) -> None:
         if hasattr(self, "real"):

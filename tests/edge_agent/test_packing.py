@@ -6,7 +6,8 @@ import pytest
 from contracts.telemetry import ModelLineage, TelemetryMessage
 from contracts.topics import parse_telemetry_topic
 from edge_agent.outbox import StoredSegment
-from edge_agent.packing import build_message, coalesce, context_header, segments_for
+from edge_agent.packing import HEADER_ALLOWANCE, build_message, context_header, segments_for
+from edge_agent.staging import SendQueue
 from simulators import Fleet, FleetConfig
 
 LINEAGE = ModelLineage("pump", 3, "a" * 64, "b" * 64, 0.6)
@@ -24,7 +25,13 @@ def test_messages_follow_the_contract_fit_the_size_and_carry_every_reading_once(
     rows = [StoredSegment(i + 1, s) for i, s in enumerate(segs)]
     header = context_header(LINEAGE, block.channels)
     seen: list[int] = []
-    for group in coalesce(rows, max_bytes):
+    groups = []
+    for kind in (1, 0):
+        q = SendQueue(max_bytes - HEADER_ALLOWANCE)
+        q.add([r for r in rows if r.segment.kind == kind])
+        while (group := q.pop(0)) is not None:
+            groups.append(group)
+    for group in groups:
         msg = build_message(group, header, compress=compress)
         decoded = TelemetryMessage.decode(msg.payload)
         assert decoded.model == LINEAGE and decoded.boot_id == "boot"
