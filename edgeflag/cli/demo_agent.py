@@ -19,8 +19,8 @@ class _Receiver:
         import paho.mqtt.client as mqtt
 
         self.keys: set[tuple[str, str, int]] = set()
+        self.anomalous: set[tuple[str, str, int]] = set()  # distinct, like keys (a resend is not a new one)
         self.received = 0
-        self.anomalies = 0
         self._lock = threading.Lock()
         ready = threading.Event()
 
@@ -28,8 +28,10 @@ class _Receiver:
             m = orjson.loads(msg.payload)
             with self._lock:
                 for r in m["readings"]:
-                    self.keys.add((m["device_id"], m["boot_id"], r["seq"]))
-                    self.anomalies += r["anomaly"]
+                    key = (m["device_id"], m["boot_id"], r["seq"])
+                    self.keys.add(key)
+                    if r["anomaly"]:
+                        self.anomalous.add(key)
                 self.received += len(m["readings"])
 
         self.client = mqtt.Client(client_id="edgeflag-demo-cloud", clean_session=False)
@@ -91,7 +93,7 @@ def run_agent_demo(workdir: Path, bundle: Path, *, devices: int, readings: int =
     console.print(f"  produced {snap['readings_in']:,}, scored {snap['scored']:,}, flagged {snap['flagged']:,}; "
                   f"uplink errors during the outage {snap['uplink_errors']}")
     console.print(f"  cloud side received {len(receiver.keys):,} distinct readings "
-                  f"({receiver.received - len(receiver.keys):,} duplicates, {receiver.anomalies:,} anomalies) "
+                  f"({receiver.received - len(receiver.keys):,} duplicates, {len(receiver.anomalous):,} anomalies) "
                   f"in {elapsed:.1f} s — lost: {lost}")
     if lost:
         console.print("  [red]readings were lost — this is a bug[/red]")
