@@ -17,9 +17,12 @@ Twins are kept in ``<state>/twins/<device>.json`` (written atomically) so they s
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import json
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -45,6 +48,14 @@ def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
 
 
 class TwinStore:
+    """Twins as one JSON file per device under `root`.
+
+    `update` is a read-modify-write under an exclusive file lock (``<device>.lock``), so the hub
+    and an `edgeflag hub twin set` in another process never lose each other's patches; the new
+    file is written to a private temporary, fsynced and renamed into place (readers see the old
+    or the new twin, never half of one).
+    """
+
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -61,14 +72,24 @@ class TwinStore:
         return {"desired": {"$version": 1}, "reported": {"$version": 1}}
 
     def update(self, device: str, side: str, patch: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
+        path = self._path(device)
+        with self._lock, open(path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
             twin = self.get(device)
             version = int(twin[side].get("$version", 1)) + 1
             twin[side] = {**merge_patch({k: v for k, v in twin[side].items() if k != "$version"}, patch),
                           "$version": version}
-            tmp = self._path(device).with_suffix(".tmp")
-            tmp.write_text(json.dumps(twin, indent=1))
-            os.replace(tmp, self._path(device))
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{device}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(json.dumps(twin, indent=1))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
             return twin
 
 
