@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import threading
 import uuid
 from collections import Counter
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from contracts.block import ReadingBlock
 from contracts.errors import ContractError
@@ -79,6 +81,7 @@ class Intake:
     min_value: float = -1e9
     max_value: float = 1e9
     streams: dict[str, StreamState] = field(default_factory=dict)
+    _known_ids: set[str] = field(default_factory=set, repr=False)  # device ids already validated
 
     def parse(self, items: Sequence[Any]) -> tuple[list[tuple[ReadingBlock, str]], list[Rejected]]:
         """Raw readings (bytes, str or dicts in the Reading contract) -> blocks + rejects."""
@@ -89,6 +92,9 @@ class Intake:
                 dev, ts, seq, chans, vals = self._one(raw)
             except _Reject as r:
                 rejected.append(Rejected(r.reason, r.detail, raw))
+                continue
+            except Exception as exc:  # one odd reading must not crash-loop the daemon
+                rejected.append(Rejected("malformed", f"unreadable: {type(exc).__name__}: {exc}", raw))
                 continue
             rows.setdefault((dev, chans), []).append((ts, seq, vals))
         blocks = []
@@ -104,13 +110,20 @@ class Intake:
         obj = raw
         if isinstance(raw, (bytes, bytearray, str)):
             try:
-                obj = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise _Reject("malformed", f"not JSON: {exc}") from None
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                try:  # NaN / Infinity literals: orjson refuses them, json reads them (-> non_finite below)
+                    obj = json.loads(raw)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise _Reject("malformed", f"not JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise _Reject("malformed", "not a JSON object")
         try:
-            dev = validate_device_id(obj["device_id"])
+            dev = obj["device_id"]
+            if type(dev) is not str or dev not in self._known_ids:
+                validate_device_id(dev)
+                if len(self._known_ids) < 100_000:
+                    self._known_ids.add(dev)
             ts = parse_ts(obj["ts"]).timestamp()
             seq, values = obj["seq"], obj["values"]
         except KeyError as exc:
@@ -126,14 +139,16 @@ class Intake:
             raise _Reject("missing_channel", f"missing {', '.join(missing)}")
         chans = tuple(values)
         vals = []
+        lo, hi = self.min_value, self.max_value
         for c in chans:
             v = values[c]
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise _Reject("wrong_type", f"values.{c} must be a number, got {type(v).__name__}")
-            if not math.isfinite(v):
-                raise _Reject("non_finite", f"values.{c} is {v}")
-            if not self.min_value <= v <= self.max_value:
-                raise _Reject("out_of_range", f"values.{c}={v} outside [{self.min_value}, {self.max_value}]")
+            t = type(v)
+            if t is not float and t is not int and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                raise _Reject("wrong_type", f"values.{c} must be a number, got {t.__name__}")
+            if not lo <= v <= hi:  # also false for NaN
+                if t is not int and not math.isfinite(v):  # (an int can be too large for isfinite)
+                    raise _Reject("non_finite", f"values.{c} is {v}")
+                raise _Reject("out_of_range", f"values.{c}={str(v)[:40]} outside [{lo}, {hi}]")
             vals.append(float(v))
         return dev, ts, seq, chans, vals
 

@@ -58,3 +58,24 @@ def test_simulator_blocks_are_checked_vectorised() -> None:
     out, rejected = intake.check_blocks([block])
     assert sorted(r.reason for r in rejected) == ["duplicate", "non_finite", "out_of_range"]
     assert out[0][0].seq.tolist() == [4, 5]
+
+
+def test_odd_json_is_quarantined_with_the_right_reason() -> None:
+    intake = Intake(required=REQ, min_value=-100, max_value=100)
+    base = {"ts": "2026-01-01T00:00:00Z", "values": {"a": 1.0, "b": 2.0}}
+    items = [
+        json.dumps({**base, "device_id": ["d1"], "seq": 1}),  # unhashable id
+        json.dumps({**base, "device_id": "bad id!", "seq": 2}),
+        json.dumps({**base, "device_id": "bad id!", "seq": 3}),  # a bad id stays bad the second time
+        '{"device_id":"d1","ts":"2026-01-01T00:00:00Z","seq":4,"values":{"a":Infinity,"b":1}}',
+        '{"device_id":"d1","ts":"2026-01-01T00:00:00Z","seq":5,"values":{"a":1e999,"b":1}}',
+        json.dumps({**base, "device_id": "d1", "seq": 6, "values": {"a": 10**400, "b": 1}}),
+        json.dumps({**base, "device_id": "d1", "seq": 7, "values": {"a": np.float64(3.5).item(), "b": 7}}),
+    ]
+    blocks, rejected = intake.parse(items)
+    assert [r.reason for r in rejected] == ["malformed", "malformed", "malformed", "non_finite", "non_finite",
+                                            "out_of_range"]
+    assert [(b.seq.tolist(), b.values.tolist()) for b, _ in blocks] == [([7], [[3.5, 7.0]])]
+    blocks, rejected = Intake(required=REQ).parse([{"device_id": "d9", "ts": "2026-01-01T00:00:00Z", "seq": 0,
+                                                    "values": {"a": np.float32(1.5), "b": np.int64(2)}}])
+    assert rejected == [] and blocks[0][0].values.tolist() == [[1.5, 2.0]]
