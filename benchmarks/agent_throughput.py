@@ -8,7 +8,11 @@ benchmark itself runs on the agent's core. Each run gets a fresh outbox and coll
 line reports the median run by throughput (all runs' rates are listed in `runs_readings_per_s`).
 `peak_rss_mb` is the agent process's own high-water mark (VmHWM), start-up included.
 
+`--source jsonl` feeds the same fleet from a Reading-contract JSON-lines file instead (parsing
+and validating every line is then part of the measured work).
+
 usage: python benchmarks/agent_throughput.py [--devices 20] [--readings 20000] [--batch 4096] [--runs 3]
+                                             [--source simulator|jsonl]
 """
 
 from __future__ import annotations
@@ -72,6 +76,17 @@ def child(config_file: str) -> None:
     }), flush=True)
 
 
+def source_config(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    if args.source == "simulator":
+        return {"type": "simulator", "devices": args.devices, "readings": args.readings, "seed": 5}
+    path = work / "readings.jsonl"
+    if not path.exists():
+        subprocess.run([sys.executable, "-m", "edgeflag", "simulate", "--devices", str(args.devices), "--duration",
+                        str(args.readings), "--seed", "5", "--out", str(path), "--quiet"],
+                       check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return {"type": "jsonl", "path": str(path)}
+
+
 def one_run(args: argparse.Namespace, work: Path, bundle: Path, port: int, run: int,
             agent_cpus: set[int], other_cpus: set[int]) -> dict[str, Any]:
     keys_file = work / f"keys-{run}.json"
@@ -83,7 +98,7 @@ def one_run(args: argparse.Namespace, work: Path, bundle: Path, port: int, run: 
     cfg_file.write_text(json.dumps({
         "agent": {"state_dir": str(work / f"state-{run}"), "status_interval_s": 3600.0},
         "model": {"bundle": str(bundle)},
-        "source": {"type": "simulator", "devices": args.devices, "readings": args.readings, "seed": 5},
+        "source": source_config(args, work),
         "scoring": {"batch_size": args.batch},
         "outbox": {"synchronous": args.synchronous},
         "uplink": {"type": "mqtt", "port": port, "client_id": f"bench-agent-{run}", "rate_messages_per_s": 0.0,
@@ -125,6 +140,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="agent runs; the median one is reported")
     ap.add_argument("--cores", type=int, default=1, help="CPU cores the agent process may use (0 = all)")
     ap.add_argument("--synchronous", default="full", choices=("full", "normal"))
+    ap.add_argument("--source", default="simulator", choices=("simulator", "jsonl"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -149,7 +165,7 @@ def main() -> None:
         broker.stop()
     best = sorted(runs, key=lambda r: r["readings_per_s"])[len(runs) // 2]
     print(json.dumps({
-        "bench": "agent_throughput", "devices": args.devices, "batch_size": args.batch,
+        "bench": "agent_throughput", "source": args.source, "devices": args.devices, "batch_size": args.batch,
         "outbox": f"sqlite on disk, synchronous={args.synchronous}", "uplink": "mosquitto QoS 1 (loopback)",
         "agent_cores": len(agent_cpus), "runs": len(runs),
         "runs_readings_per_s": [r["readings_per_s"] for r in runs],
