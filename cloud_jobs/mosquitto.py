@@ -63,7 +63,9 @@ class Broker:
     """One Mosquitto process on 127.0.0.1:port; start/stop/restart keep the same port."""
 
     def __init__(self, workdir: Path, port: int | None = None, host: str = "127.0.0.1",
-                 extra_conf: str = "", persistence: bool = False, tls: TlsListener | None = None) -> None:
+                 extra_conf: str = "", persistence: bool = False, tls: TlsListener | None = None,
+                 password_file: Path | None = None) -> None:
+        """`password_file`: only the users in it (Mosquitto format) may connect; otherwise anyone."""
         self.workdir = workdir
         self.host = host
         self.port = port or free_port(host)
@@ -72,6 +74,7 @@ class Broker:
         self.extra_conf = extra_conf
         self.persistence = persistence
         self.tls = tls
+        self.password_file = password_file
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_conf(self) -> None:
@@ -84,7 +87,8 @@ class Broker:
         user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
             user + f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
+            + (f"allow_anonymous false\npassword_file {self.password_file.resolve()}\n" if self.password_file
+               else "allow_anonymous true\n")
             + persist
             + "max_inflight_messages 0\n"
             "max_queued_messages 1000000\n"

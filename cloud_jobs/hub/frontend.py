@@ -32,6 +32,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,10 +60,25 @@ class DeviceRegistry:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._devices: dict[str, dict[str, str]] = {}
-        if path.exists():
-            self._devices = json.loads(path.read_text()).get("devices", {})
+        self._mtime: int | None = None
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Re-read the file when it changed (`edgeflag hub device` adds devices to a running hub)."""
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        if mtime != self._mtime:
+            self._devices = json.loads(self.path.read_text()).get("devices", {})
+            self._mtime = mtime
+
+    def ids(self) -> list[str]:
+        self._refresh()
+        return sorted(self._devices)
 
     def add(self, device_id: str, key: str | None = None) -> str:
+        self._refresh()
         key = key or base64.b64encode(secrets.token_bytes(32)).decode()
         self._devices[device_id] = {"key": key}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,6 +87,7 @@ class DeviceRegistry:
         return key
 
     def key(self, device_id: str) -> str | None:
+        self._refresh()
         d = self._devices.get(device_id)
         return d["key"] if d else None
 
@@ -105,9 +122,12 @@ class FrontEnd:
     """TLS listener on (host, port) relaying authenticated devices to a backend broker."""
 
     def __init__(self, host: str, port: int, *, backend: tuple[str, int], cert: Path, key: Path, ca: Path,
-                 registry: DeviceRegistry) -> None:
+                 registry: DeviceRegistry, backend_login: Callable[[str], str] | None = None) -> None:
+        """`backend_login(device)` gives the password to relay a device to the backend with (None: the
+        backend takes usernames without passwords); it may block briefly, it runs off the event loop."""
         self.host, self.port, self.backend = host, port, backend
         self.registry = registry
+        self.backend_login = backend_login
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(str(cert), str(key))
         ctx.load_verify_locations(str(ca))
@@ -195,8 +215,13 @@ class FrontEnd:
                 writer.write(w.connack(5))
                 await writer.drain()
                 return
+            password = None
+            if self.backend_login is not None:
+                login = self.backend_login
+                secret = await asyncio.get_running_loop().run_in_executor(None, login, device)
+                password = secret.encode()
             b_reader, b_writer = await asyncio.open_connection(*self.backend)
-            backend_connect = w.Connect(client_id=connect.client_id, username=device, password=None,
+            backend_connect = w.Connect(client_id=connect.client_id, username=device, password=password,
                                         keepalive=connect.keepalive, clean_session=connect.clean_session, will=None)
             b_writer.write(backend_connect.encode())
             self.stats.accepted += 1

@@ -96,7 +96,7 @@ class TwinStore:
 class TwinService:
     """Answers twin requests, pushes desired patches and invokes methods over the backend broker."""
 
-    def __init__(self, host: str, port: int, state: Path) -> None:
+    def __init__(self, host: str, port: int, state: Path, password: str | None = None) -> None:
         import paho.mqtt.client as mqtt
 
         self.store = TwinStore(state / "twins")
@@ -105,7 +105,7 @@ class TwinService:
         self._lock = threading.Lock()
         self.connected = threading.Event()
         c = self.client = mqtt.Client(client_id="edgeflag-hub-twins", clean_session=True)
-        c.username_pw_set(HUB_USER)
+        c.username_pw_set(HUB_USER, password)
         def on_connect(cl: Any, _u: Any, _f: Any, rc: int) -> None:
             cl.subscribe([(f"{SCOPE}/+/twin/GET/#", 1), (f"{SCOPE}/+/twin/PATCH/properties/reported/#", 1),
                           (f"{SCOPE}/+/methods/res/#", 1)])

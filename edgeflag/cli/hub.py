@@ -97,10 +97,12 @@ def certs_cmd(args: argparse.Namespace) -> int:
 
 
 def _twins(args: argparse.Namespace) -> Any:
-    from cloud_jobs.hub.twins import TwinService
+    from cloud_jobs.hub.backend import BackendAuth
+    from cloud_jobs.hub.twins import HUB_USER, TwinService
 
     host, port = host_port(args.broker)
-    svc = TwinService(host, port, args.state)
+    auth = BackendAuth(args.state)  # present when the hub runs its own broker (--start-broker)
+    svc = TwinService(host, port, args.state, password=auth.password(HUB_USER) if auth.exists else None)
     try:
         svc.start()
     except RuntimeError as exc:
@@ -116,23 +118,32 @@ def run_cmd(args: argparse.Namespace) -> int:
 
     host, port = host_port(args.broker)
     broker = None
+    registry = DeviceRegistry(args.state / "devices.json")
+    login = None
+    hub_password = None
     if args.start_broker:
+        from cloud_jobs.hub.backend import BackendAuth, sighup
         from cloud_jobs.hub.frontend import BACKEND_ACL
         from cloud_jobs.mosquitto import Broker
 
         args.state.mkdir(parents=True, exist_ok=True)
         acl = args.state / "mosquitto.acl"
         acl.write_text(BACKEND_ACL)
+        auth = BackendAuth(args.state)
+        auth.write_password_file([HUB_USER, *registry.ids()])
+        hub_password = auth.password(HUB_USER)
         broker = Broker(args.state.resolve(), port=port, host=host, persistence=True,
-                        extra_conf=f"acl_file {acl.resolve()}\n")
+                        extra_conf=f"acl_file {acl.resolve()}\n", password_file=auth.password_file)
         try:
             broker.start()
         except RuntimeError as exc:
             raise CliError(f"cannot start mosquitto on {host}:{port}: {exc}") from None
+        assert broker.proc is not None
+        login = auth.login_for(sighup(broker.proc.pid))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    ingest = HubIngest(MqttSettings(host=host, port=port, username=HUB_USER), args.bronze)
+    ingest = HubIngest(MqttSettings(host=host, port=port, username=HUB_USER, password=hub_password), args.bronze)
     t = threading.Thread(target=ingest.run, args=(stop,), daemon=True)
     t.start()
     if not ingest.connected.wait(10):
@@ -148,7 +159,7 @@ def run_cmd(args: argparse.Namespace) -> int:
             make_server(make_ca(pki), pki, [args.frontend, HUB_NAME])
             console.print(f"created hub certificates in {pki} (devices trust {pki / 'ca.pem'})")
         front = FrontEnd(args.frontend, 8883, backend=(host, port), cert=pki / "server.pem", key=pki / "server.key",
-                         ca=pki / "ca.pem", registry=DeviceRegistry(args.state / "devices.json"))
+                         ca=pki / "ca.pem", registry=registry, backend_login=login)
         try:
             front.start()
         except (OSError, RuntimeError) as exc:

@@ -1,0 +1,111 @@
+"""The hub's own backend broker authenticates every identity (cloud_jobs/hub/backend.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from broker import Broker
+
+from cloud_jobs.hub.backend import BackendAuth
+from cloud_jobs.hub.bronze import read_bronze
+from cloud_jobs.mosquitto import free_loopback_address, free_port
+from edge_agent.config import UplinkSection
+from edge_agent.packing import Message
+from edge_agent.sinks.mqtt import MqttSink
+
+ROOT = Path(__file__).resolve().parents[2]
+HUB = "edgeflag-hub.local"
+
+
+def connack(port: int, username: str | None, password: str | None) -> int | None:
+    """The CONNACK code a fresh client gets on 127.0.0.1:port (None: no answer)."""
+    got: dict[str, int] = {}
+    done = threading.Event()
+    c = mqtt.Client(client_id=f"probe-{time.monotonic_ns()}")
+    if username is not None:
+        c.username_pw_set(username, password)
+
+    def on_connect(_c: Any, _u: Any, _f: Any, rc: int) -> None:
+        got["rc"] = rc
+        done.set()
+
+    c.on_connect = on_connect
+    c.connect("127.0.0.1", port, 10)
+    c.loop_start()
+    done.wait(10)
+    c.disconnect()
+    c.loop_stop()
+    return got.get("rc")
+
+
+def test_the_password_file_is_what_mosquitto_checks(tmp_path: Path) -> None:
+    auth = BackendAuth(tmp_path / "state")
+    auth.write_password_file(["alice", "edgeflag-hub"])
+    assert oct(auth.secret_file.stat().st_mode & 0o777) == "0o600"
+    assert oct(auth.password_file.stat().st_mode & 0o777) == "0o600"
+    b = Broker(tmp_path, password_file=auth.password_file)
+    b.start()
+    try:
+        assert connack(b.port, "alice", auth.password("alice")) == 0
+        assert connack(b.port, "alice", auth.password("bob")) == 5
+        assert connack(b.port, "bob", auth.password("bob")) == 5, "users not in the file are refused"
+        assert connack(b.port, None, None) == 5, "no anonymous access"
+    finally:
+        b.stop()
+    assert BackendAuth(tmp_path / "state").password("alice") == auth.password("alice"), "the secret persists"
+
+
+@pytest.mark.slow
+def test_hub_run_backend_refuses_direct_devices_and_admits_a_device_registered_while_running(tmp_path: Path) -> None:
+    host, port = free_loopback_address(8883), free_port()
+    state, bronze = tmp_path / "hub-state", tmp_path / "bronze"
+    common = ["--state", str(state), "--broker", f"127.0.0.1:{port}"]
+    hub = subprocess.Popen([sys.executable, "-m", "edgeflag", "hub", "run", "--start-broker", *common,
+                            "--bronze", str(bronze), "--frontend", host, "--seconds", "120"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert hub.stdout is not None
+        for line in hub.stdout:
+            if line.startswith("hub:"):
+                break
+        else:
+            raise AssertionError(f"hub did not start: {hub.stderr.read() if hub.stderr else ''}")
+        assert connack(port, "dev-late", None) == 5, "the backend does not trust a bare device username"
+        assert connack(port, "edgeflag-hub", None) == 5
+        r = subprocess.run([sys.executable, "-m", "edgeflag", "hub", "device", *common, "dev-late"],
+                           cwd=ROOT, capture_output=True, text=True, check=True)
+        key = r.stdout.strip().split("SharedAccessKey=")[1].split(";")[0]
+        sink = MqttSink(UplinkSection(host=host, port=8883, ca_file=str(state / "pki" / "ca.pem"),
+                                      client_id="dev-late", device_id="dev-late", sas_key=key,
+                                      username=f"{HUB}/dev-late/?api-version=2021-04-12", iothub_hostname=HUB,
+                                      dialect="iothub"))
+        sink.connect(timeout=10)
+        try:
+            payload = b'{"v":1,"device_id":"dev-late","readings":[]}'
+            msg = Message(device_id="dev-late", topic="devices/dev-late/messages/events/", payload=payload,
+                          properties={}, ids=(1,), readings=0, anomalies=0)
+            assert sink.send(msg, 1)
+            deadline = time.monotonic() + 10
+            while 1 not in sink.confirmed() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            sink.close()
+        deadline = time.monotonic() + 10
+        while not list(read_bronze(bronze)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [r["topic_device"] for r in read_bronze(bronze)] == ["dev-late"]
+        r = subprocess.run([sys.executable, "-m", "edgeflag", "hub", "twin", "set", *common, "dev-late", "x=1"],
+                           cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    finally:
+        os.kill(hub.pid, signal.SIGTERM)
+        hub.wait(30)
