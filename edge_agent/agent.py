@@ -29,7 +29,7 @@ from edge_agent.control import ControlPlane
 from edge_agent.errors import AgentError, ConfigError, OutboxError, UplinkError
 from edge_agent.flow import Backoff, TokenBucket
 from edge_agent.intake import Intake, Quarantine, Rejected, StreamState
-from edge_agent.logs import event, setup_logging
+from edge_agent.logs import Throttle, event, setup_logging
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import Outbox, SqliteOutbox
 from edge_agent.packing import HEADER_ALLOWANCE, Message, ScoredBlock, build_message, context_header, segments_for_many
@@ -78,6 +78,8 @@ class Agent:
                              streams={d: StreamState(b, s) for d, (b, s) in self.outbox.streams().items()})
         self.quarantine = Quarantine(config.state_dir / "quarantine.jsonl")
         self.metrics = AgentMetrics()
+        self._evictions_log = Throttle(self.log, logging.WARNING, "outbox full: evicted readings")
+        self._quarantine_log = Throttle(self.log, logging.WARNING, "readings quarantined (see quarantine.jsonl)")
         self.metrics.model.info({"name": self.bundle.manifest.name, "version": str(self.bundle.manifest.version),
                                  "sha256": self.bundle.manifest.sha256})
         self.sink = sink or make_sink(config.uplink)
@@ -151,6 +153,8 @@ class Agent:
         self.sink.close()
         self.control.close()
         self._refresh_gauges()
+        self._evictions_log.flush()
+        self._quarantine_log.flush()
         event(self.log, logging.INFO, "agent stopped", **self.status())
         self.outbox.close()
         self.metrics.close()
@@ -284,11 +288,13 @@ class Agent:
         m.readings_in.inc(total)
         m.scored.inc(scored)
         m.flagged.inc(flagged)
-        for reason, n in Counter(r.reason for r in rejected).items():
+        quarantined = Counter(r.reason for r in rejected)
+        for reason, n in quarantined.items():
             m.quarantined.labels(reason=reason).inc(n)
         for reason, n in evicted.items():
             m.dropped.labels(reason=reason).inc(n)
-            event(self.log, logging.WARNING, "outbox full: evicted readings", reason=reason, readings=n)
+        self._evictions_log.add(evicted)
+        self._quarantine_log.add(quarantined)
         m.observe_batch(time.perf_counter() - t0)
         self._wake.set()
 

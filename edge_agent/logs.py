@@ -6,6 +6,8 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -36,3 +38,37 @@ def setup_logging(level: str) -> logging.Logger:
 
 def event(logger: logging.Logger, level: int, msg: str, **fields: Any) -> None:
     logger.log(level, msg, extra={"fields": fields})
+
+
+class Throttle:
+    """A repeating event summarised: its first occurrence is logged at once; later ones are added
+    up and logged at most once per `interval_s`, with the totals since the previous line. During a
+    long outage that keeps the journal to a line per interval instead of one per micro-batch.
+    Call `flush` at shutdown so no total is left unsaid."""
+
+    def __init__(self, logger: logging.Logger, level: int, msg: str, interval_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger, self.level, self.msg, self.interval_s, self.clock = logger, level, msg, interval_s, clock
+        self._pending: Counter[str] = Counter()
+        self._since: float | None = None
+        self._last = -float("inf")
+
+    def add(self, counts: Mapping[str, int]) -> None:
+        if not counts:
+            return
+        now = self.clock()
+        if self._since is None:
+            self._since = now
+        self._pending.update(counts)
+        if now - self._last >= self.interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending or self._since is None:
+            return
+        now = self.clock()
+        event(self.logger, self.level, self.msg, counts=dict(self._pending), total=sum(self._pending.values()),
+              over_s=round(now - self._since, 1))
+        self._pending.clear()
+        self._since = None
+        self._last = now

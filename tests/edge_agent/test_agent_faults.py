@@ -93,7 +93,7 @@ def test_a_sigkilled_agent_restarts_without_losing_a_reading(tmp_path: Path, bro
 
 
 def test_an_outage_longer_than_the_outbox_evicts_normal_readings_first_and_counts_them(
-        tmp_path: Path, trained_small, pbroker: Broker) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, trained_small, pbroker: Broker, capfd) -> None:  # type: ignore[no-untyped-def]
     b = pbroker
     collector = Collector(b.port, tmp_path)
     b.stop()  # the uplink is down for the whole stream
@@ -124,6 +124,9 @@ def test_an_outage_longer_than_the_outbox_evicts_normal_readings_first_and_count
     assert len(got["anomalous"]) == flagged, "every anomaly survives while normal readings can be evicted"
     assert delivered + sum(dropped.values()) == 12000, "every reading is delivered or counted as dropped"
     assert persisted == dropped
+    lines = [json.loads(x) for x in capfd.readouterr().err.splitlines() if "outbox full" in x]
+    assert 1 <= len(lines) <= 3, "evictions are summarised, not logged per micro-batch"
+    assert sum(x["counts"].get("outbox_full_normal", 0) for x in lines) == dropped["outbox_full_normal"]
     # oldest normal readings go first: what was delivered of each device is its newest normal readings
     by_dev: dict[str, list[int]] = {}
     for dev, _boot, seq in got["unique"] - got["anomalous"]:
