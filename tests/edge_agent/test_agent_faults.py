@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +22,7 @@ from helpers import ROOT, Collector, agent_config, expected_keys, wait_for, writ
 
 from edge_agent.agent import Agent
 from edge_agent.config import build_config
+from edge_agent.logs import JsonFormatter
 from edge_agent.outbox import SqliteOutbox
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -93,7 +96,7 @@ def test_a_sigkilled_agent_restarts_without_losing_a_reading(tmp_path: Path, bro
 
 
 def test_an_outage_longer_than_the_outbox_evicts_normal_readings_first_and_counts_them(
-        tmp_path: Path, trained_small, pbroker: Broker, capfd) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, trained_small, pbroker: Broker) -> None:  # type: ignore[no-untyped-def]
     b = pbroker
     collector = Collector(b.port, tmp_path)
     b.stop()  # the uplink is down for the whole stream
@@ -102,6 +105,10 @@ def test_an_outage_longer_than_the_outbox_evicts_normal_readings_first_and_count
                                     source={"readings": 4000, "anomaly_rate": 0.01},
                                     outbox={"max_bytes": cap}), environ={})
     agent = Agent(cfg)
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(JsonFormatter())
+    agent.log.addHandler(handler)
     agent.start()
     wait_for(lambda: agent.metrics.snapshot()["readings_in"] == 12000, 60, "the stream to be read")
     wait_for(lambda: agent._queue.empty(), 10, "ingest")
@@ -124,7 +131,8 @@ def test_an_outage_longer_than_the_outbox_evicts_normal_readings_first_and_count
     assert len(got["anomalous"]) == flagged, "every anomaly survives while normal readings can be evicted"
     assert delivered + sum(dropped.values()) == 12000, "every reading is delivered or counted as dropped"
     assert persisted == dropped
-    lines = [json.loads(x) for x in capfd.readouterr().err.splitlines() if "outbox full" in x]
+    agent.log.removeHandler(handler)
+    lines = [json.loads(x) for x in log.getvalue().splitlines() if "outbox full" in x]
     assert 1 <= len(lines) <= 3, "evictions are summarised, not logged per micro-batch"
     assert sum(x["counts"].get("outbox_full_normal", 0) for x in lines) == dropped["outbox_full_normal"]
     # oldest normal readings go first: what was delivered of each device is its newest normal readings
