@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -124,9 +125,8 @@ def segments_for_many(items: Sequence[ScoredBlock], *, max_message_bytes: int, s
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One telemetry message ready for an uplink, and the outbox rows it carries."""
+class Message(NamedTuple):
+    """One telemetry message ready for an uplink, and the outbox rows it carries (immutable)."""
 
     device_id: str
     topic: str
@@ -150,10 +150,17 @@ def _topic(device_id: str, header: str, anomalous: bool, compress: bool) -> tupl
 def build_message(group: Sequence[StoredSegment], header: str, *, compress: bool) -> Message:
     """Wrap a run of segments into one telemetry message (topic, payload, properties)."""
     first, last = group[0].segment, group[-1].segment
-    anomalies = sum(g.segment.anomalies for g in group)
-    readings = sum(g.segment.n for g in group)
+    anomalies = readings = 0
+    bodies: list[bytes] = []
+    ids: list[int] = []
+    for g in group:  # one pass: this runs for every message sent
+        s = g.segment
+        anomalies += s.anomalies
+        readings += s.n
+        bodies.append(s.body)
+        ids.append(g.id)
     head = header[1:-1]  # '"model":{…},"channels":[…]'
-    body = b",".join([g.segment.body for g in group])
+    body = b",".join(bodies)
     payload = (
         f'{{"v":{TELEMETRY_SCHEMA},"device_id":"{first.device_id}","boot_id":"{first.boot_id}",'
         f'"seq_first":{first.seq_first},"seq_last":{last.seq_last},{head},"anomalies":{anomalies},"readings":['
@@ -162,4 +169,4 @@ def build_message(group: Sequence[StoredSegment], header: str, *, compress: bool
         payload = gzip.compress(payload, compresslevel=6, mtime=0)
     topic, props = _topic(first.device_id, header, anomalies > 0, compress)
     return Message(device_id=first.device_id, topic=topic, payload=payload, properties=props,
-                   ids=tuple(g.id for g in group), readings=readings, anomalies=anomalies)
+                   ids=tuple(ids), readings=readings, anomalies=anomalies)

@@ -5,16 +5,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 ROW_OVERHEAD = 64  # bytes charged per segment on top of its payload
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
+class Segment(NamedTuple):
     """Scored readings of one device stream, ready to be wrapped into a telemetry message.
 
     `body` is the comma-joined JSON objects of the readings (the telemetry `readings` array
-    without its brackets). `anomalies` > 0 means kind 1 (all readings flagged).
+    without its brackets). `anomalies` > 0 means kind 1 (all readings flagged). Immutable;
+    a NamedTuple because millions are made (a frozen dataclass costs 5x more to build).
     """
 
     device_id: str
@@ -32,8 +33,9 @@ class Segment:
         return 1 if self.anomalies else 0
 
 
-@dataclass(frozen=True, slots=True)
-class StoredSegment:
+class StoredSegment(NamedTuple):
+    """A segment and its outbox id."""
+
     id: int
     segment: Segment
 
