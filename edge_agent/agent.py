@@ -449,11 +449,12 @@ class Agent:
         want = room * q.budget
         limit = room + 8
         while q.bytes < want and q.rows < STAGE_MAX_ROWS:
+            before = q.bytes
             rows = self.outbox.pending(kind, q.fetched_upto, limit)
             q.add(rows)
             if len(rows) < limit:
                 return
-            avg = max(1, sum(len(r.segment.body) + 1 for r in rows) // len(rows))
+            avg = max(1, (q.bytes - before) // len(rows))
             limit = max(8, min(STAGE_PAGE_ROWS, (want - q.bytes) // avg + 8))
 
     def _confirm(self, inflight: dict[int, Message], *, flush: bool = False) -> None:

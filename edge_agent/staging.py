@@ -20,6 +20,15 @@ from dataclasses import dataclass, field
 from edge_agent.outbox.base import StoredSegment
 
 
+def _stream(r: StoredSegment) -> tuple[str, str, int]:
+    s = r.segment
+    return s.device_id, s.boot_id, s.context_id
+
+
+def _size(r: StoredSegment) -> int:
+    return len(r.segment.body) + 1  # + the comma that joins it to the next
+
+
 @dataclass(slots=True)
 class _Group:
     key: tuple[str, str, int]
@@ -50,11 +59,9 @@ class SendQueue:
     def add(self, rows: Sequence[StoredSegment]) -> None:
         """Stage rows read from the outbox (ids increasing, all above `fetched_upto`)."""
         for r in rows:
-            s = r.segment
-            key = (s.device_id, s.boot_id, s.context_id)
-            size = len(s.body) + 1
+            key, size = _stream(r), _size(r)
             g = self._open.get(key)
-            if g is None or g.size + size > self.budget or s.seq_first <= g.rows[-1].segment.seq_last:
+            if g is None or g.size + size > self.budget or r.segment.seq_first <= g.rows[-1].segment.seq_last:
                 g = self._open[key] = _Group(key)
                 self._groups.append(g)
             g.rows.append(r)
@@ -80,8 +87,7 @@ class SendQueue:
 
     def push_front(self, rows: list[StoredSegment]) -> None:
         """Put back a group that could not be sent (it goes out next; nothing joins it)."""
-        g = _Group((rows[0].segment.device_id, rows[0].segment.boot_id, rows[0].segment.context_id), rows,
-                   sum(len(r.segment.body) + 1 for r in rows))
+        g = _Group(_stream(rows[0]), rows, sum(map(_size, rows)))
         self._groups.appendleft(g)
         self.rows += len(rows)
         self.bytes += g.size
