@@ -46,6 +46,11 @@ class _Totals(NamedTuple):
     anomalies: int
     bytes: int
 
+    @classmethod
+    def of(cls, rows: Sequence[tuple[int, int, int]]) -> _Totals:
+        """Totals of (n, anomalies, cost) rows."""
+        return cls(len(rows), sum(r[0] for r in rows), sum(r[1] for r in rows), sum(r[2] for r in rows))
+
     def plus(self, other: _Totals) -> _Totals:
         return _Totals(*(a + b for a, b in zip(self, other, strict=True)))
 
@@ -125,8 +130,7 @@ class SqliteOutbox(Outbox):
                checkpoint: Mapping[str, str] | None = None) -> dict[str, int]:
         rows = [(s.device_id, s.boot_id, s.context_id, s.kind, s.seq_first, s.seq_last, s.n, s.anomalies,
                  s.stored_at, len(s.body) + ROW_OVERHEAD, s.body) for s in segments]
-        added = sum(r[9] for r in rows)
-        readings, anomalies = sum(s.n for s in segments), sum(s.anomalies for s in segments)
+        added = _Totals.of([(s.n, s.anomalies, r[9]) for s, r in zip(segments, rows, strict=True)])
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -138,7 +142,7 @@ class SqliteOutbox(Outbox):
                                          [(d, b, s) for d, (b, s) in streams.items()])
                 if checkpoint:
                     self._db.executemany("INSERT OR REPLACE INTO checkpoint VALUES(?,?)", list(checkpoint.items()))
-                total = _Totals(len(rows), readings, anomalies, added).plus(self._totals())
+                total = added.plus(self._totals())
                 evicted: dict[str, int] = {}
                 marks: dict[int, int] = {}  # highest evicted id per kind, published once committed
                 if total.bytes > self.max_bytes:
@@ -164,14 +168,16 @@ class SqliteOutbox(Outbox):
                 ).fetchall()
                 if not batch:
                     break
-                upto, gone = None, _Totals(0, 0, 0, 0)
-                for rid, rn, ra, rc in batch:
-                    upto = rid
-                    gone = gone.plus(_Totals(1, rn, ra, rc))
-                    if total.bytes - gone.bytes <= self.max_bytes:
+                take, freed = len(batch), 0
+                for i, (_rid, _n, _a, rc) in enumerate(batch):
+                    freed += rc
+                    if total.bytes - freed <= self.max_bytes:
+                        take = i + 1
                         break
+                upto = batch[take - 1][0]
+                gone = _Totals.of([r[1:] for r in batch[:take]])
                 self._db.execute("DELETE FROM segments WHERE kind=? AND id<=?", (kind, upto))
-                marks[kind] = max(marks.get(kind, 0), int(upto or 0))
+                marks[kind] = max(marks.get(kind, 0), upto)
                 total = total.minus(gone)
                 evicted[reason] = evicted.get(reason, 0) + gone.readings
         for reason, n in evicted.items():
@@ -202,20 +208,19 @@ class SqliteOutbox(Outbox):
                 # A lost delete only means a resend (at-least-once), so acks skip the fsync.
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute("BEGIN IMMEDIATE")
-                gone = _Totals(0, 0, 0, 0)
+                deleted: list[tuple[int, int, int]] = []
                 for i in range(0, len(ids), 500):
                     chunk = list(ids[i : i + 500])
                     placeholders = ",".join("?" * len(chunk))
                     sql = f"DELETE FROM segments WHERE id IN ({placeholders}) RETURNING n, anomalies, cost"
-                    deleted = self._db.execute(sql, chunk).fetchall()
-                    for rn, ra, rc in deleted:
-                        gone = gone.plus(_Totals(1, rn, ra, rc))
+                    deleted += self._db.execute(sql, chunk).fetchall()
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
                 raise OutboxError(f"{self.path}: ack failed: {exc}") from None
             finally:
                 self._db.execute(f"PRAGMA synchronous={self._sync}")
+            gone = _Totals.of(deleted)
             self._segments, self._readings, self._anomalies, self._bytes = self._totals().minus(gone)
             return gone.readings
 
