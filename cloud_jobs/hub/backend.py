@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from cloud_jobs.hub.statefile import write_private
+
 SECRET_FILE = "backend.secret"
 PASSWORD_FILE = "mosquitto.passwd"
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd writes
@@ -69,12 +71,8 @@ class BackendAuth:
         """(Re)write the broker's password file for exactly these users (0600, atomically)."""
         with self._lock:
             self._users = set(users)
-            lines = "".join(f"{u}:{mosquitto_password_hash(self.password(u))}\n" for u in sorted(self._users))
-            tmp = self.password_file.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(lines)
-            os.replace(tmp, self.password_file)
+            write_private(self.password_file,
+                          "".join(f"{u}:{mosquitto_password_hash(self.password(u))}\n" for u in sorted(self._users)))
 
     def login_for(self, reload_broker: Callable[[], None]) -> Callable[[str], str]:
         """A front-end hook: the backend password of a device, adding it to the file (and reloading

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloud_jobs.hub import mqttwire as w
+from cloud_jobs.hub.statefile import write_private
 from contracts.mqtt import sas_signature, sas_token
 
 __all__ = ["BACKEND_ACL", "SCOPE", "DeviceRegistry", "FrontEnd", "check_sas", "sas_token"]
@@ -81,9 +82,7 @@ class DeviceRegistry:
         self._refresh()
         key = key or base64.b64encode(secrets.token_bytes(32)).decode()
         self._devices[device_id] = {"key": key}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"devices": self._devices}, indent=2))
-        self.path.chmod(0o600)
+        write_private(self.path, json.dumps({"devices": self._devices}, indent=2))
         return key
 
     def key(self, device_id: str) -> str | None:

@@ -17,12 +17,9 @@ Twins are kept in ``<state>/twins/<device>.json`` (written atomically) so they s
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import itertools
 import json
-import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from cloud_jobs.hub.frontend import SCOPE
+from cloud_jobs.hub.statefile import write_private
 
 HUB_USER = "edgeflag-hub"
 
@@ -79,17 +77,7 @@ class TwinStore:
             version = int(twin[side].get("$version", 1)) + 1
             twin[side] = {**merge_patch({k: v for k, v in twin[side].items() if k != "$version"}, patch),
                           "$version": version}
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{device}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(json.dumps(twin, indent=1))
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            write_private(path, json.dumps(twin, indent=1))
             return twin
 
 
