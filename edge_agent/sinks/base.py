@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from edge_agent.config import UplinkSection
 from edge_agent.packing import Message
+from edge_agent.plugins import Registry
 
 
 class Sink(ABC):
@@ -43,25 +44,12 @@ class Sink(ABC):
     def close(self) -> None: ...
 
 
-SINKS: dict[str, type[Sink]] = {}
-
-
-def register(name: str) -> Callable[[type[Sink]], type[Sink]]:
-    def deco(cls: type[Sink]) -> type[Sink]:
-        cls.name = name
-        SINKS[name] = cls
-        return cls
-
-    return deco
+SINKS: Registry[Sink] = Registry("uplink.type", "uplink")
+register = SINKS.register
 
 
 def make_sink(config: UplinkSection) -> Sink:
-    from edge_agent.errors import ConfigError
-
-    try:
-        return SINKS[config.type](config)
-    except KeyError:
-        raise ConfigError("uplink.type", f"unknown uplink {config.type!r}; known: {', '.join(sorted(SINKS))}") from None
+    return SINKS.get(config.type)(config)
 
 
 DesiredHandler = Callable[[dict[str, Any]], None]

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from contracts.block import ReadingBlock
 from edge_agent.config import SourceSection
+from edge_agent.plugins import Registry
 
 
 @dataclass
@@ -53,24 +54,9 @@ class Source(ABC):
         """Release resources; called once after `run` returned."""
 
 
-SOURCES: dict[str, type[Source]] = {}
-
-
-def register(name: str) -> Callable[[type[Source]], type[Source]]:
-    def deco(cls: type[Source]) -> type[Source]:
-        cls.name = name
-        SOURCES[name] = cls
-        return cls
-
-    return deco
+SOURCES: Registry[Source] = Registry("source.type", "source")
+register = SOURCES.register
 
 
 def make_source(config: SourceSection, checkpoint: dict[str, str], batch_size: int) -> Source:
-    from edge_agent.errors import ConfigError
-
-    try:
-        cls = SOURCES[config.type]
-    except KeyError:
-        known = ", ".join(sorted(SOURCES))
-        raise ConfigError("source.type", f"unknown source {config.type!r}; known: {known}") from None
-    return cls(config, checkpoint, batch_size)
+    return SOURCES.get(config.type)(config, checkpoint, batch_size)
