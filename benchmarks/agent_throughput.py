@@ -146,7 +146,7 @@ def main() -> None:
     if args.child:
         child(args.child)
         return
-    from cloud_jobs.mosquitto import Broker
+    from hub.mosquitto import Broker
 
     work = Path(tempfile.mkdtemp(prefix="edgeflag-bench-"))
     bundle = train_bundle(work)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,8 @@ from contracts.reading import validate_device_id
 
 TELEMETRY_SCHEMA = 1
 MAX_MESSAGE_BYTES = 256 * 1024
+#: A gzip body may inflate to at most this many bytes (a bomb is refused, not inflated).
+MAX_INFLATED_BYTES = 4 * 1024 * 1024
 CONTENT_TYPE = "application/json"
 
 
@@ -154,15 +158,13 @@ class TelemetryMessage:
     def from_dict(cls, obj: Mapping[str, Any]) -> TelemetryMessage:
         if obj.get("v") != TELEMETRY_SCHEMA:
             raise ContractError("v", f"unsupported telemetry schema {obj.get('v')!r}")
+        if not isinstance(obj, Mapping):
+            raise ContractError("", f"a telemetry message must be a JSON object, got {type(obj).__name__}")
         try:
             readings = [
-                ScoredReading(
-                    seq=int(r["seq"]),
-                    ts=_ts_ms(r["ts"]),
-                    values=[float(v) for v in r["values"]],
-                    score=float(r["score"]),
-                    anomaly=bool(r["anomaly"]),
-                )
+                ScoredReading(seq=_seq(r["seq"]), ts=_ts_ms(r["ts"]),
+                              values=[_finite(v, "values") for v in r["values"]],
+                              score=_finite(r["score"], "score"), anomaly=_flag(r["anomaly"]))
                 for r in obj["readings"]
             ]
             msg = cls(
@@ -181,9 +183,37 @@ class TelemetryMessage:
         return msg
 
 
+#: Event times must fall in years 1970..9999 (what every sink's timestamp type holds).
+MAX_TS_MS = 253_402_300_799_999
+MAX_SEQ = 2**63 - 1
+
+
 def _ts_ms(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ContractError("readings.ts", f"must be epoch milliseconds (int), got {value!r}")
+    if not 0 <= value <= MAX_TS_MS:
+        raise ContractError("readings.ts", f"out of range (1970..9999): {value!r}")
+    return value
+
+
+def _seq(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
+        raise ContractError("readings.seq", f"must be an integer in [0, 2^63), got {value!r}")
+    return value
+
+
+def _finite(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ContractError(f"readings.{name}", f"must be a number, got {type(value).__name__}")
+    f = float(value)
+    if not math.isfinite(f):
+        raise ContractError(f"readings.{name}", f"must be finite, got {value!r}")
+    return f
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ContractError("readings.anomaly", f"must be true or false, got {value!r}")
     return value
 
 
@@ -197,11 +227,34 @@ def encode_payload(obj: Mapping[str, Any], *, compress: bool = False) -> bytes:
     return raw
 
 
-def decode_payload(payload: bytes) -> Any:
-    """Decode a JSON payload, transparently gunzipping it (gzip magic 1f 8b)."""
-    if payload[:2] == b"\x1f\x8b":
-        payload = gzip.decompress(payload)
+def inflate(payload: bytes, limit: int = MAX_INFLATED_BYTES) -> bytes:
+    """Gunzip with a byte cap; ContractError on a bomb (over `limit`), a truncated or a corrupt stream."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
-        return json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ContractError("", f"payload is not JSON: {exc}") from exc
+        out = d.decompress(payload, limit + 1)
+    except zlib.error as exc:
+        raise ContractError("", f"corrupt gzip body: {exc}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise ContractError("", f"gzip body inflates past {limit} bytes")
+    if not d.eof:
+        raise ContractError("", "truncated gzip body")
+    return out
+
+
+def decode_payload(payload: bytes, *, max_inflated: int = MAX_INFLATED_BYTES) -> Any:
+    """Decode a JSON payload, gunzipping it first if it starts with the gzip magic (1f 8b).
+
+    Never raises anything but ContractError on hostile input: gzip bombs (capped at `max_inflated`
+    bytes), truncated or corrupt gzip, invalid UTF-8, NaN/Infinity literals and nesting deeper than
+    orjson's limit (1024) are all refused with a reason.
+    """
+    import orjson
+
+    if payload[:2] == b"\x1f\x8b":
+        payload = inflate(payload, max_inflated)
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ContractError("", f"payload is not JSON: {exc}") from None
+    except RecursionError:
+        raise ContractError("", "payload is nested too deeply") from None

@@ -80,6 +80,11 @@ class FaultEvent:
     span: int
     magnitude: float
     stuck_value: float | None = None
+    label: str | None = None  # the fault id readings are labelled with (default: the type's name)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.kind.value
 
     @property
     def end(self) -> int:
@@ -126,3 +131,41 @@ class FaultEvent:
         elif k is FaultType.DROPOUT:
             values[sl] = 0.0
         return sl
+
+
+@dataclass(frozen=True, slots=True)
+class FleetFault:
+    """A correlated fault: `devices` devices of one type are hit within the same minutes.
+
+    A bad firmware push or a heat wave: each hit device gets a `kind` fault on `channel` (default its
+    first) starting `start_s` seconds after the fleet's start plus up to `jitter_s` of its own, lasting
+    `span` readings at `magnitude` noise sd. Every affected reading is labelled with `fault_id`, so an
+    incident detector has ground truth. Which devices are hit follows from the fleet seed.
+    """
+
+    fault_id: str
+    device_type: str
+    devices: int
+    start_s: float
+    kind: FaultType = FaultType.LEVEL_SHIFT
+    span: int = 180
+    magnitude: float = 8.0
+    channel: str | None = None
+    jitter_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.devices < 1 or self.span < 1 or self.start_s < 0 or self.jitter_s < 0:
+            raise ConfigError("fleet_faults", f"{self.fault_id}: devices and span must be >= 1, times >= 0")
+
+    @classmethod
+    def parse(cls, text: str, index: int = 1) -> FleetFault:
+        """``TYPE:DEVICES:START_S[:KIND[:SPAN]]``, e.g. ``pump:8:120:level_shift:180``."""
+        parts = text.split(":")
+        if not 3 <= len(parts) <= 5:
+            raise ConfigError("fleet_faults", f"expected TYPE:DEVICES:START_S[:KIND[:SPAN]], got {text!r}")
+        try:
+            kind = FaultType.parse(parts[3])[0] if len(parts) > 3 else FaultType.LEVEL_SHIFT
+            return cls(fault_id=f"fleet-{index}-{parts[0]}", device_type=parts[0], devices=int(parts[1]),
+                       start_s=float(parts[2]), kind=kind, span=int(parts[4]) if len(parts) > 4 else 180)
+        except ValueError as exc:
+            raise ConfigError("fleet_faults", f"{text!r}: {exc}") from None

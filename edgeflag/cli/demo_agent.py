@@ -49,9 +49,9 @@ class _Receiver:
 
 
 def run_agent_demo(workdir: Path, bundle: Path, *, devices: int, readings: int = 3000, rate: float = 20000.0) -> bool:
-    from cloud_jobs.mosquitto import Broker
     from edge_agent.agent import Agent
     from edge_agent.config import build_config
+    from hub.mosquitto import Broker
 
     state = workdir / "agent-state"
     shutil.rmtree(state, ignore_errors=True)

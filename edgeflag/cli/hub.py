@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeflag.cli._common import CliError, console, host_port
-
-HUB_NAME = "edgeflag-hub.local"
+from hub.hub import HUB_NAME
 
 
 def register(sub: Any) -> None:
@@ -49,6 +48,8 @@ def register(sub: Any) -> None:
     r.add_argument("--start-broker", action="store_true",
                    help="start a private Mosquitto on --broker with the hub's ACLs (else use a running one)")
     r.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = until SIGTERM/SIGINT)")
+    r.add_argument("--bronze-format", choices=("hub", "iothub"), default="hub",
+                   help="bronze line format: the hub's envelope, or IoT Hub's routing-to-storage JSON")
     r.set_defaults(handler=run_cmd)
 
     d = hsub.add_parser("device", help="register a device (SAS key) and print its connection string",
@@ -56,6 +57,7 @@ def register(sub: Any) -> None:
     common(d)
     d.add_argument("device_id")
     d.add_argument("--gateway", default="127.0.0.1", help="GatewayHostName for the connection string")
+    d.add_argument("--type", dest="device_type", help="twin tag device_type (pump, compressor, chiller, …)")
     d.set_defaults(handler=device_cmd)
 
     t = hsub.add_parser("twin", help="show a device twin (get) or set desired properties (set)",
@@ -83,7 +85,7 @@ def register(sub: Any) -> None:
 
 
 def certs_cmd(args: argparse.Namespace) -> int:
-    from cloud_jobs.hub.certs import make_ca, make_device, make_server
+    from hub.certs import make_ca, make_device, make_server
 
     ca = make_ca(args.out)
     lines = [f"CA      {ca.cert}"]
@@ -97,8 +99,8 @@ def certs_cmd(args: argparse.Namespace) -> int:
 
 
 def _twins(args: argparse.Namespace) -> Any:
-    from cloud_jobs.hub.backend import BackendAuth
-    from cloud_jobs.hub.twins import HUB_USER, TwinService
+    from hub.backend import BackendAuth
+    from hub.twins import HUB_USER, TwinService
 
     host, port = host_port(args.broker)
     auth = BackendAuth(args.state)  # present when the hub runs its own broker (--start-broker)
@@ -111,80 +113,55 @@ def _twins(args: argparse.Namespace) -> Any:
 
 
 def run_cmd(args: argparse.Namespace) -> int:
-    from cloud_jobs.hub.frontend import DeviceRegistry, FrontEnd
-    from cloud_jobs.hub.ingest import HubIngest
-    from cloud_jobs.hub.twins import HUB_USER
-    from contracts.mqtt import MqttSettings
+    from hub.bronze import BronzeFormat
+    from hub.hub import Hub, HubConfig, HubError
 
     host, port = host_port(args.broker)
-    broker = None
-    registry = DeviceRegistry(args.state / "devices.json")
-    login = None
-    hub_password = None
-    if args.start_broker:
-        from cloud_jobs.hub.backend import BackendAuth, sighup
-        from cloud_jobs.hub.frontend import BACKEND_ACL
-        from cloud_jobs.mosquitto import Broker
-
-        args.state.mkdir(parents=True, exist_ok=True)
-        acl = args.state / "mosquitto.acl"
-        acl.write_text(BACKEND_ACL)
-        auth = BackendAuth(args.state)
-        auth.write_password_file([HUB_USER, *registry.ids()])
-        hub_password = auth.password(HUB_USER)
-        broker = Broker(args.state.resolve(), port=port, host=host, persistence=True,
-                        extra_conf=f"acl_file {acl.resolve()}\n", password_file=auth.password_file)
-        try:
-            broker.start()
-        except RuntimeError as exc:
-            raise CliError(f"cannot start mosquitto on {host}:{port}: {exc}") from None
-        assert broker.proc is not None
-        login = auth.login_for(sighup(broker.proc.pid))
+    hub = Hub(HubConfig(state=args.state, bronze=args.bronze, bronze_format=BronzeFormat(args.bronze_format),
+                        broker_host=host, broker_port=port, start_broker=args.start_broker,
+                        frontend=None if args.no_frontend else args.frontend, pki=args.pki,
+                        hub_password=_external_password(args) if not args.start_broker else None))
+    created = not (hub.pki / "server.pem").exists() and not args.no_frontend
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    ingest = HubIngest(MqttSettings(host=host, port=port, username=HUB_USER, password=hub_password), args.bronze)
-    t = threading.Thread(target=ingest.run, args=(stop,), daemon=True)
-    t.start()
-    if not ingest.connected.wait(10):
-        stop.set()
-        raise CliError(f"cannot reach the broker at {host}:{port}")
-    twins = _twins(args)
-    front = None
-    if not args.no_frontend:
-        from cloud_jobs.hub.certs import make_ca, make_server
-
-        pki = args.pki or args.state / "pki"
-        if not (pki / "server.pem").exists():
-            make_server(make_ca(pki), pki, [args.frontend, HUB_NAME])
-            console.print(f"created hub certificates in {pki} (devices trust {pki / 'ca.pem'})")
-        front = FrontEnd(args.frontend, 8883, backend=(host, port), cert=pki / "server.pem", key=pki / "server.key",
-                         ca=pki / "ca.pem", registry=registry, backend_login=login)
-        try:
-            front.start()
-        except (OSError, RuntimeError) as exc:
-            stop.set()
-            raise CliError(f"cannot listen on {args.frontend}:8883: {exc} (pick another --frontend address)") from None
-    console.print(f"hub: ingest -> {args.bronze}, twins/methods in {args.state}"
-                  + (f", devices over TLS on {args.frontend}:8883" if front else ""))
+    try:
+        hub.start()
+    except HubError as exc:
+        raise CliError(str(exc)) from None
+    if created:
+        console.print(f"created hub certificates in {hub.pki} (devices trust {hub.ca_file})")
+    console.print(f"hub: ingest -> {args.bronze} ({args.bronze_format} format), twins/methods in {args.state}"
+                  + (f", devices over TLS on {args.frontend}:8883" if hub.front else ""))
     start = time.monotonic()
+    dead = False
     while not stop.wait(0.2):
         if args.seconds and time.monotonic() - start >= args.seconds:
             stop.set()
-    t.join(10)
-    twins.stop()
-    if front:
-        front.stop()
-    if broker:
-        broker.stop()
-    console.print(f"hub stopped; landed {ingest.landed:,} messages")
+        if not hub.alive:
+            dead = True
+            stop.set()
+    landed = hub.ingest.landed if hub.ingest else 0
+    hub.stop()
+    if dead:
+        raise CliError("the ingest thread died; the hub stopped (see the log above)", code=1)
+    console.print(f"hub stopped; landed {landed:,} messages")
     return 0
 
 
-def device_cmd(args: argparse.Namespace) -> int:
-    from cloud_jobs.hub.frontend import DeviceRegistry
+def _external_password(args: argparse.Namespace) -> str | None:
+    from hub.backend import BackendAuth
+    from hub.twins import HUB_USER
 
-    key = DeviceRegistry(args.state / "devices.json").add(args.device_id)
+    auth = BackendAuth(args.state)
+    return auth.password(HUB_USER) if auth.exists else None
+
+
+def device_cmd(args: argparse.Namespace) -> int:
+    from hub.frontend import DeviceRegistry
+
+    tags = {"device_type": args.device_type} if args.device_type else None
+    key = DeviceRegistry(args.state / "devices.json").add(args.device_id, tags=tags)
     # plain print: the connection string must stay on one line to be copied
     print(f"HostName={HUB_NAME};DeviceId={args.device_id};SharedAccessKey={key};GatewayHostName={args.gateway}")
     return 0

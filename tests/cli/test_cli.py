@@ -116,7 +116,7 @@ def test_hub_operator_commands_talk_to_the_broker(tmp_path: Path, broker) -> Non
 
 
 def test_hub_run_starts_its_broker_front_end_and_pki(tmp_path: Path) -> None:
-    from cloud_jobs.mosquitto import free_loopback_address, free_port
+    from hub.mosquitto import free_loopback_address, free_port
 
     host, port = free_loopback_address(8883), free_port()
     r = edgeflag("hub", "run", "--start-broker", "--broker", f"127.0.0.1:{port}", "--bronze", "bronze",

@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import wait_for
 
-from cloud_jobs.hub.bronze import read_bronze
-from cloud_jobs.hub.certs import make_ca, make_server
-from cloud_jobs.hub.frontend import BACKEND_ACL, DeviceRegistry, FrontEnd
-from cloud_jobs.hub.ingest import HubIngest
-from cloud_jobs.hub.twins import HUB_USER, TwinService
-from cloud_jobs.mosquitto import Broker, free_loopback_address
-from contracts.mqtt import MqttSettings
 from edge_agent.agent import Agent
 from edge_agent.config import build_config
+from hub.bronze import read_bronze
+from hub.hub import Hub, HubConfig
+from hub.mosquitto import free_loopback_address
 from models.bundle import load_bundle
 from models.registry import Registry
 from models.training.trainer import TrainConfig, export_model, train
@@ -50,25 +45,14 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 class Stack:
     def __init__(self, tmp: Path) -> None:
         self.host = free_loopback_address(8883)
-        ca = make_ca(tmp / "pki")
-        server = make_server(ca, tmp / "pki", [self.host, HUB])
-        self.ca = ca.cert
-        acl = tmp / "acl"
-        acl.write_text(BACKEND_ACL + f"user {DEVICE}\ntopic write devices/+/messages/events/#\n"
-                       f"topic readwrite edgeflag/iothub/{DEVICE}/#\n")
-        self.broker = Broker(tmp, extra_conf=f"acl_file {acl}\n")
-        self.broker.start()
-        self.key = DeviceRegistry(tmp / "devices.json").add(DEVICE)
-        self.front = FrontEnd(self.host, 8883, backend=("127.0.0.1", self.broker.port), cert=server.cert,
-                              key=server.key, ca=ca.cert, registry=DeviceRegistry(tmp / "devices.json"))
-        self.front.start()
-        self.twins = TwinService("127.0.0.1", self.broker.port, tmp / "hub")
-        self.twins.start()
-        self.ingest = HubIngest(MqttSettings(port=self.broker.port, username=HUB_USER), tmp / "bronze")
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self.ingest.run, args=(self._stop,))
-        self._t.start()
-        assert self.ingest.connected.wait(10)
+        grants = (f"user {DEVICE}\ntopic write devices/+/messages/events/#\n"
+                  f"topic readwrite edgeflag/iothub/{DEVICE}/#\n")
+        self.hub = Hub(HubConfig(state=tmp / "hub", bronze=tmp / "bronze", start_broker=True, broker_port=0,
+                                 broker_auth=False, broker_persistence=False, extra_acl=grants, frontend=self.host))
+        self.key = self.hub.registry.add(DEVICE)
+        self.hub.start()
+        assert self.hub.twins is not None and self.hub.broker is not None
+        self.twins, self.broker, self.ca = self.hub.twins, self.hub.broker, self.hub.ca_file
         self.bronze = tmp / "bronze"
 
     def uplink(self, kind: str) -> dict[str, Any]:
@@ -82,11 +66,7 @@ class Stack:
         return [r["body"] for r in read_bronze(self.bronze) if "body" in r]
 
     def close(self) -> None:
-        self._stop.set()
-        self._t.join(10)
-        self.twins.stop()
-        self.front.stop()
-        self.broker.stop()
+        self.hub.stop()
 
 
 @pytest.mark.parametrize("uplink", ["iothub", "mqtt"])

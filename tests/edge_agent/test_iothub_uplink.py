@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import base64
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from helpers import wait_for
 
-from cloud_jobs.hub.bronze import read_bronze
-from cloud_jobs.hub.certs import make_ca, make_server
-from cloud_jobs.hub.ingest import HubIngest
-from cloud_jobs.mosquitto import Broker, TlsListener, free_loopback_address
-from contracts.mqtt import MqttSettings
 from edge_agent.agent import Agent
 from edge_agent.config import build_config
+from hub.bronze import read_bronze
+from hub.certs import make_ca, make_server
+from hub.hub import Hub, HubConfig
+from hub.mosquitto import TlsListener, free_loopback_address
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -28,19 +26,17 @@ def tls_broker(tmp_path: Path):  # type: ignore[no-untyped-def]
     host = free_loopback_address(8883)  # the SDK's port is fixed at 8883
     ca = make_ca(tmp_path / "pki")
     server = make_server(ca, tmp_path / "pki", [host, "edgeflag-hub.local"])
-    b = Broker(tmp_path, tls=TlsListener(host, 8883, ca.cert, server.cert, server.key))
-    b.start()
-    yield b, host, ca.cert
-    b.stop()
+    # the SDK reaches Mosquitto directly here (no front end), with IoT Hub usernames: no ACL
+    hub = Hub(HubConfig(state=tmp_path / "hub", bronze=tmp_path / "bronze", start_broker=True, broker_port=0,
+                        broker_auth=False, broker_acl=False, frontend=None, twins=False,
+                        broker_tls=TlsListener(host, 8883, ca.cert, server.cert, server.key)))
+    hub.start()
+    yield hub, host, ca.cert
+    hub.stop()
 
 
 def test_sdk_telemetry_lands_in_bronze_with_its_properties(tmp_path: Path, tls_broker, trained_small) -> None:  # type: ignore[no-untyped-def]
-    broker, host, ca = tls_broker
-    hub = HubIngest(MqttSettings(port=broker.port), tmp_path / "bronze")
-    stop = threading.Event()
-    t = threading.Thread(target=hub.run, args=(stop,))
-    t.start()
-    assert hub.connected.wait(10)
+    hub, host, ca = tls_broker
     conn = f"HostName=edgeflag-hub.local;DeviceId=gw-1;SharedAccessKey={KEY};GatewayHostName={host}"
     cfg = build_config({
         "agent": {"state_dir": str(tmp_path / "state"), "status_interval_s": 3600.0},
@@ -57,8 +53,7 @@ def test_sdk_telemetry_lands_in_bronze_with_its_properties(tmp_path: Path, tls_b
     snap = agent.metrics.snapshot()
     agent.stop()
     time.sleep(0.5)
-    stop.set()
-    t.join(10)
+    hub.stop()
     records = read_bronze(tmp_path / "bronze")
     keys = {(r["body"]["device_id"], r["body"]["boot_id"], x["seq"]) for r in records for x in r["body"]["readings"]}
     assert snap["sent"] == 1200 and len(keys) == 1200

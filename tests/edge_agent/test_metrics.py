@@ -7,9 +7,9 @@ from pathlib import Path
 
 from helpers import wait_for
 
-from cloud_jobs.mosquitto import free_port
 from edge_agent.agent import Agent
 from edge_agent.config import build_config
+from hub.mosquitto import free_port
 
 
 def test_metrics_endpoint_reports_counts_outbox_model_and_connection(tmp_path: Path, trained_small) -> None:  # type: ignore[no-untyped-def]

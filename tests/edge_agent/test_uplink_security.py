@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -11,58 +10,42 @@ import paho.mqtt.client as mqtt
 import pytest
 from helpers import expected_keys, wait_for
 
-from cloud_jobs.hub.bronze import read_bronze
-from cloud_jobs.hub.certs import make_ca, make_server
-from cloud_jobs.hub.frontend import BACKEND_ACL, DeviceRegistry, FrontEnd
-from cloud_jobs.hub.ingest import HubIngest
-from cloud_jobs.hub.twins import HUB_USER
-from cloud_jobs.mosquitto import Broker, free_loopback_address
-from contracts.mqtt import MqttSettings
 from edge_agent.agent import Agent
 from edge_agent.config import build_config
+from hub.bronze import read_bronze
+from hub.hub import Hub, HubConfig
+from hub.mosquitto import free_loopback_address
+from hub.twins import HUB_USER
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 HUB = "edgeflag-hub.local"
 
 
-class Hub:
-    """Backend Mosquitto (ACLs) + TLS front end + bronze ingest, restartable like a real hub."""
+class SecureHub:
+    """The hub with its backend Mosquitto (ACLs), TLS front end and bronze ingest, restartable like a real hub."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.host = free_loopback_address(8883)
-        ca = make_ca(tmp / "pki")
-        self.server = make_server(ca, tmp / "pki", [self.host, HUB])
-        self.ca = ca.cert
-        acl = tmp / "acl"
-        acl.write_text(BACKEND_ACL)
-        self.broker = Broker(tmp, extra_conf=f"acl_file {acl}\n", persistence=True)
-        self.broker.start()
-        reg = DeviceRegistry(tmp / "devices.json")
-        self.keys = {d: reg.add(d) for d in ("gw-1", "gw-2")}
-        self.front: FrontEnd | None = None
-        self.ingest_stop = threading.Event()
-        self.start_front()
-        self.start_ingest()
+        self.hub = Hub(HubConfig(state=tmp / "hub", bronze=tmp / "bronze", start_broker=True, broker_port=0,
+                                 broker_auth=False, frontend=self.host))
+        self.keys = {d: self.hub.registry.add(d) for d in ("gw-1", "gw-2")}
+        self.hub.start()
+        assert self.hub.broker is not None
+        self.broker, self.ca = self.hub.broker, self.hub.ca_file
+        self.server_cert, self.server_key = self.hub.pki / "server.pem", self.hub.pki / "server.key"
 
-    def start_front(self) -> None:
-        self.front = FrontEnd(self.host, 8883, backend=("127.0.0.1", self.broker.port), cert=self.server.cert,
-                              key=self.server.key, ca=self.ca, registry=DeviceRegistry(self.tmp / "devices.json"))
-        self.front.start()
-
-    def start_ingest(self) -> None:
-        self.ingest_stop = threading.Event()
-        ingest = HubIngest(MqttSettings(port=self.broker.port, username=HUB_USER), self.tmp / "bronze")
-        self.ingest_thread = threading.Thread(target=ingest.run, args=(self.ingest_stop,))
-        self.ingest_thread.start()
-        assert ingest.connected.wait(10)
+    @property
+    def front(self):  # type: ignore[no-untyped-def]
+        return self.hub.front
 
     def stop_all(self) -> None:
-        if self.front:
-            self.front.stop()
-            self.front = None
-        self.ingest_stop.set()
-        self.ingest_thread.join(10)
+        self.hub.stop_frontend()
+        self.hub.stop_ingest()
+
+    def start_all(self) -> None:
+        self.hub.start_frontend()
+        self.hub.start_ingest()
 
     def keys_landed(self) -> set[tuple[str, str, int]]:
         return {(r["body"]["device_id"], r["body"]["boot_id"], x["seq"])
@@ -71,10 +54,9 @@ class Hub:
 
 @pytest.fixture
 def hub(tmp_path: Path):  # type: ignore[no-untyped-def]
-    h = Hub(tmp_path)
+    h = SecureHub(tmp_path)
     yield h
-    h.stop_all()
-    h.broker.stop()
+    h.hub.stop()
 
 
 def agent_cfg(tmp: Path, bundle: Path, uplink: dict[str, Any], readings: int, rate: float = 0.0) -> Any:
@@ -87,19 +69,19 @@ def agent_cfg(tmp: Path, bundle: Path, uplink: dict[str, Any], readings: int, ra
     }, environ={})
 
 
-def sdk_uplink(hub: Hub, key: str) -> dict[str, Any]:
+def sdk_uplink(hub: SecureHub, key: str) -> dict[str, Any]:
     cs = f"HostName={HUB};DeviceId=gw-1;SharedAccessKey={key};GatewayHostName={hub.host}"
     return {"type": "iothub", "connection_string": cs, "ca_file": str(hub.ca)}
 
 
-def mqtt_uplink(hub: Hub, key: str) -> dict[str, Any]:
+def mqtt_uplink(hub: SecureHub, key: str) -> dict[str, Any]:
     return {"type": "mqtt", "host": hub.host, "port": 8883, "ca_file": str(hub.ca), "client_id": "gw-1",
             "device_id": "gw-1", "username": f"{HUB}/gw-1/?api-version=2021-04-12", "sas_key": key,
             "iothub_hostname": HUB, "dialect": "iothub"}
 
 
 @pytest.mark.parametrize("kind", ["iothub", "mqtt"])
-def test_a_wrong_key_is_refused_nothing_is_lost_and_no_secret_is_logged(tmp_path: Path, hub: Hub, trained_small,
+def test_a_wrong_key_is_refused_nothing_is_lost_and_no_secret_is_logged(tmp_path: Path, hub: SecureHub, trained_small,
                                                                        kind: str, capfd) -> None:  # type: ignore[no-untyped-def]
     make = sdk_uplink if kind == "iothub" else mqtt_uplink
     agent = Agent(agent_cfg(tmp_path, trained_small[0], make(hub, hub.keys["gw-2"]), readings=100))
@@ -114,15 +96,14 @@ def test_a_wrong_key_is_refused_nothing_is_lost_and_no_secret_is_logged(tmp_path
 
 
 @pytest.mark.parametrize("kind", ["iothub", "mqtt"])
-def test_the_hub_restarted_mid_stream_loses_nothing(tmp_path: Path, hub: Hub, trained_small, kind: str) -> None:  # type: ignore[no-untyped-def]
+def test_the_hub_restarted_mid_stream_loses_nothing(tmp_path: Path, hub: SecureHub, trained_small, kind: str) -> None:  # type: ignore[no-untyped-def]
     make = sdk_uplink if kind == "iothub" else mqtt_uplink
     agent = Agent(agent_cfg(tmp_path, trained_small[0], make(hub, hub.keys["gw-1"]), readings=1500, rate=1000.0))
     agent.start()
     wait_for(lambda: agent.metrics.snapshot()["sent"] > 300, 30, "first deliveries")
     hub.stop_all()  # the whole hub goes away: front end and ingest
     time.sleep(1.0)
-    hub.start_front()
-    hub.start_ingest()
+    hub.start_all()
     wait_for(agent.drained, 60, "the backlog to drain after the hub came back")
     streams = agent.outbox.streams()
     agent.stop()
@@ -132,7 +113,7 @@ def test_the_hub_restarted_mid_stream_loses_nothing(tmp_path: Path, hub: Hub, tr
     assert agent.metrics.snapshot()["uplink_errors"] >= 1
 
 
-def test_mosquitto_acls_isolate_devices_on_the_scoped_mqtt_dialect(tmp_path: Path, hub: Hub) -> None:
+def test_mosquitto_acls_isolate_devices_on_the_scoped_mqtt_dialect(tmp_path: Path, hub: SecureHub) -> None:
     """Without the front end (a production broker), %u ACLs keep each device to its own topics."""
     got: dict[str, list[str]] = {"dev-a": [], "hub": []}
 
@@ -160,10 +141,10 @@ def test_mosquitto_acls_isolate_devices_on_the_scoped_mqtt_dialect(tmp_path: Pat
     assert got["dev-a"] == ["edgeflag/iothub/dev-a/twin/res/200/?$rid=2"], "A sees only its own twin"
 
 
-def test_an_x509_device_sends_through_the_sdk(tmp_path: Path, hub: Hub, trained_small) -> None:  # type: ignore[no-untyped-def]
-    from cloud_jobs.hub.certs import make_ca, make_device
+def test_an_x509_device_sends_through_the_sdk(tmp_path: Path, hub: SecureHub, trained_small) -> None:  # type: ignore[no-untyped-def]
+    from hub.certs import make_ca, make_device
 
-    cert = make_device(make_ca(tmp_path / "pki"), tmp_path / "pki", "gw-1")
+    cert = make_device(make_ca(hub.hub.pki), hub.hub.pki, "gw-1")
     uplink = {"type": "iothub", "cert_file": str(cert.cert), "key_file": str(cert.key), "iothub_hostname": HUB,
               "device_id": "gw-1", "gateway_hostname": hub.host, "ca_file": str(hub.ca)}
     agent = Agent(agent_cfg(tmp_path, trained_small[0], uplink, readings=200))
@@ -176,7 +157,7 @@ def test_an_x509_device_sends_through_the_sdk(tmp_path: Path, hub: Hub, trained_
     assert hub.front is not None and hub.front.stats.accepted >= 1 and not hub.front.stats.refused
 
 
-def test_an_expired_token_is_refused_on_the_mqtt_uplink(tmp_path: Path, hub: Hub, trained_small) -> None:  # type: ignore[no-untyped-def]
+def test_an_expired_token_is_refused_on_the_mqtt_uplink(tmp_path: Path, hub: SecureHub, trained_small) -> None:  # type: ignore[no-untyped-def]
     from contracts.mqtt import sas_token
 
     uplink = {**mqtt_uplink(hub, hub.keys["gw-1"]), "sas_key": "",

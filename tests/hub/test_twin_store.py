@@ -6,14 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cloud_jobs.hub.twins import TwinStore
+from hub.twins import TwinStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
 WRITER = """
 import sys
 from pathlib import Path
-from cloud_jobs.hub.twins import TwinStore
+from hub.twins import TwinStore
 store, who = TwinStore(Path(sys.argv[1])), sys.argv[2]
 for i in range(150):
     store.update("dev-1", "desired", {f"{who}_{i}": i})

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from cloud_jobs.hub.frontend import SCOPE
-from cloud_jobs.hub.statefile import write_private
+from hub.frontend import SCOPE
+from hub.statefile import write_private
 
 HUB_USER = "edgeflag-hub"
 

@@ -11,9 +11,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from cloud_jobs.hub.certs import make_ca, make_device, make_server
-from cloud_jobs.hub.frontend import BACKEND_ACL, DeviceRegistry, FrontEnd, check_sas, sas_token
-from cloud_jobs.mosquitto import Broker, free_loopback_address
+from hub.certs import make_ca, make_device, make_server
+from hub.frontend import BACKEND_ACL, DeviceRegistry, FrontEnd, check_sas, sas_token
+from hub.mosquitto import Broker, free_loopback_address
 
 pytestmark = pytest.mark.broker
 HUB = "edgeflag-hub.local"

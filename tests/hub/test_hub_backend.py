@@ -1,4 +1,4 @@
-"""The hub's own backend broker authenticates every identity (cloud_jobs/hub/backend.py)."""
+"""The hub's own backend broker authenticates every identity (hub/backend.py)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from broker import Broker
 
-from cloud_jobs.hub.backend import BackendAuth
-from cloud_jobs.hub.bronze import read_bronze
-from cloud_jobs.mosquitto import free_loopback_address, free_port
 from edge_agent.config import UplinkSection
 from edge_agent.packing import Message
 from edge_agent.sinks.mqtt import MqttSink
+from hub.backend import BackendAuth
+from hub.bronze import read_bronze
+from hub.mosquitto import free_loopback_address, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HUB = "edgeflag-hub.local"

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
-from cloud_jobs.hub.bronze import read_bronze
-from cloud_jobs.hub.certs import make_ca, make_device, make_server
-from cloud_jobs.hub.ingest import HubIngest
 from contracts.mqtt import MqttSettings, make_client
 from contracts.topics import telemetry_topic
+from hub.bronze import read_bronze
+from hub.certs import make_ca, make_device, make_server
+from hub.hub import Hub, HubConfig
 
 
 def test_certs_chain_to_the_ca_and_name_the_hosts_and_devices(tmp_path: Path) -> None:
@@ -38,18 +37,14 @@ def test_certs_chain_to_the_ca_and_name_the_hosts_and_devices(tmp_path: Path) ->
 @pytest.mark.broker
 def test_telemetry_lands_in_bronze_partitioned_and_survives_a_hub_restart(tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
     bronze = tmp_path / "bronze"
-    settings = MqttSettings(port=broker.port)
 
-    def start_hub() -> tuple[HubIngest, threading.Event, threading.Thread]:
-        hub = HubIngest(settings, bronze)
-        stop = threading.Event()
-        t = threading.Thread(target=hub.run, args=(stop,))
-        t.start()
-        assert hub.connected.wait(10)
+    def start_hub() -> Hub:
+        hub = Hub(HubConfig(state=tmp_path / "hub", bronze=bronze, broker_port=broker.port, frontend=None,
+                            twins=False)).start()
         time.sleep(0.2)
-        return hub, stop, t
+        return hub
 
-    _, stop, t = start_hub()
+    hub = start_hub()
     pub = make_client(MqttSettings(port=broker.port, client_id="dev"))
     pub.connect("127.0.0.1", broker.port)
     pub.loop_start()
@@ -61,16 +56,14 @@ def test_telemetry_lands_in_bronze_partitioned_and_survives_a_hub_restart(tmp_pa
             pub.publish(topic, json.dumps(body), qos=1).wait_for_publish(5)
 
     send(range(0, 50))
-    stop.set()
-    t.join(10)
+    hub.stop()
     send(range(50, 100))  # the hub is down: the broker keeps these for its persistent session
     pub.publish("devices/dev-0001/messages/events/", b"\x00not json", qos=1).wait_for_publish(5)
-    _hub, stop, t = start_hub()
+    hub = start_hub()
     deadline = time.monotonic() + 10
     while len(read_bronze(bronze)) < 101 and time.monotonic() < deadline:
         time.sleep(0.05)
-    stop.set()
-    t.join(10)
+    hub.stop()
     pub.loop_stop()
     records = read_bronze(bronze)
     good = [r for r in records if "body" in r]

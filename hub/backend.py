@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from cloud_jobs.hub.statefile import write_private
+from hub.statefile import write_private
 
 SECRET_FILE = "backend.secret"
 PASSWORD_FILE = "mosquitto.passwd"

@@ -35,10 +35,11 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from cloud_jobs.hub import mqttwire as w
-from cloud_jobs.hub.statefile import write_private
 from contracts.mqtt import sas_signature, sas_token
+from hub import mqttwire as w
+from hub.statefile import write_private
 
 __all__ = ["BACKEND_ACL", "SCOPE", "DeviceRegistry", "FrontEnd", "check_sas", "sas_token"]
 
@@ -56,11 +57,16 @@ topic readwrite #
 
 
 class DeviceRegistry:
-    """Device identities and their symmetric keys, in a JSON file (``{"devices": {id: {"key": b64}}}``)."""
+    """Device identities, their symmetric keys and twin tags, in a JSON file.
+
+    Format: ``{"devices": {id: {"key": b64, "tags": {"device_type": "pump", ...}}}}``. Tags are what
+    IoT Hub keeps in a twin's ``tags``: set by the operator, never by the device; the ingest copies
+    ``device_type`` onto each message as IoT Hub's message enrichment does.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._devices: dict[str, dict[str, str]] = {}
+        self._devices: dict[str, dict[str, Any]] = {}
         self._mtime: int | None = None
         self._refresh()
 
@@ -78,12 +84,21 @@ class DeviceRegistry:
         self._refresh()
         return sorted(self._devices)
 
-    def add(self, device_id: str, key: str | None = None) -> str:
+    def add(self, device_id: str, key: str | None = None, tags: dict[str, str] | None = None) -> str:
+        """Register (or re-register) a device; keeps its key and tags unless new ones are given."""
         self._refresh()
-        key = key or base64.b64encode(secrets.token_bytes(32)).decode()
-        self._devices[device_id] = {"key": key}
+        old = self._devices.get(device_id, {})
+        key = key or old.get("key") or base64.b64encode(secrets.token_bytes(32)).decode()
+        entry: dict[str, Any] = {"key": key}
+        if tags or old.get("tags"):
+            entry["tags"] = {**old.get("tags", {}), **(tags or {})}
+        self._devices[device_id] = entry
         write_private(self.path, json.dumps({"devices": self._devices}, indent=2))
         return key
+
+    def tags(self, device_id: str) -> dict[str, str]:
+        self._refresh()
+        return dict(self._devices.get(device_id, {}).get("tags", {}))
 
     def key(self, device_id: str) -> str | None:
         self._refresh()

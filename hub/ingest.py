@@ -13,16 +13,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cloud_jobs.hub.bronze import BronzeWriter, Landed
 from contracts.errors import ContractError
 from contracts.mqtt import MqttSettings, deferred_ack_client_class
 from contracts.topics import TELEMETRY_FILTER, parse_telemetry_topic
+from hub.bronze import BronzeFormat, BronzeWriter, Landed
+from hub.frontend import DeviceRegistry
 
 
 class HubIngest:
-    def __init__(self, settings: MqttSettings, bronze: Path, *, client_id: str = "edgeflag-hub-ingest") -> None:
+    def __init__(self, settings: MqttSettings, bronze: Path, *, client_id: str = "edgeflag-hub-ingest",
+                 fmt: BronzeFormat = BronzeFormat.HUB, registry: DeviceRegistry | None = None) -> None:
         self.settings = settings
-        self.writer = BronzeWriter(bronze)
+        self.writer = BronzeWriter(bronze, fmt, registry.tags if registry is not None else None)
         self.client_id = client_id
         self.landed = 0
         self.connected = threading.Event()
