@@ -1,4 +1,5 @@
-"""Cloud side: the local IoT Hub stand-in and the Spark jobs (fleet aggregation, retraining).
+"""The Spark jobs: fleet aggregation (`cloud_jobs.fleet`) and, next, retraining.
 
-So far: `mosquitto` (start a private Mosquitto broker for the demo and the tests).
+Transforms are pure DataFrame -> DataFrame functions; every read and write is in `cloud_jobs.io`,
+settings in `cloud_jobs.config`. The same code runs on local[*] Spark and on Databricks.
 """

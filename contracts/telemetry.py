@@ -58,15 +58,18 @@ class ModelLineage:
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> ModelLineage:
+        version = obj.get("version") if isinstance(obj, Mapping) else None
+        if type(version) is not int or not 0 <= version < 2**31:
+            raise ContractError("model.version", f"must be an integer in [0, 2^31), got {version!r}")
         try:
             return cls(
                 name=str(obj["name"]),
-                version=int(obj["version"]),
+                version=version,
                 sha256=str(obj["sha256"]),
                 feature_hash=str(obj["feature_hash"]),
                 threshold=float(obj["threshold"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ContractError("model", f"bad model lineage: {exc}") from exc
 
 
@@ -156,65 +159,100 @@ class TelemetryMessage:
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> TelemetryMessage:
-        if obj.get("v") != TELEMETRY_SCHEMA:
-            raise ContractError("v", f"unsupported telemetry schema {obj.get('v')!r}")
-        if not isinstance(obj, Mapping):
-            raise ContractError("", f"a telemetry message must be a JSON object, got {type(obj).__name__}")
-        try:
-            readings = [
-                ScoredReading(seq=_seq(r["seq"]), ts=_ts_ms(r["ts"]),
-                              values=[_finite(v, "values") for v in r["values"]],
-                              score=_finite(r["score"], "score"), anomaly=_flag(r["anomaly"]))
-                for r in obj["readings"]
-            ]
-            msg = cls(
-                device_id=obj["device_id"],
-                boot_id=str(obj["boot_id"]),
-                model=ModelLineage.from_dict(obj["model"]),
-                channels=[str(c) for c in obj["channels"]],
-                readings=readings,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, ContractError):
-                raise
-            raise ContractError("", f"malformed telemetry message: {exc!r}") from exc
-        if obj.get("seq_first") != msg.seq_first or obj.get("seq_last") != msg.seq_last:
-            raise ContractError("seq_first", "seq range does not match the readings")
-        return msg
+        """Validate with `telemetry_columns` (the one set of rules) and build the objects."""
+        c = telemetry_columns(obj)
+        w = len(c.channels)
+        readings = [ScoredReading(seq, ts, c.values[i * w:(i + 1) * w], score, flag)
+                    for i, (seq, ts, score, flag) in enumerate(zip(c.seq, c.ts, c.score, c.anomaly, strict=True))]
+        return cls(device_id=c.device_id, boot_id=c.boot_id, model=c.model, channels=c.channels, readings=readings)
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryColumns:
+    """A validated telemetry message as columns: what the cloud parser explodes into rows.
+
+    `values` is flat, row-major: reading i's values are ``values[i * len(channels):(i + 1) * len(channels)]``.
+    """
+
+    device_id: str
+    boot_id: str
+    model: ModelLineage
+    channels: list[str]
+    seq: list[int]
+    ts: list[int]
+    values: list[float]
+    score: list[float]
+    anomaly: list[bool]
+
+
+def telemetry_columns(obj: Any) -> TelemetryColumns:
+    """THE telemetry validation rules, shared by the edge (`TelemetryMessage`) and the cloud parser.
+
+    Raises ContractError naming the field for anything off: schema version, device id, empty boot id,
+    channels, no readings, seq not an integer in [0, 2^63) or not strictly increasing, ts not integer
+    epoch ms in 1970..9999, a reading with the wrong number of values, a non-finite value or score, an
+    anomaly flag that is not a boolean, or a seq range that does not match the readings.
+    """
+    if not isinstance(obj, Mapping):
+        raise ContractError("", f"a telemetry message must be a JSON object, got {type(obj).__name__}")
+    if obj.get("v") != TELEMETRY_SCHEMA:
+        raise ContractError("v", f"unsupported telemetry schema {obj.get('v')!r}")
+    try:
+        device_id = validate_device_id(obj["device_id"])
+        boot_id = obj["boot_id"]
+        if not isinstance(boot_id, str) or not boot_id:
+            raise ContractError("boot_id", "must be a non-empty string")
+        model = ModelLineage.from_dict(obj["model"])
+        channels = obj["channels"]
+        if not isinstance(channels, list) or not channels or not all(isinstance(x, str) and x for x in channels):
+            raise ContractError("channels", "must be a non-empty list of channel names")
+        rows = obj["readings"]
+        if not isinstance(rows, list) or not rows:
+            raise ContractError("readings", "a message carries at least one reading")
+        width = len(channels)
+        seqs: list[int] = []
+        tss: list[int] = []
+        values: list[float] = []
+        scores: list[float] = []
+        flags: list[bool] = []
+        prev = -1
+        isfinite = math.isfinite
+        for i, r in enumerate(rows):
+            seq, ts, vals, score, flag = r["seq"], r["ts"], r["values"], r["score"], r["anomaly"]
+            if type(seq) is not int or not prev < seq <= MAX_SEQ:
+                raise ContractError(f"readings[{i}].seq", f"must be an integer in [0, 2^63) above the last: {seq!r}")
+            if type(ts) is not int or not 0 <= ts <= MAX_TS_MS:
+                raise ContractError(f"readings[{i}].ts", f"must be epoch milliseconds in 1970..9999, got {ts!r}")
+            if type(vals) is not list or len(vals) != width:
+                raise ContractError(f"readings[{i}].values", f"expected {width} values")
+            for v in vals:
+                if (type(v) is not float and type(v) is not int) or not isfinite(v):
+                    raise ContractError(f"readings[{i}].values", f"must be finite numbers, got {v!r}")
+            if (type(score) is not float and type(score) is not int) or not isfinite(score):
+                raise ContractError(f"readings[{i}].score", f"must be a finite number, got {score!r}")
+            if type(flag) is not bool:
+                raise ContractError(f"readings[{i}].anomaly", f"must be true or false, got {flag!r}")
+            prev = seq
+            seqs.append(seq)
+            tss.append(ts)
+            values.extend(vals)
+            scores.append(score)
+            flags.append(flag)
+    except KeyError as exc:
+        raise ContractError(str(exc.args[0]), "missing") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, ContractError):
+            raise
+        raise ContractError("", f"malformed telemetry message: {exc!r}") from None
+    if obj.get("seq_first") != seqs[0] or obj.get("seq_last") != seqs[-1]:
+        raise ContractError("seq_first", "seq range does not match the readings")
+    return TelemetryColumns(device_id, boot_id, model, channels, seqs, tss, [float(v) for v in values],
+                            [float(x) for x in scores], flags)
 
 
 #: Event times must fall in years 1970..9999 (what every sink's timestamp type holds).
 MAX_TS_MS = 253_402_300_799_999
 MAX_SEQ = 2**63 - 1
-
-
-def _ts_ms(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ContractError("readings.ts", f"must be epoch milliseconds (int), got {value!r}")
-    if not 0 <= value <= MAX_TS_MS:
-        raise ContractError("readings.ts", f"out of range (1970..9999): {value!r}")
-    return value
-
-
-def _seq(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
-        raise ContractError("readings.seq", f"must be an integer in [0, 2^63), got {value!r}")
-    return value
-
-
-def _finite(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ContractError(f"readings.{name}", f"must be a number, got {type(value).__name__}")
-    f = float(value)
-    if not math.isfinite(f):
-        raise ContractError(f"readings.{name}", f"must be finite, got {value!r}")
-    return f
-
-
-def _flag(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ContractError("readings.anomaly", f"must be true or false, got {value!r}")
-    return value
 
 
 def encode_payload(obj: Mapping[str, Any], *, compress: bool = False) -> bytes:

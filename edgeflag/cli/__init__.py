@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 from contracts.errors import ContractError
 from edgeflag import __version__
-from edgeflag.cli import agent, demo, hub, model, simulate
+from edgeflag.cli import agent, cloud, demo, hub, model, simulate
 from edgeflag.cli._common import CliError
 
-GROUPS = (simulate, model, agent, hub, demo)
+GROUPS = (simulate, model, agent, hub, cloud, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,171 @@
+"""Settings of the Spark jobs: frozen dataclasses, validated once when a job is built.
+
+Every error names the setting (`ConfigError.key`). Secrets (the Event Hubs connection string) are
+kept out of `repr` and so out of logs and progress lines.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+from cloud_jobs.errors import ConfigError
+
+
+class InputFormat(str, Enum):
+    BRONZE = "bronze"        # the hub's bronze landing (JSON lines, the local default)
+    IOTHUB = "iothub"        # IoT Hub message routing to storage, JSON encoding (Auto Loader on Databricks)
+    EVENTHUBS = "eventhubs"  # IoT Hub routing to Event Hubs, through Spark's Kafka source
+
+
+class TableFormat(str, Enum):
+    PARQUET = "parquet"  # local; each micro-batch lands atomically in its own batch_id= directory
+    DELTA = "delta"      # Databricks; idempotent appends with txnAppId/txnVersion
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """``available-now`` (a scheduled run: process what is there, then stop) or ``processing-time=10s``."""
+
+    available_now: bool = True
+    interval_s: float = 10.0
+
+    @classmethod
+    def parse(cls, text: str) -> Trigger:
+        if text == "available-now":
+            return cls(True)
+        m = re.fullmatch(r"processing-time=(\d+(?:\.\d+)?)(ms|s|m)?", text)
+        if not m:
+            raise ConfigError("trigger", f"use 'available-now' or 'processing-time=10s', got {text!r}")
+        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
+        return cls(False, float(m.group(1)) * scale)
+
+    def spark_args(self) -> dict[str, object]:
+        """Keyword arguments of `DataStreamWriter.trigger`."""
+        return {"availableNow": True} if self.available_now else {"processingTime": f"{self.interval_s} seconds"}
+
+
+def _seconds(text: str, key: str) -> int:
+    m = re.fullmatch(r"(\d+)(s|m|h)", text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise ConfigError(key, f"expected a duration like 30s, 1m or 1h, got {text!r}")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """An event-time window: tumbling (slide == duration) or sliding. Parsed from ``1m`` or ``5m/1m``."""
+
+    duration_s: int
+    slide_s: int
+
+    def __post_init__(self) -> None:
+        if self.slide_s <= 0 or self.duration_s % self.slide_s:
+            raise ConfigError("windows", f"the slide must divide the window: {self.duration_s}s/{self.slide_s}s")
+
+    @classmethod
+    def parse(cls, text: str) -> WindowSpec:
+        dur, _, slide = text.partition("/")
+        d = _seconds(dur, "windows")
+        return cls(d, _seconds(slide, "windows") if slide else d)
+
+    @property
+    def name(self) -> str:
+        """Table-name suffix: ``1m`` for tumbling, ``5m_1m`` for sliding."""
+        fmt = (lambda s: f"{s // 60}m" if s % 60 == 0 else f"{s}s")  # noqa: E731
+        return fmt(self.duration_s) if self.slide_s == self.duration_s else f"{fmt(self.duration_s)}_{fmt(self.slide_s)}"
+
+
+@dataclass(frozen=True)
+class EventHubsConfig:
+    """IoT Hub's Event Hubs-compatible endpoint (or a routed Event Hub), read with the Kafka protocol."""
+
+    namespace: str                     # <ns> of <ns>.servicebus.windows.net
+    event_hub: str                     # the Kafka topic
+    connection_string: str = field(default="", repr=False)
+    consumer_group: str = "$Default"
+    starting_offsets: str = "earliest"
+    max_offsets_per_trigger: int | None = None
+    databricks: bool = True            # Databricks ships the Kafka client shaded as kafkashaded.*
+
+    def __post_init__(self) -> None:
+        if not self.namespace or not self.event_hub:
+            raise ConfigError("eventhubs", "namespace and event_hub are required")
+        if not self.connection_string.startswith("Endpoint=sb://"):
+            raise ConfigError("eventhubs.connection_string", "must be an Event Hubs connection string (Endpoint=sb://…)")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    format: InputFormat = InputFormat.BRONZE
+    path: str = "bronze"
+    max_files_per_trigger: int = 1000
+    eventhubs: EventHubsConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.format is InputFormat.EVENTHUBS and self.eventhubs is None:
+            raise ConfigError("input.eventhubs", "the eventhubs input needs its settings")
+        if self.max_files_per_trigger < 1:
+            raise ConfigError("input.max_files_per_trigger", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class IncidentConfig:
+    """When a device type has a fleet incident in a window, and where incidents go.
+
+    A device is anomalous in a window when at least `device_anomaly_rate` of its readings there are
+    flagged. A window of a type raises (or extends) an incident when at least `min_devices` of its
+    devices are anomalous, or at least `min_fraction` of those reporting (and never fewer than two:
+    one device is not a fleet event). An open incident closes after `close_after_windows` windows
+    of that type without the condition.
+    """
+
+    min_devices: int = 3
+    min_fraction: float = 0.3
+    device_anomaly_rate: float = 0.1
+    close_after_windows: int = 2
+    webhook_url: str | None = None
+    webhook_timeout_s: float = 5.0
+    webhook_attempts: int = 5
+    webhook_backoff_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.min_devices < 2:
+            raise ConfigError("incidents.min_devices", "must be >= 2 (one device is not a fleet event)")
+        if not 0 < self.min_fraction <= 1 or not 0 < self.device_anomaly_rate <= 1:
+            raise ConfigError("incidents", "min_fraction and device_anomaly_rate must be in (0, 1]")
+        if self.close_after_windows < 1 or self.webhook_attempts < 1:
+            raise ConfigError("incidents", "close_after_windows and webhook_attempts must be >= 1")
+
+
+@dataclass(frozen=True)
+class AggregateConfig:
+    """The fleet aggregation job: bronze -> silver (+ quarantine) -> gold windows -> incidents.
+
+    Tables under `out`: silver, quarantine, gold_device_<w>, gold_fleet_<w> (one pair per window
+    spec), incidents (+ incidents.jsonl). Checkpoints under `checkpoint` (default ``<out>/_checkpoints``).
+    Incidents come from the first window spec.
+    """
+
+    input: InputConfig
+    out: str
+    table_format: TableFormat = TableFormat.PARQUET
+    trigger: Trigger = Trigger()
+    watermark_s: int = 120
+    windows: tuple[WindowSpec, ...] = (WindowSpec(60, 60), WindowSpec(300, 60))
+    incidents: IncidentConfig = IncidentConfig()
+    checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.windows:
+            raise ConfigError("windows", "at least one window spec")
+        if self.watermark_s < 0:
+            raise ConfigError("watermark_s", "must be >= 0")
+
+    @property
+    def checkpoint_root(self) -> str:
+        return self.checkpoint or f"{self.out.rstrip('/')}/_checkpoints"
+
+    def table(self, name: str) -> str:
+        return f"{self.out.rstrip('/')}/{name}"

@@ -1,0 +1,213 @@
+"""One parser for every input: envelope -> telemetry message -> one row per reading, or a quarantine row.
+
+Runs in Python workers through `mapInArrow`, so the cloud applies the SAME validation rules as the
+edge (`contracts.telemetry.telemetry_columns`, `decode_payload`) instead of a second copy in SQL.
+
+Envelopes (`Envelope`):
+- ``bronze``: the hub's landing line (`hub.bronze`): ``topic_device``, ``received_at``,
+  ``properties``, ``body`` (JSON) or ``body_base64`` + ``error``;
+- ``iothub``: IoT Hub's routing-to-storage JSON: ``SystemProperties.connectionDeviceId``,
+  ``EnqueuedTimeUtc``, ``Properties``, ``Body`` as JSON or base64 (gzip bodies);
+- ``raw``: the message body itself, with device, enqueued time and properties in columns (the
+  Kafka/Event Hubs input, where they arrive as record headers).
+
+Identity: ``source_device`` is the authenticated sender (the hub's ``topic_device``, IoT Hub's
+``connectionDeviceId``), never read from the body; the body's ``device_id`` names the sensor (a
+gateway sends for many). A message with no authenticated sender is quarantined.
+
+Guarantee: `parse_batches` never raises on input. Every message becomes either its readings with
+``status = "ok"`` or exactly one row with ``status = "quarantined"``, a ``reason`` and the ``raw``
+payload (base64 when it is not UTF-8; cut at `MAX_RAW_CHARS`). Hostile input (deep nesting, gzip
+bombs, NaN, non-UTF-8, out-of-range numbers) lands in quarantine.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from contracts.errors import ContractError
+from contracts.telemetry import TelemetryColumns, decode_payload, telemetry_columns
+
+MAX_RAW_CHARS = 1 << 20
+UNKNOWN_TYPE = "unknown"
+
+#: Spark DDL of the parser's output (one row per reading, or per quarantined message).
+PARSED_DDL = (
+    "status string, reason string, source_device string, device_id string, device_type string, "
+    "boot_id string, seq long, ts_ms long, score double, anomaly boolean, channels array<string>, "
+    "`values` array<double>, model_name string, model_version int, model_sha256 string, feature_hash string, "
+    "threshold double, received_ms long, raw string"
+)
+#: Input columns `parse_batches` reads (the io module builds them for every source).
+INPUT_DDL = "raw binary, source_device string, received_ms long, properties map<string,string>"
+
+
+class Envelope(str, Enum):
+    BRONZE = "bronze"
+    IOTHUB = "iothub"
+    RAW = "raw"
+
+
+class _Bad(Exception):
+    """A message to quarantine; args[0] is the reason."""
+
+
+def _iso_ms(text: Any) -> int:
+    if not isinstance(text, str):
+        raise _Bad("envelope: missing receive time")
+    t = text.rstrip("Z")
+    head, dot, frac = t.partition(".")
+    try:
+        dt = datetime.fromisoformat(head + (dot + frac[:6] if dot else "")).replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise _Bad(f"envelope: bad receive time {text[:40]!r}") from None
+    return int(dt.timestamp() * 1000)
+
+
+def _props(obj: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in obj.items()} if isinstance(obj, Mapping) else {}
+
+
+def _b64_body(text: Any) -> Any:
+    try:
+        payload = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise _Bad("body: not base64") from None
+    return decode_payload(payload)
+
+
+def unwrap(envelope: Envelope, raw: bytes, source_device: str | None, received_ms: int | None,
+           properties: Mapping[str, str] | None) -> tuple[str, int, dict[str, str], Any]:
+    """(authenticated device, receive time ms, application properties, decoded body) of one record."""
+    if envelope is Envelope.RAW:
+        if received_ms is None:
+            raise _Bad("envelope: missing receive time")
+        return source_device or "", received_ms, dict(properties or {}), decode_payload(raw)
+    rec = decode_payload(raw)
+    if not isinstance(rec, Mapping):
+        raise _Bad("envelope: not a JSON object")
+    if envelope is Envelope.BRONZE:
+        if "error" in rec or "body" not in rec:
+            raise _Bad(f"landed undecodable: {rec.get('error', 'no body')}")
+        return str(rec.get("topic_device") or ""), _iso_ms(rec.get("received_at")), _props(rec.get("properties")), \
+            rec["body"]
+    system = rec.get("SystemProperties")
+    device = system.get("connectionDeviceId") if isinstance(system, Mapping) else None
+    body = rec.get("Body")
+    if isinstance(body, str):
+        body = _b64_body(body)
+    return str(device or ""), _iso_ms(rec.get("EnqueuedTimeUtc")), _props(rec.get("Properties")), body
+
+
+class _Columns:
+    """Output columns built up as Python lists, then handed to Arrow in one go per batch."""
+
+    NAMES = ("status", "reason", "source_device", "device_id", "device_type", "boot_id", "seq", "ts_ms", "score",
+             "anomaly", "channels", "values", "model_name", "model_version", "model_sha256", "feature_hash",
+             "threshold", "received_ms", "raw")
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list[Any]] = {n: [] for n in self.NAMES}
+        self.value_offsets: list[int] = [0]
+        self.flat_values: list[float] = []
+        self.channel_offsets: list[int] = [0]
+        self.flat_channels: list[str] = []
+
+    def add_message(self, c: TelemetryColumns, source: str, dtype: str, received_ms: int) -> None:
+        n, w = len(c.seq), len(c.channels)
+        cols = self.cols
+        for name, value in (("status", "ok"), ("reason", None), ("source_device", source), ("device_id", c.device_id),
+                            ("device_type", dtype), ("boot_id", c.boot_id), ("model_name", c.model.name),
+                            ("model_version", c.model.version), ("model_sha256", c.model.sha256),
+                            ("feature_hash", c.model.feature_hash), ("threshold", c.model.threshold),
+                            ("received_ms", received_ms), ("raw", None)):
+            cols[name].extend([value] * n)
+        cols["seq"].extend(c.seq)
+        cols["ts_ms"].extend(c.ts)
+        cols["score"].extend(c.score)
+        cols["anomaly"].extend(c.anomaly)
+        base = self.value_offsets[-1]
+        self.value_offsets.extend(range(base + w, base + w * n + 1, w))
+        self.flat_values.extend(c.values)
+        cbase = self.channel_offsets[-1]
+        self.channel_offsets.extend(range(cbase + w, cbase + w * n + 1, w))
+        self.flat_channels.extend(c.channels * n)
+
+    def add_bad(self, reason: str, raw: bytes, source: str | None, received_ms: int | None) -> None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = "base64:" + base64.b64encode(raw).decode()
+        row = dict.fromkeys(self.NAMES)
+        row.update(status="quarantined", reason=reason[:500], source_device=source, received_ms=received_ms,
+                   raw=text[:MAX_RAW_CHARS])
+        for name in self.NAMES:
+            if name not in ("channels", "values"):
+                self.cols[name].append(row[name])
+        self.value_offsets.append(self.value_offsets[-1])
+        self.channel_offsets.append(self.channel_offsets[-1])
+
+    def to_arrow(self) -> Any:
+        import pyarrow as pa
+
+        arrays = []
+        for name in self.NAMES:
+            if name == "values":
+                arrays.append(pa.ListArray.from_arrays(pa.array(self.value_offsets, pa.int32()),
+                                                       pa.array(self.flat_values, pa.float64())))
+            elif name == "channels":
+                arrays.append(pa.ListArray.from_arrays(pa.array(self.channel_offsets, pa.int32()),
+                                                       pa.array(self.flat_channels, pa.string())))
+            else:
+                arrays.append(pa.array(self.cols[name], _ARROW_TYPES[name]))
+        return pa.RecordBatch.from_arrays(arrays, names=list(self.NAMES))
+
+
+def _arrow_types() -> dict[str, Any]:
+    import pyarrow as pa
+
+    s, i64 = pa.string(), pa.int64()
+    return {"status": s, "reason": s, "source_device": s, "device_id": s, "device_type": s, "boot_id": s,
+            "seq": i64, "ts_ms": i64, "score": pa.float64(), "anomaly": pa.bool_(), "model_name": s,
+            "model_version": pa.int32(), "model_sha256": s, "feature_hash": s, "threshold": pa.float64(),
+            "received_ms": i64, "raw": s}
+
+
+_ARROW_TYPES: dict[str, Any] = {}
+
+
+def parse_records(envelope: Envelope, records: Iterable[tuple[bytes, str | None, int | None, Any]]) -> Any:
+    """Parse (raw, source_device, received_ms, properties) records into one Arrow RecordBatch."""
+    if not _ARROW_TYPES:
+        _ARROW_TYPES.update(_arrow_types())
+    out = _Columns()
+    for raw, source, received, props in records:
+        try:
+            device, received_ms, properties, body = unwrap(envelope, raw, source, received, props)
+            if not device:
+                raise _Bad("identity: no authenticated device (topic_device / connectionDeviceId)")
+            cols = telemetry_columns(body)
+            out.add_message(cols, device, properties.get("device_type") or UNKNOWN_TYPE, received_ms)
+        except (_Bad, ContractError) as exc:
+            out.add_bad(str(exc) or type(exc).__name__, raw, source, received)
+        except Exception as exc:  # never let one message stop the job
+            out.add_bad(f"internal: {type(exc).__name__}: {exc}", raw, source, received)
+    return out.to_arrow()
+
+
+def parse_batches(envelope: Envelope) -> Any:
+    """A `mapInArrow` function over INPUT_DDL batches producing PARSED_DDL batches."""
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            cols = batch.to_pydict()
+            props = cols.get("properties") or [None] * batch.num_rows
+            yield parse_records(envelope, zip(cols["raw"], cols["source_device"], cols["received_ms"],
+                                              [dict(p) if p else None for p in props], strict=True))
+
+    return run

@@ -1,0 +1,34 @@
+"""The SparkSession the jobs run in: Databricks' own there, a small local[*] one elsewhere."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+
+def get_spark(app: str = "edgeflag", *, master: str = "local[*]", shuffle_partitions: int = 2) -> Any:
+    """The active session (Databricks, tests), else a local one with the UI off and few shuffle partitions.
+
+    PYSPARK_PYTHON is set to this interpreter so Python workers never pick a system Python that lacks
+    pyarrow or this project.
+    """
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    spark = (SparkSession.builder.master(master).appName(app)
+              .config("spark.ui.enabled", "false")
+              .config("spark.ui.showConsoleProgress", "false")
+             .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+             .config("spark.sql.session.timeZone", "UTC")
+             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+             .config("spark.sql.streaming.stateStore.providerClass",
+                    "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
+              .config("spark.driver.memory", "3g")
+             .getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
