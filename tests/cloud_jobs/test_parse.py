@@ -1,0 +1,106 @@
+"""The one parser: every envelope gives the same rows; hostile input is quarantined with a reason."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from typing import Any
+
+import pytest
+
+from cloud_jobs.fleet.parse import Envelope, parse_records
+from simulators import Fleet, FleetConfig
+from simulators.telemetry import oracle_messages
+
+
+def message(seq0: int = 0, n: int = 3) -> dict[str, Any]:
+    blocks = Fleet(FleetConfig(devices=1, seed=1)).generate(seq0 + n)
+    msgs = list(oracle_messages(blocks.values(), per_message=seq0 + n))
+    m = msgs[0]
+    m["readings"] = m["readings"][seq0:]
+    m["seq_first"], m["seq_last"] = m["readings"][0]["seq"], m["readings"][-1]["seq"]
+    return m
+
+
+def bronze_line(body: Any = None, *, raw: bytes | None = None, device: str = "dev-0001") -> bytes:
+    rec: dict[str, Any] = {"received_at": "2026-01-01T00:00:01.000+00:00", "topic_device": device,
+                           "properties": {"device_type": "pump"}, "content_encoding": "utf-8"}
+    if raw is None:
+        rec["body"] = body
+    else:
+        rec["body_base64"], rec["error"] = base64.b64encode(raw).decode(), "payload is not JSON"
+    return json.dumps(rec).encode()
+
+
+def iothub_line(body: Any, *, b64: bool = False) -> bytes:
+    rec = {"EnqueuedTimeUtc": "2026-01-01T00:00:01.1234567Z", "Properties": {"device_type": "pump"},
+           "SystemProperties": {"connectionDeviceId": "dev-0001", "contentType": "application/json",
+                                "contentEncoding": "gzip" if b64 else "utf-8"},
+           "Body": base64.b64encode(gzip.compress(json.dumps(body).encode())).decode() if b64 else body}
+    return json.dumps(rec).encode()
+
+
+def rows(envelope: Envelope, *raws: bytes, source: str | None = None, received: int | None = None,
+         props: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    batch = parse_records(envelope, [(r, source, received, props) for r in raws])
+    return batch.to_pylist()  # type: ignore[no-any-return]
+
+
+def test_every_envelope_gives_the_same_readings() -> None:
+    m = message()
+    got = {
+        "bronze": rows(Envelope.BRONZE, bronze_line(m)),
+        "iothub json": rows(Envelope.IOTHUB, iothub_line(m)),
+        "iothub gzip": rows(Envelope.IOTHUB, iothub_line(m, b64=True)),
+        "raw (event hubs)": rows(Envelope.RAW, gzip.compress(json.dumps(m).encode()), source="dev-0001",
+                                 received=1767225601000, props={"device_type": "pump"}),
+    }
+    keys = ("device_id", "source_device", "device_type", "boot_id", "seq", "ts_ms", "score", "anomaly", "channels",
+            "values", "model_name", "model_version")
+    want = [{k: r[k] for k in keys} for r in got["bronze"]]
+    assert len(want) == 3 and all(r["status"] == "ok" and r["device_type"] == "pump" for r in got["bronze"])
+    assert [r["values"] for r in want] == [r["values"] for r in m["readings"]]
+    for name, rs in got.items():
+        assert [{k: r[k] for k in keys} for r in rs] == want, name
+        assert all(r["received_ms"] in (1767225601000, 1767225601123) for r in rs), name
+
+
+def deep(n: int) -> bytes:
+    return b'{"v": 1, "x": ' + b"[" * n + b"]" * n + b"}"
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (bronze_line(raw=b"\x00not json"), "landed undecodable"),
+    (bronze_line({**message(), "v": 2}), "unsupported telemetry schema"),
+    (bronze_line(message(), device=""), "identity"),
+    (bronze_line({**message(), "readings": [{**message()["readings"][0], "seq": 2**63}],
+                  "seq_first": 2**63, "seq_last": 2**63}), "readings[0].seq"),
+    (bronze_line({**message(), "readings": [{**message()["readings"][0], "ts": 253_402_300_800_000}],
+                  "seq_first": 0, "seq_last": 0}), "readings[0].ts"),
+    (bronze_line({**message(), "readings": [{**message()["readings"][0], "anomaly": 1}],
+                  "seq_first": 0, "seq_last": 0}), "anomaly"),
+    (bronze_line({**message(), "seq_last": 99}), "seq range"),
+    (b'{"received_at": "x", "topic_device": "d", "body": {"v": 1, "readings": [{"values": [NaN]}]}}', "not JSON"),
+    (b"\xff\xfe not utf-8", "not JSON"),
+    (deep(5000), "not JSON"),
+])
+def test_hostile_or_invalid_input_is_quarantined_with_its_reason(raw: bytes, reason: str) -> None:
+    [r] = rows(Envelope.BRONZE, raw)
+    assert r["status"] == "quarantined" and reason in r["reason"], r["reason"]
+    assert r["raw"] and (r["raw"].startswith("base64:") or r["raw"] == raw.decode())
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_it() -> None:
+    bomb = gzip.compress(b"[" + b" " * (64 << 20) + b"]")
+    assert len(bomb) < 100_000
+    [r] = rows(Envelope.IOTHUB, json.dumps({"EnqueuedTimeUtc": "2026-01-01T00:00:00Z",
+                                            "SystemProperties": {"connectionDeviceId": "d"},
+                                            "Body": base64.b64encode(bomb).decode()}).encode())
+    assert r["status"] == "quarantined" and "inflates past" in r["reason"]
+
+
+def test_a_bad_message_among_good_ones_costs_only_itself() -> None:
+    good = bronze_line(message())
+    rs = rows(Envelope.BRONZE, good, b"{", good)
+    assert [r["status"] for r in rs] == ["ok"] * 3 + ["quarantined"] + ["ok"] * 3
