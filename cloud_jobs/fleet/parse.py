@@ -36,12 +36,13 @@ from contracts.telemetry import TelemetryColumns, decode_payload, telemetry_colu
 MAX_RAW_CHARS = 1 << 20
 UNKNOWN_TYPE = "unknown"
 
-#: Spark DDL of the parser's output (one row per reading, or per quarantined message).
+#: Spark DDL of the parser's output: one row per message, its readings as parallel arrays (Spark
+#: explodes them in the JVM, which is far cheaper than building a row per reading in Python).
 PARSED_DDL = (
     "status string, reason string, source_device string, device_id string, device_type string, "
-    "boot_id string, seq long, ts_ms long, score double, anomaly boolean, channels array<string>, "
-    "`values` array<double>, model_name string, model_version int, model_sha256 string, feature_hash string, "
-    "threshold double, received_ms long, raw string"
+    "boot_id string, channels array<string>, model_name string, model_version int, model_sha256 string, "
+    "feature_hash string, threshold double, received_ms long, raw string, "
+    "seq array<long>, ts_ms array<long>, score array<double>, anomaly array<boolean>, `values` array<array<double>>"
 )
 #: Input columns `parse_batches` reads (the io module builds them for every source).
 INPUT_DDL = "raw binary, source_device string, received_ms long, properties map<string,string>"
@@ -107,65 +108,66 @@ def unwrap(envelope: Envelope, raw: bytes, source_device: str | None, received_m
 class _Columns:
     """Output columns built up as Python lists, then handed to Arrow in one go per batch."""
 
-    NAMES = ("status", "reason", "source_device", "device_id", "device_type", "boot_id", "seq", "ts_ms", "score",
-             "anomaly", "channels", "values", "model_name", "model_version", "model_sha256", "feature_hash",
-             "threshold", "received_ms", "raw")
+    SCALARS = ("status", "reason", "source_device", "device_id", "device_type", "boot_id", "model_name",
+               "model_version", "model_sha256", "feature_hash", "threshold", "received_ms", "raw")
+    ARRAYS = ("seq", "ts_ms", "score", "anomaly")
 
     def __init__(self) -> None:
-        self.cols: dict[str, list[Any]] = {n: [] for n in self.NAMES}
-        self.value_offsets: list[int] = [0]
-        self.flat_values: list[float] = []
-        self.channel_offsets: list[int] = [0]
-        self.flat_channels: list[str] = []
+        self.cols: dict[str, list[Any]] = {n: [] for n in self.SCALARS}
+        self.flat: dict[str, list[Any]] = {n: [] for n in self.ARRAYS}
+        self.msg_offsets: list[int] = [0]      # readings per message
+        self.chan_offsets: list[int] = [0]     # channel names per message
+        self.channels: list[str] = []
+        self.value_offsets: list[int] = [0]    # values per reading
+        self.values: list[float] = []
 
     def add_message(self, c: TelemetryColumns, source: str, dtype: str, received_ms: int) -> None:
         n, w = len(c.seq), len(c.channels)
-        cols = self.cols
+        m = c.model
         for name, value in (("status", "ok"), ("reason", None), ("source_device", source), ("device_id", c.device_id),
-                            ("device_type", dtype), ("boot_id", c.boot_id), ("model_name", c.model.name),
-                            ("model_version", c.model.version), ("model_sha256", c.model.sha256),
-                            ("feature_hash", c.model.feature_hash), ("threshold", c.model.threshold),
+                            ("device_type", dtype), ("boot_id", c.boot_id), ("model_name", m.name),
+                            ("model_version", m.version), ("model_sha256", m.sha256),
+                            ("feature_hash", m.feature_hash), ("threshold", m.threshold),
                             ("received_ms", received_ms), ("raw", None)):
-            cols[name].extend([value] * n)
-        cols["seq"].extend(c.seq)
-        cols["ts_ms"].extend(c.ts)
-        cols["score"].extend(c.score)
-        cols["anomaly"].extend(c.anomaly)
+            self.cols[name].append(value)
+        f = self.flat
+        f["seq"].extend(c.seq)
+        f["ts_ms"].extend(c.ts)
+        f["score"].extend(c.score)
+        f["anomaly"].extend(c.anomaly)
+        self.msg_offsets.append(self.msg_offsets[-1] + n)
+        self.channels.extend(c.channels)
+        self.chan_offsets.append(self.chan_offsets[-1] + w)
         base = self.value_offsets[-1]
         self.value_offsets.extend(range(base + w, base + w * n + 1, w))
-        self.flat_values.extend(c.values)
-        cbase = self.channel_offsets[-1]
-        self.channel_offsets.extend(range(cbase + w, cbase + w * n + 1, w))
-        self.flat_channels.extend(c.channels * n)
+        self.values.extend(c.values)
 
     def add_bad(self, reason: str, raw: bytes, source: str | None, received_ms: int | None) -> None:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             text = "base64:" + base64.b64encode(raw).decode()
-        row = dict.fromkeys(self.NAMES)
+        row = dict.fromkeys(self.SCALARS)
         row.update(status="quarantined", reason=reason[:500], source_device=source, received_ms=received_ms,
                    raw=text[:MAX_RAW_CHARS])
-        for name in self.NAMES:
-            if name not in ("channels", "values"):
-                self.cols[name].append(row[name])
-        self.value_offsets.append(self.value_offsets[-1])
-        self.channel_offsets.append(self.channel_offsets[-1])
+        for name in self.SCALARS:
+            self.cols[name].append(row[name])
+        self.msg_offsets.append(self.msg_offsets[-1])
+        self.chan_offsets.append(self.chan_offsets[-1])
 
     def to_arrow(self) -> Any:
         import pyarrow as pa
 
-        arrays = []
-        for name in self.NAMES:
-            if name == "values":
-                arrays.append(pa.ListArray.from_arrays(pa.array(self.value_offsets, pa.int32()),
-                                                       pa.array(self.flat_values, pa.float64())))
-            elif name == "channels":
-                arrays.append(pa.ListArray.from_arrays(pa.array(self.channel_offsets, pa.int32()),
-                                                       pa.array(self.flat_channels, pa.string())))
-            else:
-                arrays.append(pa.array(self.cols[name], _ARROW_TYPES[name]))
-        return pa.RecordBatch.from_arrays(arrays, names=list(self.NAMES))
+        def lists(offsets: list[int], flat: Any) -> Any:
+            return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), flat)
+
+        arrays = {name: pa.array(self.cols[name], _ARROW_TYPES[name]) for name in self.SCALARS}
+        arrays["channels"] = lists(self.chan_offsets, pa.array(self.channels, pa.string()))
+        for name in self.ARRAYS:
+            arrays[name] = lists(self.msg_offsets, pa.array(self.flat[name], _ARROW_TYPES[name]))
+        arrays["values"] = lists(self.msg_offsets, lists(self.value_offsets, pa.array(self.values, pa.float64())))
+        names = [c.split()[0].strip("`") for c in PARSED_DDL.split(", ")]
+        return pa.RecordBatch.from_arrays([arrays[n] for n in names], names=names)
 
 
 def _arrow_types() -> dict[str, Any]:

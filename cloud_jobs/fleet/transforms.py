@@ -23,10 +23,15 @@ QUARANTINE_COLUMNS = ("source_device", "received_at", "reason", "raw")
 
 
 def parse(inputs: Any, envelope: Envelope) -> Any:
-    """INPUT_DDL rows -> PARSED_DDL rows plus `event_time` (a quarantined row's is its receive time)."""
+    """INPUT_DDL rows -> one row per reading (or per quarantined message) plus `event_time`
+    (a quarantined row's is its receive time)."""
     from pyspark.sql import functions as F
 
-    parsed = inputs.mapInArrow(parse_batches(envelope), PARSED_DDL)
+    messages = inputs.mapInArrow(parse_batches(envelope), PARSED_DDL)
+    per_message = [c.split()[0].strip("`") for c in PARSED_DDL.split(", ")][:14]
+    r = F.explode_outer(F.arrays_zip("seq", "ts_ms", "score", "anomaly", "values")).alias("r")
+    parsed = messages.select(*per_message, r).select(
+        *per_message, *(F.col(f"r.{c}").alias(c) for c in ("seq", "ts_ms", "score", "anomaly", "values")))
     received = F.coalesce(F.timestamp_millis("received_ms"), F.current_timestamp())
     return parsed.select(
         "*",
