@@ -31,12 +31,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cloud_jobs.config import AggregateConfig, IncidentConfig, InputConfig, Trigger, WindowSpec  # noqa: E402
-from hub.bronze import BronzeWriter, Landed  # noqa: E402
-from simulators import Fleet, FleetConfig  # noqa: E402
-from simulators.faults import FleetFault  # noqa: E402
-from simulators.telemetry import oracle_messages  # noqa: E402
-from simulators.types import pick_types  # noqa: E402
+from cloud_jobs.config import AggregateConfig, IncidentConfig, InputConfig, Trigger, WindowSpec
+from hub.bronze import BronzeWriter, Landed
+from simulators import Fleet, FleetConfig
+from simulators.faults import FleetFault
+from simulators.telemetry import oracle_messages
+from simulators.types import pick_types
 
 PER_MESSAGE = 40  # readings per telemetry message (a gzip-free ~4 KB IoT Hub message holds ~20-40)
 

@@ -73,8 +73,12 @@ class WindowSpec:
     @property
     def name(self) -> str:
         """Table-name suffix: ``1m`` for tumbling, ``5m_1m`` for sliding."""
-        fmt = (lambda s: f"{s // 60}m" if s % 60 == 0 else f"{s}s")  # noqa: E731
-        return fmt(self.duration_s) if self.slide_s == self.duration_s else f"{fmt(self.duration_s)}_{fmt(self.slide_s)}"
+        def fmt(s: int) -> str:
+            return f"{s // 60}m" if s % 60 == 0 else f"{s}s"
+
+        if self.slide_s == self.duration_s:
+            return fmt(self.duration_s)
+        return f"{fmt(self.duration_s)}_{fmt(self.slide_s)}"
 
 
 @dataclass(frozen=True)

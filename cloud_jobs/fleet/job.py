@@ -54,14 +54,17 @@ class BatchStats:
     rows_in: int = 0
     readings: int = 0
     quarantined: int = 0
-    late: int = 0
+    late: int = 0            # Spark's numRowsDroppedByWatermark (silver: whole messages; gold: readings)
+    late_readings: int = 0   # readings of partly late messages, dropped by the dedup operator
     windows: int = 0
     incidents: int = 0
     duration_ms: int = 0
 
     def line(self) -> str:
         return (f"{self.query:<10} batch {self.batch_id:>4}: {self.rows_in:>9,} rows in, {self.readings:>9,} readings, "
-                f"{self.quarantined:>5,} quarantined, {self.late:>5,} late, {self.windows:>6,} windows, "
+                f"{self.quarantined:>5,} quarantined, {self.late:>5,} late (numRowsDroppedByWatermark)"
+                + (f" + {self.late_readings:,} late readings" if self.late_readings else "")
+                + f", {self.windows:>6,} windows, "
                 f"{self.incidents} incident events ({self.duration_ms / 1000:.1f} s)")
 
 
@@ -96,7 +99,7 @@ class _Progress:
         st.duration_ms = int((p.get("durationMs") or {}).get("triggerExecution") or 0)
         with self.lock:
             self.pending.pop((name, st.batch_id), None)
-        if st.rows_in or st.windows or st.late or st.incidents:
+        if st.rows_in or st.windows or st.late or st.late_readings or st.incidents:
             self.report.batches.append(st)
             self.emit(st)
 
@@ -104,9 +107,9 @@ class _Progress:
 def _listen(spark: Any, progress: _Progress) -> Any:
     import json
 
-    from pyspark.sql.streaming import StreamingQueryListener
+    from pyspark.sql.streaming.listener import StreamingQueryListener
 
-    class Listener(StreamingQueryListener):  # type: ignore[misc]
+    class Listener(StreamingQueryListener):
         def onQueryStarted(self, event: Any) -> None:
             pass
 
@@ -125,6 +128,8 @@ def _listen(spark: Any, progress: _Progress) -> Any:
 
 
 def _silver_query(spark: Any, cfg: AggregateConfig, progress: _Progress) -> Any:
+    from pyspark.sql import functions as F
+
     raw = io.read_input(spark, cfg.input, streaming=True)
     deduped = T.dedup(T.parse(raw, ENVELOPES[cfg.input.format]), cfg.watermark_s)
 
@@ -135,9 +140,11 @@ def _silver_query(spark: Any, cfg: AggregateConfig, progress: _Progress) -> Any:
             good, bad = T.silver(batch), T.quarantine(batch)
             io.write_batch(good, cfg.table("silver"), cfg.table_format, batch_id, "edgeflag-silver")
             io.write_batch(bad, cfg.table("quarantine"), cfg.table_format, batch_id, "edgeflag-quarantine")
-            counts = {r["ok"]: r["n"] for r in batch.groupBy((batch.status == "ok").alias("ok")).count()
-                      .withColumnRenamed("count", "n").collect()}
-            st.readings, st.quarantined = counts.get(True, 0), counts.get(False, 0)
+            counts = {r["status"]: (r["n"], r["late"]) for r in batch.groupBy("status").agg(
+                F.count(F.lit(1)).alias("n"), F.sum("late").alias("late")).collect()}
+            st.readings = counts.get("ok", (0, 0))[0]
+            st.quarantined = counts.get("quarantined", (0, 0))[0]
+            st.late_readings = int(counts.get("late", (0, 0))[1] or 0)
         finally:
             batch.unpersist()
 

@@ -30,20 +30,24 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
+import numpy as np
+
 from contracts.errors import ContractError
 from contracts.telemetry import TelemetryColumns, decode_payload, telemetry_columns
 
 MAX_RAW_CHARS = 1 << 20
 UNKNOWN_TYPE = "unknown"
 
-#: Spark DDL of the parser's output: one row per message, its readings as parallel arrays (Spark
-#: explodes them in the JVM, which is far cheaper than building a row per reading in Python).
-PARSED_DDL = (
+#: Spark DDL of the parser's output: one row per message, its readings packed in `readings` (see
+#: `pack`). A blob is cheap to move between the JVM and Python and through the dedup state; `unpack_batches`
+#: turns it into arrays (READING_DDL) that Spark explodes in the JVM.
+MESSAGE_DDL = (
     "status string, reason string, source_device string, device_id string, device_type string, "
     "boot_id string, channels array<string>, model_name string, model_version int, model_sha256 string, "
-    "feature_hash string, threshold double, received_ms long, raw string, "
-    "seq array<long>, ts_ms array<long>, score array<double>, anomaly array<boolean>, `values` array<array<double>>"
+    "feature_hash string, threshold double, received_ms long, raw string, last_ms long, n int, readings binary"
 )
+READING_ARRAYS_DDL = "seq array<long>, ts_ms array<long>, score array<double>, anomaly array<boolean>, " \
+    "`values` array<array<double>>"
 #: Input columns `parse_batches` reads (the io module builds them for every source).
 INPUT_DDL = "raw binary, source_device string, received_ms long, properties map<string,string>"
 
@@ -105,42 +109,55 @@ def unwrap(envelope: Envelope, raw: bytes, source_device: str | None, received_m
     return str(device or ""), _iso_ms(rec.get("EnqueuedTimeUtc")), _props(rec.get("Properties")), body
 
 
+def pack(seq: Any, ts: Any, score: Any, anomaly: Any, values: Any) -> bytes:
+    """A message's readings as one little-endian blob: int64 seq[n], int64 ts_ms[n], float64 score[n],
+    uint8 anomaly[n], float64 values[n * channels] (row-major)."""
+    return b"".join((np.asarray(seq, "<i8").tobytes(), np.asarray(ts, "<i8").tobytes(),
+                     np.asarray(score, "<f8").tobytes(), np.asarray(anomaly, "u1").tobytes(),
+                     np.asarray(values, "<f8").tobytes()))
+
+
+def unpack(blob: bytes, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(seq, ts_ms, score, anomaly, values flat) of a `pack`ed blob of n readings."""
+    b = memoryview(blob)
+    seq = np.frombuffer(b[: 8 * n], "<i8")
+    ts = np.frombuffer(b[8 * n: 16 * n], "<i8")
+    score = np.frombuffer(b[16 * n: 24 * n], "<f8")
+    anomaly = np.frombuffer(b[24 * n: 25 * n], "u1").astype(bool)
+    values = np.frombuffer(b[25 * n:], "<f8")
+    return seq, ts, score, anomaly, values
+
+
+def select(blob: bytes, n: int, keep: np.ndarray) -> bytes:
+    """The blob of only the readings where `keep` is true."""
+    seq, ts, score, anomaly, values = unpack(blob, n)
+    w = len(values) // n if n else 0
+    return pack(seq[keep], ts[keep], score[keep], anomaly[keep], values.reshape(n, w)[keep])
+
+
 class _Columns:
     """Output columns built up as Python lists, then handed to Arrow in one go per batch."""
 
     SCALARS = ("status", "reason", "source_device", "device_id", "device_type", "boot_id", "model_name",
-               "model_version", "model_sha256", "feature_hash", "threshold", "received_ms", "raw")
-    ARRAYS = ("seq", "ts_ms", "score", "anomaly")
+               "model_version", "model_sha256", "feature_hash", "threshold", "received_ms", "raw", "last_ms", "n",
+               "readings")
 
     def __init__(self) -> None:
         self.cols: dict[str, list[Any]] = {n: [] for n in self.SCALARS}
-        self.flat: dict[str, list[Any]] = {n: [] for n in self.ARRAYS}
-        self.msg_offsets: list[int] = [0]      # readings per message
-        self.chan_offsets: list[int] = [0]     # channel names per message
+        self.chan_offsets: list[int] = [0]
         self.channels: list[str] = []
-        self.value_offsets: list[int] = [0]    # values per reading
-        self.values: list[float] = []
 
     def add_message(self, c: TelemetryColumns, source: str, dtype: str, received_ms: int) -> None:
-        n, w = len(c.seq), len(c.channels)
         m = c.model
         for name, value in (("status", "ok"), ("reason", None), ("source_device", source), ("device_id", c.device_id),
                             ("device_type", dtype), ("boot_id", c.boot_id), ("model_name", m.name),
                             ("model_version", m.version), ("model_sha256", m.sha256),
                             ("feature_hash", m.feature_hash), ("threshold", m.threshold),
-                            ("received_ms", received_ms), ("raw", None)):
+                            ("received_ms", received_ms), ("raw", None), ("last_ms", max(c.ts)), ("n", len(c.seq)),
+                            ("readings", pack(c.seq, c.ts, c.score, c.anomaly, c.values))):
             self.cols[name].append(value)
-        f = self.flat
-        f["seq"].extend(c.seq)
-        f["ts_ms"].extend(c.ts)
-        f["score"].extend(c.score)
-        f["anomaly"].extend(c.anomaly)
-        self.msg_offsets.append(self.msg_offsets[-1] + n)
         self.channels.extend(c.channels)
-        self.chan_offsets.append(self.chan_offsets[-1] + w)
-        base = self.value_offsets[-1]
-        self.value_offsets.extend(range(base + w, base + w * n + 1, w))
-        self.values.extend(c.values)
+        self.chan_offsets.append(self.chan_offsets[-1] + len(c.channels))
 
     def add_bad(self, reason: str, raw: bytes, source: str | None, received_ms: int | None) -> None:
         try:
@@ -149,25 +166,62 @@ class _Columns:
             text = "base64:" + base64.b64encode(raw).decode()
         row = dict.fromkeys(self.SCALARS)
         row.update(status="quarantined", reason=reason[:500], source_device=source, received_ms=received_ms,
-                   raw=text[:MAX_RAW_CHARS])
+                   raw=text[:MAX_RAW_CHARS], n=0, readings=b"")
         for name in self.SCALARS:
             self.cols[name].append(row[name])
-        self.msg_offsets.append(self.msg_offsets[-1])
         self.chan_offsets.append(self.chan_offsets[-1])
 
     def to_arrow(self) -> Any:
         import pyarrow as pa
 
-        def lists(offsets: list[int], flat: Any) -> Any:
-            return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), flat)
-
         arrays = {name: pa.array(self.cols[name], _ARROW_TYPES[name]) for name in self.SCALARS}
-        arrays["channels"] = lists(self.chan_offsets, pa.array(self.channels, pa.string()))
-        for name in self.ARRAYS:
-            arrays[name] = lists(self.msg_offsets, pa.array(self.flat[name], _ARROW_TYPES[name]))
-        arrays["values"] = lists(self.msg_offsets, lists(self.value_offsets, pa.array(self.values, pa.float64())))
-        names = [c.split()[0].strip("`") for c in PARSED_DDL.split(", ")]
+        arrays["channels"] = pa.ListArray.from_arrays(pa.array(self.chan_offsets, pa.int32()),
+                                                      pa.array(self.channels, pa.string()))
+        names = _names(MESSAGE_DDL)
         return pa.RecordBatch.from_arrays([arrays[n] for n in names], names=names)
+
+
+def _names(ddl: str) -> list[str]:
+    return [c.split()[0].strip("`") for c in ddl.split(", ")]
+
+
+def unpack_batches(batches: Iterator[Any]) -> Iterator[Any]:
+    """A `mapInArrow` function: each row's `n` + `readings` blob -> READING_ARRAYS_DDL columns; every other
+    column passes through untouched (zero-copy)."""
+    import pyarrow as pa
+
+    for batch in batches:
+        ns = batch.column("n").to_numpy(zero_copy_only=False)
+        blobs = batch.column("readings").to_pylist()
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("seq", "ts", "score", "anomaly", "values")}
+        widths = []
+        for blob, n in zip(blobs, ns.tolist(), strict=True):
+            if not n:
+                widths.append(0)
+                continue
+            seq, ts, score, anomaly, values = unpack(blob, n)
+            for k, v in zip(parts, (seq, ts, score, anomaly, values), strict=True):
+                parts[k].append(v)
+            widths.append(len(values) // n)
+        counts = np.nan_to_num(ns).astype(np.int32)
+        msg_off = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+        row_w = np.repeat(np.asarray(widths, np.int32), counts)
+        val_off = pa.array(np.concatenate([[0], np.cumsum(row_w)]).astype(np.int32))
+
+        def flat(k: str, dtype: Any, parts: dict[str, list[np.ndarray]] = parts) -> Any:
+            return np.concatenate(parts[k]).astype(dtype) if parts[k] else np.empty(0, dtype)
+
+        cols = {
+            "seq": pa.ListArray.from_arrays(msg_off, pa.array(flat("seq", np.int64))),
+            "ts_ms": pa.ListArray.from_arrays(msg_off, pa.array(flat("ts", np.int64))),
+            "score": pa.ListArray.from_arrays(msg_off, pa.array(flat("score", np.float64))),
+            "anomaly": pa.ListArray.from_arrays(msg_off, pa.array(flat("anomaly", np.bool_))),
+            "values": pa.ListArray.from_arrays(msg_off, pa.ListArray.from_arrays(
+                val_off, pa.array(flat("values", np.float64)))),
+        }
+        keep = [name for name in batch.schema.names if name not in ("n", "readings")]
+        arrays = [batch.column(name) for name in keep] + list(cols.values())
+        yield pa.RecordBatch.from_arrays(arrays, names=keep + list(cols))
 
 
 def _arrow_types() -> dict[str, Any]:
@@ -177,7 +231,7 @@ def _arrow_types() -> dict[str, Any]:
     return {"status": s, "reason": s, "source_device": s, "device_id": s, "device_type": s, "boot_id": s,
             "seq": i64, "ts_ms": i64, "score": pa.float64(), "anomaly": pa.bool_(), "model_name": s,
             "model_version": pa.int32(), "model_sha256": s, "feature_hash": s, "threshold": pa.float64(),
-            "received_ms": i64, "raw": s}
+            "received_ms": i64, "raw": s, "last_ms": i64, "n": pa.int32(), "readings": pa.binary()}
 
 
 _ARROW_TYPES: dict[str, Any] = {}
@@ -203,7 +257,7 @@ def parse_records(envelope: Envelope, records: Iterable[tuple[bytes, str | None,
 
 
 def parse_batches(envelope: Envelope) -> Any:
-    """A `mapInArrow` function over INPUT_DDL batches producing PARSED_DDL batches."""
+    """A `mapInArrow` function over INPUT_DDL batches producing MESSAGE_DDL batches."""
 
     def run(batches: Iterator[Any]) -> Iterator[Any]:
         for batch in batches:

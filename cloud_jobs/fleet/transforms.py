@@ -1,6 +1,6 @@
 """The aggregation's transforms: pure DataFrame -> DataFrame functions, streaming or batch alike.
 
-bronze input --parse--> parsed --dedup--> silver / quarantine --windows--> gold per device and channel
+bronze input --parse--> messages --dedup--> --readings--> silver / quarantine --windows--> gold per device and channel
                                                         --fleet_windows--> gold per device type and model version
                                                         --type_windows--> what the incident tracker reads
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from cloud_jobs.config import WindowSpec
-from cloud_jobs.fleet.parse import PARSED_DDL, Envelope, parse_batches
+from cloud_jobs.fleet.parse import MESSAGE_DDL, READING_ARRAYS_DDL, Envelope, parse_batches, unpack_batches
 
-#: Dedup key of a reading. The authenticated sender is part of it, so a device cannot suppress
-#: another's readings by naming it in the body; a quarantined message dedups on its payload hash.
-DEDUP_KEY = ("source_device", "device_id", "boot_id", "seq")
+#: Dedup key of a reading: (k_source, k_device, k_boot, seq), i.e. sender, device, boot, seq. The
+#: authenticated sender is part of it, so a device cannot suppress another's readings by naming it
+#: in the body; a quarantined message dedups on its payload hash.
 
 SILVER_COLUMNS = ("source_device", "device_id", "device_type", "boot_id", "seq", "event_time", "score", "anomaly",
                   "channels", "values", "model_name", "model_version", "model_sha256", "feature_hash", "threshold",
@@ -23,41 +23,62 @@ QUARANTINE_COLUMNS = ("source_device", "received_at", "reason", "raw")
 
 
 def parse(inputs: Any, envelope: Envelope) -> Any:
-    """INPUT_DDL rows -> one row per reading (or per quarantined message) plus `event_time`
-    (a quarantined row's is its receive time)."""
+    """INPUT_DDL rows -> one row per message (MESSAGE_DDL) plus `msg_time`: its newest reading's event time,
+    or a quarantined message's receive time; and the stream key `k_source`, `k_device`, `k_boot`."""
     from pyspark.sql import functions as F
 
-    messages = inputs.mapInArrow(parse_batches(envelope), PARSED_DDL)
-    per_message = [c.split()[0].strip("`") for c in PARSED_DDL.split(", ")][:14]
-    r = F.explode_outer(F.arrays_zip("seq", "ts_ms", "score", "anomaly", "values")).alias("r")
-    parsed = messages.select(*per_message, r).select(
-        *per_message, *(F.col(f"r.{c}").alias(c) for c in ("seq", "ts_ms", "score", "anomaly", "values")))
-    received = F.coalesce(F.timestamp_millis("received_ms"), F.current_timestamp())
-    return parsed.select(
+    messages = inputs.mapInArrow(parse_batches(envelope), MESSAGE_DDL)
+    msg_ms = F.coalesce("last_ms", "received_ms", F.unix_millis(F.current_timestamp()))
+    return messages.select(
+        "*", msg_ms.alias("msg_ms"), F.timestamp_millis(msg_ms).alias("msg_time"),
+        F.coalesce("source_device", F.lit("")).alias("k_source"),
+        F.coalesce("device_id", F.lit("")).alias("k_device"),
+        F.coalesce("boot_id", F.concat(F.lit("q:"), F.sha2("raw", 256))).alias("k_boot"),
+    )
+
+
+def dedup(messages: Any, watermark_s: int) -> Any:
+    """Exactly-once by (sender, device, boot, seq). Streaming: `cloud_jobs.fleet.dedup` within the
+    watermark (late readings come out as `status = "late"` rows carrying their count in `late`); batch:
+    a plain dropDuplicates. Returns reading rows (`readings`) either way."""
+    from pyspark.sql import functions as F
+
+    from cloud_jobs.fleet.dedup import STATE_DDL, dedup_group
+
+    if not messages.isStreaming:
+        return readings(messages).dropDuplicates(["k_source", "k_device", "k_boot", "seq"])
+    out_ddl = MESSAGE_DDL + ", msg_ms long, k_source string, k_device string, k_boot string, late long"
+    columns = [c.split()[0].strip("`") for c in out_ddl.split(", ")]
+
+    def run(key: tuple[Any, ...], frames: Any, state: Any) -> Any:
+        return dedup_group(key, frames, state, columns)
+
+    deduped = (messages.withWatermark("msg_time", f"{watermark_s} seconds")
+               .groupBy("k_source", "k_device", "k_boot")
+               .applyInPandasWithState(run, out_ddl, STATE_DDL, "append", "EventTimeTimeout"))
+    return readings(deduped.withColumn("msg_time", F.timestamp_millis("msg_ms")))
+
+
+def readings(messages: Any) -> Any:
+    """Message rows -> one row per reading (quarantined and late rows stay one row, with null readings),
+    with `event_time` (a quarantined row's is its receive time) and `received_at`."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
+
+    arrays = ("seq", "ts_ms", "score", "anomaly", "values")
+    keep = [c for c in messages.columns if c not in ("n", "readings")]
+    arrays_schema = StructType.fromDDL(READING_ARRAYS_DDL)
+    assert isinstance(arrays_schema, StructType)
+    schema = StructType([f for f in messages.schema.fields if f.name in keep] + arrays_schema.fields)
+    messages = messages.mapInArrow(unpack_batches, schema)
+    r = F.explode_outer(F.arrays_zip(*arrays)).alias("r")
+    exploded = messages.select(*keep, r).select(*keep, *(F.col(f"r.{c}").alias(c) for c in arrays))
+    received = F.timestamp_millis(F.coalesce("received_ms", "msg_ms"))
+    return exploded.select(
         "*",
         F.when(F.col("status") == "ok", F.timestamp_millis("ts_ms")).otherwise(received).alias("event_time"),
         received.alias("received_at"),
     )
-
-
-def dedup(parsed: Any, watermark_s: int) -> Any:
-    """Exactly-once by DEDUP_KEY within the watermark; rows later than the watermark are dropped
-    (and counted by Spark as numRowsDroppedByWatermark)."""
-    from pyspark.sql import functions as F
-
-    keyed = parsed.select(
-        "*",
-        F.coalesce("device_id", F.lit("")).alias("_k_device"),
-        F.coalesce("source_device", F.lit("")).alias("_k_source"),
-        F.coalesce("boot_id", F.concat(F.lit("q:"), F.sha2("raw", 256))).alias("_k_boot"),
-        F.coalesce("seq", F.lit(-1)).alias("_k_seq"),
-    )
-    if parsed.isStreaming:
-        out = keyed.withWatermark("event_time", f"{watermark_s} seconds").dropDuplicatesWithinWatermark(
-            ["_k_source", "_k_device", "_k_boot", "_k_seq"])
-    else:
-        out = keyed.dropDuplicates(["_k_source", "_k_device", "_k_boot", "_k_seq"])
-    return out.drop("_k_device", "_k_source", "_k_boot", "_k_seq")
 
 
 def silver(deduped: Any) -> Any:
@@ -69,7 +90,7 @@ def silver(deduped: Any) -> Any:
 def quarantine(deduped: Any) -> Any:
     from pyspark.sql import functions as F
 
-    return deduped.where(F.col("status") != "ok").select(*QUARANTINE_COLUMNS)
+    return deduped.where(F.col("status") == "quarantined").select(*QUARANTINE_COLUMNS)
 
 
 def device_windows(silver_df: Any, spec: WindowSpec, watermark_s: int) -> Any:

@@ -83,8 +83,9 @@ def test_duplicates_replays_and_a_restart_count_every_reading_once_and_raise_one
     events = read_incidents(tmp_path / "out" / "incidents.jsonl")
     opened = [e for e in events if e["event"] == "open"]
     plan = f.plan[0]
-    print(f"\nincident test: {len(keys):,} readings, {len(events)} events, opened {[e['incident_id'] for e in opened]}, "
-          f"devices {opened[0]['devices'] if opened else None}, truth {plan.device_ids}")
+    print(f"\nincident test: {len(keys):,} readings, {len(events)} events, "
+          f"opened {[e['incident_id'] for e in opened]}, devices {opened[0]['devices'] if opened else None}, "
+          f"truth {plan.device_ids}")
     assert len(opened) == 1 and opened[0]["device_type"] == "pump", events
     assert set(opened[0]["devices"]) <= set(plan.device_ids) and len(opened[0]["devices"]) >= 3
     assert {e["incident_id"] for e in events} == {opened[0]["incident_id"]}
@@ -140,11 +141,17 @@ def test_late_rows_within_the_watermark_count_and_later_ones_are_dropped_and_cou
 
     too_late = other_boot(minutes[2])       # 8 minutes behind: beyond the 60 s watermark
     in_time = other_boot(minutes[9][-4:])   # the last seconds: within it
-    land(tmp_path / "bronze", too_late + in_time, types=types)
+    straddling = [{**m, "boot_id": "edge", "readings": m["readings"][-5:] + n["readings"][:5],
+                   "seq_first": m["readings"][-5]["seq"], "seq_last": n["readings"][4]["seq"]}
+                  for m, n in zip(other_boot(minutes[8]), other_boot(minutes[9]), strict=True)][-1:]
+    land(tmp_path / "bronze", too_late + in_time + straddling, types=types)
     report = main(cfg, spark=spark)
     keys = set(silver_keys(spark, tmp_path / "out"))
     assert keys_of(in_time) <= keys and not keys_of(too_late) & keys
-    assert report.total("late", "silver") == len(keys_of(too_late))
+    assert report.total("late", "silver") == len(too_late), "whole messages behind the watermark"
+    # a message straddling the watermark keeps its readings inside it and counts the rest as late readings
+    late_part = {k for k in keys_of(straddling) if k not in keys}
+    assert len(late_part) == 5 and report.total("late_readings", "silver") == 5
 
 
 @pytest.mark.broker

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cloud_jobs.fleet.parse import Envelope, parse_records
+from cloud_jobs.fleet.parse import Envelope, parse_records, unpack_batches
 from simulators import Fleet, FleetConfig
 from simulators.telemetry import oracle_messages
 
@@ -45,7 +45,8 @@ def rows(envelope: Envelope, *raws: bytes, source: str | None = None, received: 
          props: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """The parser's message rows, exploded to one row per reading as the Spark job does."""
     out = []
-    for msg in parse_records(envelope, [(r, source, received, props) for r in raws]).to_pylist():
+    batch = parse_records(envelope, [(r, source, received, props) for r in raws])
+    for msg in next(unpack_batches(iter([batch]))).to_pylist():
         arrays = {k: msg.pop(k) for k in ("seq", "ts_ms", "score", "anomaly", "values")}
         n = len(arrays["seq"])
         out += [{**msg, **{k: v[i] for k, v in arrays.items()}} for i in range(n)] or [{**msg, **arrays}]
