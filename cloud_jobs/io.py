@@ -109,6 +109,54 @@ def _has_data(path: str) -> bool:
     return p.exists() and any(d.name.startswith("batch_id=") for d in p.iterdir())
 
 
+def write_split(df: Any, column: str, targets: dict[str, str], fmt: TableFormat, batch_id: int,
+                app_id: str) -> dict[str, Path]:
+    """Write one micro-batch split by `column` into several tables (value -> table path) exactly once.
+
+    Parquet: ONE Spark write partitioned by `column` into a hidden staging directory, then each value's
+    directory is renamed to ``<table>/batch_id=<n>/`` (values not in `targets` stay behind in the
+    returned directories for the caller to read until the next batch, which deletes them). Delta: one
+    idempotent append per target. Returns value -> directory written this time. The tables share one
+    schema: each holds every column of `df` but `column`, null where it does not apply.
+    """
+    from pyspark.sql import functions as F
+
+    if fmt is TableFormat.DELTA:
+        for value, path in targets.items():
+            write_batch(df.where(F.col(column) == value), path, fmt, batch_id, f"{app_id}-{value}")
+        return {}
+    import shutil
+
+    staging = Path(next(iter(targets.values()))).parent / "_staging"
+    for old in staging.glob(f"{app_id}-*"):  # earlier batches' leftovers (values not in targets)
+        shutil.rmtree(old, ignore_errors=True)
+    root = staging / f"{app_id}-{batch_id}"
+    pending = {v: p for v, p in targets.items() if not (Path(p) / f"batch_id={batch_id}").exists()}
+    if not pending:
+        return {}
+    df.write.partitionBy(column).mode("overwrite").parquet(str(root))
+    out: dict[str, Path] = {}
+    for part in root.glob(f"{column}=*"):
+        value = part.name.split("=", 1)[1]
+        for junk in [*part.glob(".*.crc"), *part.glob("_*")]:
+            junk.unlink()
+        if value in pending:
+            final = Path(pending[value]) / f"batch_id={batch_id}"
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(part, final)
+            out[value] = final
+        elif value not in targets:
+            out[value] = part
+    return out
+
+
+def parquet_rows(directory: Path) -> int:
+    """Rows in the Parquet files of a directory, from their footers (no data read)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(f).num_rows for f in directory.glob("*.parquet"))
+
+
 def write_batch(df: Any, path: str, fmt: TableFormat, batch_id: int, app_id: str) -> bool:
     """Append one micro-batch to a table exactly once; False if this batch had already landed."""
     if fmt is TableFormat.DELTA:

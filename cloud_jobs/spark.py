@@ -26,8 +26,9 @@ def get_spark(app: str = "edgeflag", *, master: str = "local[*]", shuffle_partit
              .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
              .config("spark.sql.session.timeZone", "UTC")
              .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-             .config("spark.sql.streaming.stateStore.providerClass",
-                    "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
+             # a micro-batch splits into silver/quarantine by a partition column: open a writer per
+             # value instead of sorting the whole batch by it first
+             .config("spark.sql.maxConcurrentOutputFileWriters", "8")
               .config("spark.driver.memory", "3g")
              .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")

@@ -128,25 +128,24 @@ def _listen(spark: Any, progress: _Progress) -> Any:
 
 
 def _silver_query(spark: Any, cfg: AggregateConfig, progress: _Progress) -> Any:
-    from pyspark.sql import functions as F
+    import pyarrow.compute as pc
 
     raw = io.read_input(spark, cfg.input, streaming=True)
     deduped = T.dedup(T.parse(raw, ENVELOPES[cfg.input.format]), cfg.watermark_s)
 
     def write(batch: Any, batch_id: int) -> None:
-        batch.persist()
-        try:
-            st = progress.stats("silver", batch_id)
-            good, bad = T.silver(batch), T.quarantine(batch)
-            io.write_batch(good, cfg.table("silver"), cfg.table_format, batch_id, "edgeflag-silver")
-            io.write_batch(bad, cfg.table("quarantine"), cfg.table_format, batch_id, "edgeflag-quarantine")
-            counts = {r["status"]: (r["n"], r["late"]) for r in batch.groupBy("status").agg(
-                F.count(F.lit(1)).alias("n"), F.sum("late").alias("late")).collect()}
-            st.readings = counts.get("ok", (0, 0))[0]
-            st.quarantined = counts.get("quarantined", (0, 0))[0]
-            st.late_readings = int(counts.get("late", (0, 0))[1] or 0)
-        finally:
-            batch.unpersist()
+        import pyarrow.parquet as pq
+
+        st = progress.stats("silver", batch_id)
+        cols = list(dict.fromkeys([*T.SILVER_COLUMNS, *T.QUARANTINE_COLUMNS, "late", "status"]))
+        written = io.write_split(batch.select(*cols), "status",
+                                 {"ok": cfg.table("silver"), "quarantined": cfg.table("quarantine")},
+                                 cfg.table_format, batch_id, "silver")
+        st.readings = io.parquet_rows(written["ok"]) if "ok" in written else 0
+        st.quarantined = io.parquet_rows(written["quarantined"]) if "quarantined" in written else 0
+        if "late" in written:
+            st.late_readings = sum(int(pc.sum(pq.read_table(f, columns=["late"])["late"]).as_py() or 0)
+                                   for f in written["late"].glob("*.parquet"))
 
     return (deduped.writeStream.queryName("silver").foreachBatch(write)
             .option("checkpointLocation", f"{cfg.checkpoint_root}/silver")
