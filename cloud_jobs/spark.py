@@ -21,15 +21,15 @@ def get_spark(app: str = "edgeflag", *, master: str = "local[*]", shuffle_partit
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     spark = (SparkSession.builder.master(master).appName(app)
-              .config("spark.ui.enabled", "false")
-              .config("spark.ui.showConsoleProgress", "false")
+             .config("spark.ui.enabled", "false")
+             .config("spark.ui.showConsoleProgress", "false")
              .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
              .config("spark.sql.session.timeZone", "UTC")
              .config("spark.sql.execution.arrow.pyspark.enabled", "true")
              # a micro-batch splits into silver/quarantine by a partition column: open a writer per
              # value instead of sorting the whole batch by it first
              .config("spark.sql.maxConcurrentOutputFileWriters", "8")
-              .config("spark.driver.memory", "3g")
+             .config("spark.driver.memory", "3g")
              .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     return spark

@@ -2,8 +2,9 @@
 
 `IncidentTracker.observe(windows)` is pure: it takes the finalised windows of a micro-batch (per
 device type: devices reporting, which were anomalous) and returns incident events. An incident
-**opens** on the first window that meets the `IncidentConfig` condition, **updates** on later ones
-(new devices, new peak), and **closes** once `close_after_windows` windows pass without it. Its id,
+**opens** on the first window that meets the `IncidentConfig` condition, **updates** on a later one
+only when it adds something (new devices, a new peak; a window that adds nothing is counted in
+``windows``, not announced), and **closes** once `close_after_windows` windows pass without it. Its id,
 ``inc-<type>-<first window start, UTC>``, depends only on the data, so a re-run over the same
 bronze gives the same ids.
 
@@ -78,12 +79,14 @@ class IncidentTracker:
                 kind = "open"
             else:
                 kind = "update"
+            before = (len(inc["devices"]), inc["peak_devices_anomalous"], inc["peak_fraction"])
             inc["windows"] += 1
             inc["last_window_end"] = _iso(w.window_end)
             inc["devices"] = sorted(set(inc["devices"]) | set(w.anomalous_devices))
             inc["peak_devices_anomalous"] = max(inc["peak_devices_anomalous"], len(w.anomalous_devices))
             inc["peak_fraction"] = max(inc["peak_fraction"], len(w.anomalous_devices) / max(w.devices_reporting, 1))
-            events.append(self._event(inc, kind))
+            if kind == "open" or (len(inc["devices"]), inc["peak_devices_anomalous"], inc["peak_fraction"]) != before:
+                events.append(self._event(inc, kind))  # a window that adds nothing is counted, not announced
         if latest_end is not None:
             self._close_stale(latest_end, events)
         return events

@@ -16,7 +16,8 @@ from contracts.topics import SENSOR_PREFIX
 from edgeflag.cli._common import CliError, console, host_port, positive_float, positive_int
 from simulators import ConfigError, Fleet, FleetConfig, SimulatorError
 from simulators.channels import CHANNELS_BY_NAME, pick_channels
-from simulators.faults import FaultType
+from simulators.faults import FaultType, FleetFault
+from simulators.types import DEVICE_TYPES, pick_types
 from simulators.writers import CsvWriter, JsonlWriter
 
 PROGRESS_FROM = 200_000  # show a progress bar for runs at least this many readings
@@ -40,6 +41,12 @@ def register(sub: Any) -> None:
     p.add_argument("--channels", default=",".join(CHANNELS_BY_NAME), help="comma-separated channels")
     p.add_argument("--start", default="2026-01-01T00:00:00Z", help="event time of the first reading (UTC)")
     p.add_argument("--prefix", default="dev", help="device id prefix")
+    p.add_argument("--types", default=None, metavar="TYPE,…",
+                   help=f"device types, assigned round-robin ({', '.join(DEVICE_TYPES)}); each has its own channels "
+                   "and ids <type>-NNNN (replaces --channels and --prefix)")
+    p.add_argument("--fleet-fault", action="append", default=[], metavar="TYPE:K:START_S[:KIND[:SPAN]]",
+                   help="a correlated fault hitting K devices of TYPE about START_S seconds in, labelled "
+                   "fleet-<n>-<type> (repeatable; needs --types), e.g. pump:4:300:level_shift:180")
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", type=Path, help="output file (.jsonl or .csv)")
     out.add_argument("--mqtt", metavar="HOST:PORT", help="publish each reading to this MQTT broker")
@@ -57,13 +64,18 @@ def build_config(args: argparse.Namespace) -> FleetConfig:
     except ValueError as exc:
         raise CliError(f"--start: {exc}") from None
     try:
+        types = pick_types(args.types) if args.types else ()
+        if args.fleet_fault and not types:
+            raise CliError("--fleet-fault: needs --types (a fleet fault hits devices of one type)")
         return FleetConfig(
             devices=args.devices, interval_s=args.interval, seed=args.seed, anomaly_rate=args.anomaly_rate,
             faults=FaultType.parse(args.faults), channels=pick_channels(args.channels.split(",")),
-            start=start.astimezone(timezone.utc), prefix=args.prefix,
+            start=start.astimezone(timezone.utc), prefix=args.prefix, device_types=types,
+            fleet_faults=tuple(FleetFault.parse(f, i + 1) for i, f in enumerate(args.fleet_fault)),
         )
     except ConfigError as exc:
-        raise CliError(f"--{exc.key.replace('_', '-')}: {str(exc).split(': ', 1)[1]}") from None
+        flag = {"device_types": "types", "fleet_faults": "fleet-fault"}.get(exc.key, exc.key.replace("_", "-"))
+        raise CliError(f"--{flag}: {str(exc).split(': ', 1)[1]}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,23 +127,32 @@ def run(args: argparse.Namespace) -> int:
     by_type = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
     console.print(
         f"simulated {written:,} readings from {config.devices} devices x {per_device:,} "
-        f"({', '.join(config.channel_names)}) seed {config.seed} -> {where} in {elapsed:.1f} s\n"
+        f"({_channels_line(config)}) seed {config.seed} -> {where} in {elapsed:.1f} s\n"
         f"  labelled anomalous: {labelled:,} ({labelled / max(written, 1):.1%}): {by_type}{rate_line}"
     )
     return 0
+
+
+def _channels_line(config: FleetConfig) -> str:
+    if not config.device_types:
+        return ", ".join(config.channel_names)
+    return "; ".join(f"{t.name}: {', '.join(t.channel_names)}" for t in config.device_types)
 
 
 def _write_file(path: Path, config: FleetConfig, chunks: Any, advance: Any) -> int:
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".csv", ".ndjson"):
         raise CliError(f"--out: use a .jsonl or .csv file name, got {path.name!r}")
+    header = {t.channel_names for t in config.device_types} or {config.channel_names}
+    if suffix == ".csv" and len(header) > 1:
+        raise CliError("--out: device types with different channels do not fit one CSV header; use .jsonl")
     if path.parent and not path.parent.exists():
         raise CliError(f"--out: directory {path.parent} does not exist")
     tmp = path.with_name(path.name + ".part")
     n = 0
     try:
         with tmp.open("w") as fh:
-            writer = CsvWriter(fh, config.channel_names) if suffix == ".csv" else JsonlWriter(fh)
+            writer = CsvWriter(fh, next(iter(header))) if suffix == ".csv" else JsonlWriter(fh)
             for blocks in chunks:
                 k = writer.write(blocks)
                 n += k

@@ -124,3 +124,26 @@ def test_hub_run_starts_its_broker_front_end_and_pki(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "hub-state" / "pki" / "ca.pem").exists()
     assert f"devices over TLS on {host}:8883" in r.stdout
+
+
+def test_simulate_device_types_and_a_fleet_fault(tmp_path: Path) -> None:
+    r = edgeflag("simulate", "--devices", "9", "--duration", "600", "--types", "pump,compressor,chiller",
+                 "--fleet-fault", "compressor:3:120:level_shift:60", "--anomaly-rate", "0", "--out", "f.jsonl",
+                 cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert len(rows) == 5400 and {r["device_id"] for r in rows} == {
+        f"{t}-{i:04d}" for t in ("pump", "compressor", "chiller") for i in (1, 2, 3)}
+    channels = {r["device_id"].split("-")[0]: frozenset(r["values"]) for r in rows}
+    assert len(set(channels.values())) == 3  # each type has its own channel set
+    hit = {r["device_id"] for r in rows if r.get("fault") == "fleet-1-compressor"}
+    assert hit == {"compressor-0001", "compressor-0002", "compressor-0003"}
+    for bad, msg in [(["--types", "toaster"], "--types: unknown device type 'toaster'"),
+                     (["--fleet-fault", "pump:2:10"], "--fleet-fault: needs --types"),
+                     (["--types", "pump", "--fleet-fault", "pump:9:10"], "needs 9 pump devices"),
+                     (["--types", "pump,chiller", "--out", "x.csv"], "do not fit one CSV header")]:
+        args = ["simulate", "--devices", "4", "--duration", "60", *bad]
+        r = edgeflag(*args, *([] if "--out" in bad else ["--out", "x.jsonl"]), cwd=tmp_path)
+        assert r.returncode == 2 and msg in r.stderr, (bad, r.stderr)
+    r = edgeflag("simulate", "--devices", "2", "--duration", "60", "--types", "chiller", "--out", "c.csv", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "c.csv").read_text().split("\n")[0].startswith("device_id,ts,seq,")
