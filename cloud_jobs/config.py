@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 from cloud_jobs.errors import ConfigError
 
@@ -173,3 +174,113 @@ class AggregateConfig:
 
     def table(self, name: str) -> str:
         return f"{self.out.rstrip('/')}/{name}"
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """When a candidate may replace the production model of its type (figures on a holdout it never saw).
+
+    With labels in the holdout: its F1 and event recall may trail the champion's by at most
+    `f1_tolerance` / `event_recall_tolerance`; without a champion, F1 must reach `min_f1`.
+    Without labels: its alert rate on the holdout must stay at or below `max_alert_rate` (and at most
+    `alert_rate_factor` x the champion's), and its score distribution may shift from training to the
+    holdout by a PSI of at most `max_psi`. Always: its channels are sent by every device of the type,
+    and ONNX matches scikit-learn (checked when the bundle is built).
+    """
+
+    f1_tolerance: float = 0.02
+    event_recall_tolerance: float = 0.05
+    min_f1: float = 0.2
+    max_alert_rate: float = 0.02
+    alert_rate_factor: float = 2.0
+    max_psi: float = 0.25
+    min_holdout_rows: int = 200
+
+    def __post_init__(self) -> None:
+        for k in ("f1_tolerance", "event_recall_tolerance", "min_f1", "max_alert_rate", "max_psi"):
+            if not 0 <= getattr(self, k) <= 1:
+                raise ConfigError(f"gate.{k}", "must be in [0, 1]")
+        if self.alert_rate_factor < 1 or self.min_holdout_rows < 1:
+            raise ConfigError("gate", "alert_rate_factor must be >= 1 and min_holdout_rows >= 1")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How a promoted model reaches the agents of its type through the hub's twins.
+
+    A canary set (`canary_fraction` of the type's devices, at least one) gets the desired ``model``
+    first. Each must report ``model_rollout.status == "ok"`` for the new version within
+    `report_timeout_s`; then their alert rate in silver (readings scored by the new version since the
+    rollout) must stay at or below `max_canary_alert_rate` once `min_canary_readings` have arrived
+    (waiting at most `watch_timeout_s`, polling every `poll_s`). Pass: the rest of the type follows.
+    Fail: the canaries go back to the previous model and the reason is recorded.
+    """
+
+    hub_state: str | None = None          # the hub's state directory (registry tags, twins); None: no rollout
+    broker: str = "127.0.0.1:1883"
+    bundle_url: str | None = None         # base URL agents fetch bundles from (default: file:// of the registry)
+    canary_fraction: float = 0.2
+    report_timeout_s: float = 60.0
+    min_canary_readings: int = 200
+    max_canary_alert_rate: float = 0.05
+    watch_timeout_s: float = 180.0
+    poll_s: float = 2.0
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.canary_fraction <= 1:
+            raise ConfigError("rollout.canary_fraction", "must be in (0, 1]")
+        if not 0 <= self.max_canary_alert_rate <= 1:
+            raise ConfigError("rollout.max_canary_alert_rate", "must be in [0, 1]")
+        if min(self.report_timeout_s, self.watch_timeout_s, self.poll_s) <= 0 or self.min_canary_readings < 1:
+            raise ConfigError("rollout", "timeouts, poll_s and min_canary_readings must be positive")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """The retraining job: silver over [since, until) -> features per device -> a model per device type ->
+    gate against the type's champion -> register (file registry + MLflow) -> rollout.
+
+    `holdout_fraction`: the newest part of each type's time range, never fitted, on which the gate
+    compares candidate and champion. `exclude_flagged`: drop readings the edge flagged from fitting;
+    labelled readings (from `labels`, e.g. the simulator's JSONL) and readings of a type inside one of
+    its incidents (`incidents`, the aggregation's incidents.jsonl) are excluded too. Features are still
+    computed over every reading, in seq order per device, so windows see the whole history.
+    """
+
+    silver: str
+    registry: str
+    out: str
+    table_format: TableFormat = TableFormat.PARQUET
+    since: str | None = None              # ISO-8601 event time, inclusive
+    until: str | None = None              # exclusive
+    device_types: tuple[str, ...] = ()    # empty: every type in the range
+    labels: str | None = None
+    incidents: str | None = None
+    holdout_fraction: float = 0.25
+    exclude_flagged: bool = True
+    exclude_labelled: bool = True
+    min_rows: int = 1000
+    n_estimators: int = 100
+    max_samples: int = 256
+    target_fpr: float = 0.001
+    seed: int = 0
+    sign_key: str | None = None
+    mlflow_tracking_uri: str | None = None  # default: sqlite under `out`; "databricks" on Databricks
+    mlflow_registry_uri: str | None = None  # "databricks-uc" for Unity Catalog
+    model_name_prefix: str = "edgeflag-"    # Unity Catalog: "<catalog>.<schema>.edgeflag-"
+    experiment: str = "edgeflag-retrain"
+    gate: GateConfig = GateConfig()
+    rollout: RolloutConfig = RolloutConfig()
+
+    def __post_init__(self) -> None:
+        if not 0 < self.holdout_fraction < 1:
+            raise ConfigError("holdout_fraction", "must be in (0, 1)")
+        if not 0 < self.target_fpr < 0.5:
+            raise ConfigError("target_fpr", "must be in (0, 0.5)")
+        if self.min_rows < 100 or self.n_estimators < 1:
+            raise ConfigError("min_rows", "min_rows must be >= 100 and n_estimators >= 1")
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{Path(self.out).resolve() / 'mlflow.db'}"

@@ -18,6 +18,8 @@ def get_spark(app: str = "edgeflag", *, master: str = "local[*]", shuffle_partit
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):  # a job on a Databricks cluster: the cluster's session
+        return SparkSession.builder.getOrCreate()
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     spark = (SparkSession.builder.master(master).appName(app)

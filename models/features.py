@@ -107,16 +107,16 @@ class FeatureSpec:
             **kwargs: Any) -> FeatureSpec:
         """Spec whose floors are `floor_fraction` x each channel's noise sd, estimated robustly
         (median over streams of 1.4826·MAD(first differences)/√2) from training streams (n, C)."""
-        est = []
-        for values in streams:
-            if len(values) < 3:
-                continue
-            d = np.diff(np.asarray(values, dtype=np.float64), axis=0)
-            mad = np.median(np.abs(d - np.median(d, axis=0)), axis=0)
-            est.append(1.4826 * mad / np.sqrt(2.0))
-        if not est:
+        est = [e for e in (stream_noise(v) for v in streams) if e is not None]
+        return cls.from_noise(channels, est, floor_fraction=floor_fraction, **kwargs)
+
+    @classmethod
+    def from_noise(cls, channels: Sequence[str], estimates: Sequence[np.ndarray], *, floor_fraction: float = 0.1,
+                   **kwargs: Any) -> FeatureSpec:
+        """`fit` from per-stream `stream_noise` estimates computed elsewhere (e.g. one per device on Spark)."""
+        if not len(estimates):
             raise FeatureError("need at least one stream of 3+ readings to fit noise floors")
-        noise = np.median(np.vstack(est), axis=0)
+        noise = np.median(np.vstack(estimates), axis=0)
         floors = tuple(float(max(floor_fraction * n, 1e-9)) for n in noise)
         return cls(channels=tuple(channels), floors=floors, **kwargs)
 
@@ -124,6 +124,16 @@ class FeatureSpec:
     def hash(self) -> str:
         """sha256 of the canonical JSON of the spec."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def stream_noise(values: np.ndarray) -> np.ndarray | None:
+    """Robust noise sd per channel of one stream (n, C): 1.4826·MAD(first differences)/√2; None below 3 rows."""
+    if len(values) < 3:
+        return None
+    d = np.diff(np.asarray(values, dtype=np.float64), axis=0)
+    mad = np.median(np.abs(d - np.median(d, axis=0)), axis=0)
+    out: np.ndarray = 1.4826 * mad / np.sqrt(2.0)
+    return out
 
 
 def _median_last(x: np.ndarray) -> np.ndarray:

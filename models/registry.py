@@ -18,6 +18,7 @@ from contracts.manifest import MANIFEST_FILE, ModelManifest
 from models.bundle import write_bundle
 from models.errors import BundleError, ModelError
 
+CHAMPION_FILE = "CHAMPION"
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
 
 
@@ -74,6 +75,25 @@ class Registry:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
         raise ModelError(f"could not allocate a version for {name!r} in {self.root}")
+
+    def champion(self, name: str) -> int | None:
+        """The production version of `name`: the one `set_champion` named, else the latest, else None."""
+        pointer = self.root / name / CHAMPION_FILE
+        if pointer.exists():
+            v = int(pointer.read_text().strip() or 0)
+            if v in self.versions(name):
+                return v
+        vs = self.versions(name)
+        return vs[-1] if vs else None
+
+    def set_champion(self, name: str, version: int) -> None:
+        """Name the production version (atomic replace of ``<root>/<name>/CHAMPION``)."""
+        if version not in self.versions(name):
+            raise ModelError(f"registry {self.root} has no version {version} of {name!r}")
+        tmp = self.root / name / f".{CHAMPION_FILE}.tmp"
+        tmp.write_text(f"{version}\n")
+        os.replace(tmp, self.root / name / CHAMPION_FILE)
+        _fsync_dir(self.root / name)
 
     def resolve(self, ref: Path | str, name: str | None = None) -> Path:
         """A bundle directory from a path to a bundle, or a registry root (latest of `name`)."""

@@ -202,12 +202,7 @@ def _utc(ms: int) -> datetime:
 def _silver_schema(spark: Any, cfg: AggregateConfig) -> Any:
     from pyspark.sql.types import StructType
 
-    parsed = StructType.fromDDL(
-        "source_device string, device_id string, device_type string, boot_id string, seq long, event_time timestamp, "
-        "score double, anomaly boolean, channels array<string>, `values` array<double>, model_name string, "
-        "model_version int, model_sha256 string, feature_hash string, threshold double, received_at timestamp, "
-        "batch_id int")
-    return parsed
+    return StructType.fromDDL(T.SILVER_DDL)
 
 
 def main(config: AggregateConfig, *, spark: Any = None, on_batch: Callable[[BatchStats], None] | None = None,

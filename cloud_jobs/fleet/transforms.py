@@ -19,6 +19,11 @@ from cloud_jobs.fleet.parse import MESSAGE_DDL, READING_ARRAYS_DDL, Envelope, pa
 SILVER_COLUMNS = ("source_device", "device_id", "device_type", "boot_id", "seq", "event_time", "score", "anomaly",
                   "channels", "values", "model_name", "model_version", "model_sha256", "feature_hash", "threshold",
                   "received_at")
+#: The silver table as stored (Parquet: one ``batch_id=<n>`` directory per micro-batch).
+SILVER_DDL = ("source_device string, device_id string, device_type string, boot_id string, seq long, "
+              "event_time timestamp, score double, anomaly boolean, channels array<string>, `values` array<double>, "
+              "model_name string, model_version int, model_sha256 string, feature_hash string, threshold double, "
+              "received_at timestamp, batch_id int")
 QUARANTINE_COLUMNS = ("source_device", "received_at", "reason", "raw")
 
 

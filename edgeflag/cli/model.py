@@ -76,7 +76,8 @@ def _resolve(ref: Path, name: str | None) -> Path:
 
 def train_cmd(args: argparse.Namespace) -> int:
     try:
-        from models.training.trainer import TrainConfig, export_model, train
+        from models.training.pipeline import build_bundle
+        from models.training.trainer import TrainConfig, clean_rows, feature_table, fit_spec
     except ImportError as exc:
         raise CliError(f"training needs the 'train' extra (pip install 'edgeflag[train]'): {exc}") from None
     from models.registry import Registry
@@ -88,61 +89,26 @@ def train_cmd(args: argparse.Namespace) -> int:
         config = TrainConfig(name=args.name, n_estimators=args.trees, max_samples=args.max_samples,
                              seed=args.seed, target_fpr=args.target_fpr, form=args.form)
         try:
-            model = train(blocks, config, progress=lambda m: status.update(m))
+            spec = fit_spec(blocks, config)
+            status.update(f"computing {spec.n_features} features for {sum(len(b) for b in blocks.values()):,} readings")
+            table = feature_table(blocks, spec)
+            clean = clean_rows(blocks, 2 * spec.long_window) if table.labels is not None else None
+            span = (min(float(b.ts[0]) for b in blocks.values()), max(float(b.ts[-1]) for b in blocks.values()))
+            status.update(f"fitting ({args.trees} trees), exporting ONNX, checking parity")
+            path, cand = build_bundle(table, spec, config, Registry(args.out), sign_key=args.sign_key,
+                                      clean=clean, time_range=span)
         except ModelError as exc:
             raise CliError(str(exc)) from None
-        status.update("exporting ONNX and checking parity")
-        parity: dict[str, float] = {}
-
-        def build(version: int) -> Any:
-            onnx_bytes, manifest = export_model(model, name=args.name, version=version, form=args.form)
-            parity["max_abs_diff"] = _parity(onnx_bytes, model, blocks)
-            if parity["max_abs_diff"] > 1e-4:
-                raise CliError(f"ONNX and scikit-learn scores differ by {parity['max_abs_diff']:.2e}; not stored")
-            manifest = _with_parity(manifest, parity["max_abs_diff"])
-            if args.sign_key:
-                from models.signing import sign
-
-                manifest = sign(manifest, args.sign_key)
-            return onnx_bytes, manifest
-
-        path = Registry(args.out).publish(args.name, build)
-    s = model.summary
+    s = cand.manifest.training
     console.print(
         f"trained {args.name} v{int(path.name[1:])} -> {path}\n"
         f"  {s['fit_rows']:,} of {s['rows']:,} readings fitted ({s['devices']} devices), "
-        f"{s['estimator']['n_estimators']} trees; threshold {model.threshold:.4f} "
+        f"{s['estimator']['n_estimators']} trees; threshold {cand.manifest.threshold:.4f} "
         f"(target FPR {args.target_fpr:g} on {s['calibration_rows']:,} clean readings)\n"
-        f"  ONNX vs scikit-learn max |diff| {parity['max_abs_diff']:.1e}"
+        f"  ONNX vs scikit-learn max |diff| {cand.parity:.1e}"
         + (", signed" if args.sign_key else "")
     )
     return 0
-
-
-def _parity(onnx_bytes: bytes, model: Any, blocks: Any) -> float:
-    """Max |ONNX - scikit-learn| score over (up to 5,000 of) the training rows."""
-    import numpy as np
-
-    from contracts.manifest import ModelManifest
-    from models.bundle import Bundle
-    from models.scorer import OnnxScorer
-    from models.training.stock import sklearn_scores
-    from models.training.trainer import feature_table
-
-    x = feature_table(blocks, model.spec).x[:5000].astype(np.float32)
-    probe = ModelManifest(name="probe", version=1, created="", form="skl2onnx", sha256="0" * 64, model_bytes=0,
-                          opsets={}, input_name="features", output_name="score",
-                          feature_spec=model.spec.to_dict(), feature_hash=model.spec.hash, threshold=0.0)
-    scorer = OnnxScorer(Bundle(path=Path("."), manifest=probe, spec=model.spec, model_bytes=onnx_bytes))
-    return float(np.max(np.abs(scorer.score(x) - sklearn_scores(model.pipeline, x))))
-
-
-def _with_parity(manifest: Any, diff: float) -> Any:
-    from dataclasses import replace
-
-    training = dict(manifest.training)
-    training["onnx_parity_max_abs_diff"] = diff
-    return replace(manifest, training=training)
 
 
 def verify_cmd(args: argparse.Namespace) -> int:

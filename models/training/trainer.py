@@ -116,48 +116,74 @@ class TrainedModel:
     summary: dict[str, Any]
 
 
+def fit_spec(blocks: Mapping[str, ReadingBlock], config: TrainConfig) -> FeatureSpec:
+    """The feature spec (channels, noise floors, windows) for these readings."""
+    if not blocks:
+        raise TrainingError("no readings")
+    first = next(iter(blocks.values()))
+    channels = config.channels or first.channels
+    for dev, b in blocks.items():
+        if not set(channels) <= set(b.channels):
+            raise TrainingError(f"device {dev} lacks channels {sorted(set(channels) - set(b.channels))}")
+    streams = (b.values[:, [list(b.channels).index(c) for c in channels]] for b in blocks.values())
+    return FeatureSpec.fit(channels, streams, short_window=config.short_window, blocks=config.blocks)
+
+
 def train(blocks: Mapping[str, ReadingBlock], config: TrainConfig,
           progress: Callable[[str], None] | None = None) -> TrainedModel:
-    """Fit the pipeline on the readings and calibrate its threshold."""
+    """Features where the data is, then `fit`: the whole training path for readings held in memory."""
+    spec = fit_spec(blocks, config)
+    say = progress or (lambda _m: None)
+    say(f"computing {spec.n_features} features for {sum(len(b) for b in blocks.values())} readings")
+    table = feature_table(blocks, spec)
+    clean = clean_rows(blocks, 2 * spec.long_window) if table.labels is not None else None
+    t0 = min(float(b.ts[0]) for b in blocks.values())
+    t1 = max(float(b.ts[-1]) for b in blocks.values())
+    return fit(table, spec, config, clean=clean, time_range=(t0, t1), progress=progress)
+
+
+def fit(table: FeatureTable, spec: FeatureSpec, config: TrainConfig, *, clean: np.ndarray | None = None,
+        exclude: np.ndarray | None = None, time_range: tuple[float, float] = (0.0, 0.0),
+        progress: Callable[[str], None] | None = None) -> TrainedModel:
+    """Fit the pipeline on precomputed features and calibrate its threshold.
+
+    Rows fitted: all, minus labelled anomalies (with `config.exclude_labelled` and labels) and minus
+    `exclude` (e.g. readings flagged at the edge or inside an incident). The threshold is the
+    (1 - target_fpr) quantile of the scores of the fitted rows that are also `clean` (no fault in
+    the recent window history), or of all fitted rows when fewer than 100 are clean.
+    """
     import sklearn
     from sklearn.ensemble import IsolationForest
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if not blocks:
-        raise TrainingError("no readings")
-    first = next(iter(blocks.values()))
-    channels = config.channels or first.channels
-    cols = [list(b.channels).index(c) for b in blocks.values() for c in channels][: len(channels)]
-    spec = FeatureSpec.fit(channels, (b.values[:, cols] for b in blocks.values()),
-                           short_window=config.short_window, blocks=config.blocks)
-    say = progress or (lambda _m: None)
-    say(f"computing {spec.n_features} features for {sum(len(b) for b in blocks.values())} readings")
-    table = feature_table(blocks, spec)
     x = table.x
     fit_rows = np.ones(len(x), dtype=bool)
     if config.exclude_labelled and table.labels is not None:
-        fit_rows = table.labels == 0
+        fit_rows &= table.labels == 0
+    if exclude is not None:
+        fit_rows &= ~exclude
     if fit_rows.sum() < 2 * spec.long_window:
         raise TrainingError(f"only {int(fit_rows.sum())} normal readings; need at least {2 * spec.long_window}")
     calib_rows = fit_rows.copy()
-    if table.labels is not None:
-        calib_rows &= clean_rows(blocks, 2 * spec.long_window)
+    if clean is not None:
+        calib_rows &= clean
     if calib_rows.sum() < 100:
         calib_rows = fit_rows
     x_fit = x[fit_rows].astype(np.float32)
+    say = progress or (lambda _m: None)
     say(f"fitting IsolationForest ({config.n_estimators} trees) on {len(x_fit)} rows")
     forest = IsolationForest(n_estimators=config.n_estimators, max_samples=min(config.max_samples, len(x_fit)),
                              max_features=config.max_features, random_state=config.seed)
     pipe = Pipeline([("scaler", StandardScaler()), ("forest", forest)]).fit(x_fit)
     scores = -pipe.score_samples(x[calib_rows].astype(np.float32))
     threshold = float(np.quantile(scores, 1.0 - config.target_fpr))
-    t0 = min(float(b.ts[0]) for b in blocks.values())
-    t1 = max(float(b.ts[-1]) for b in blocks.values())
+    t0, t1 = time_range
     summary: dict[str, Any] = {
         "rows": len(x), "fit_rows": int(fit_rows.sum()), "calibration_rows": int(calib_rows.sum()),
-        "devices": len(blocks),
+        "devices": len(set(table.devices)),
         "labelled_anomalies": None if table.labels is None else int(table.labels.sum()),
+        "excluded_rows": None if exclude is None else int(exclude.sum()),
         "event_time_from": datetime.fromtimestamp(t0, tz=timezone.utc).isoformat(),
         "event_time_to": datetime.fromtimestamp(t1, tz=timezone.utc).isoformat(),
         "target_fpr": config.target_fpr,
@@ -168,6 +194,7 @@ def train(blocks: Mapping[str, ReadingBlock], config: TrainConfig,
         "feature_sds": np.round(x_fit.std(axis=0), 6).tolist(),
         "score_quantiles": {q: float(np.quantile(scores, float(q))) for q in ("0.5", "0.99", "0.999")},
         "sklearn": sklearn.__version__, "python": platform.python_version(),
+        **dict(config.extra),
     }
     return TrainedModel(pipeline=pipe, spec=spec, threshold=threshold, summary=summary)
 

@@ -1,0 +1,261 @@
+"""The retraining job: `main(config)` trains, gates, registers and rolls out one model per device type.
+
+1. Read silver over ``[since, until)`` (plus the simulator's labels and the aggregation's incidents when
+   given); per device type: rows, devices, time range, channels; split off the newest
+   ``holdout_fraction`` of each type's range as the holdout.
+2. Per device (Spark, `applyInPandas`): noise estimates -> the type's feature spec (driver); then
+   features for every reading with `models.features`, under the candidate's spec and the champion's.
+3. Per device type (Spark, `applyInPandas`, types in parallel): fit -> export ONNX -> parity, and the
+   candidate's and champion's figures on the holdout.
+4. Driver, per type: the gate's verdict; an MLflow run with every figure; a passing candidate is
+   signed and registered (file registry the agents fetch from + MLflow version with alias
+   ``champion``) and rolled out with a canary (`rollout.py`); a failed canary restores the previous
+   champion everywhere.
+
+The report (every figure, verdict and rollout outcome) is returned and written to
+``<out>/retrain-<UTC time>.json``. A type whose training fails is reported, never fatal to the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloud_jobs.config import RetrainConfig
+from cloud_jobs.errors import CloudJobError
+from cloud_jobs.retrain import transforms as T
+from cloud_jobs.retrain.gate import verdict
+
+log = logging.getLogger("edgeflag.cloud.retrain")
+
+
+def _incident_windows(path: str | None) -> dict[str, list[tuple[int, int]]]:
+    """Per device type, [start, end) epoch ms of every incident in an aggregation's incidents.jsonl."""
+    from cloud_jobs.fleet.incidents import read_incidents
+
+    out: dict[str, list[tuple[int, int]]] = {}
+    if not path or not Path(path).exists():  # no incidents raised yet
+        return out
+    last: dict[str, dict[str, Any]] = {}
+    for ev in read_incidents(Path(path)):
+        last[ev["incident_id"]] = ev
+    for ev in last.values():
+        a = datetime.fromisoformat(ev["opened_at"].replace("Z", "+00:00"))
+        b = datetime.fromisoformat(ev["last_window_end"].replace("Z", "+00:00"))
+        out.setdefault(ev["device_type"], []).append((int(a.timestamp() * 1000), int(b.timestamp() * 1000)))
+    return out
+
+
+def _labels(spark: Any, path: str | None) -> Any:
+    """Simulator ground truth (JSONL readings: device_id, ts, label, fault) as (device_id, event_time, …)."""
+    if not path:
+        return None
+    from pyspark.sql import functions as F
+
+    raw = spark.read.schema("device_id string, ts string, label int, fault string").json(path)
+    return raw.select("device_id", F.to_timestamp("ts").alias("event_time"), "label", "fault")
+
+
+def _silver(spark: Any, config: RetrainConfig) -> Any:
+    from pyspark.sql.types import StructType
+
+    from cloud_jobs import io
+    from cloud_jobs.fleet.transforms import SILVER_DDL
+
+    return io.read_table(spark, config.silver, StructType.fromDDL(SILVER_DDL), config.table_format, streaming=False)
+
+
+def silver_canary_stats(spark: Any, config: RetrainConfig) -> T_CanaryStats:
+    """Readings and anomalies in silver from these senders, scored by this model, received since then."""
+    from pyspark.sql import functions as F
+
+    def stats(devices: list[str], sha256: str, since_s: float) -> tuple[int, int]:
+        df = _silver(spark, config)
+        r = (df.where(F.col("source_device").isin(devices) & (F.col("model_sha256") == sha256)
+                      & (F.col("received_at") >= F.timestamp_millis(F.lit(int(since_s * 1000)))))
+             .agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("anomaly").cast("long")).alias("a")).first())
+        return int(r["n"] or 0), int(r["a"] or 0)
+    return stats
+
+
+T_CanaryStats = Callable[[list[str], str, float], tuple[int, int]]
+
+
+def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None] | None = None,
+         control: Any = None, canary_stats: T_CanaryStats | None = None) -> dict[str, Any]:
+    """Run the job; returns the report. `control` (a `rollout.FleetControl`) defaults to the hub named by
+    `config.rollout.hub_state`; `canary_stats` to a read of silver."""
+    from cloud_jobs.retrain.rollout import execute, model_spec, plan_rollout
+    from cloud_jobs.retrain.tracking import Tracker
+    from cloud_jobs.spark import get_spark
+    from models.bundle import load_bundle
+    from models.features import FeatureSpec
+    from models.registry import Registry
+    from models.training.pipeline import Candidate, publish
+
+    say = say or (lambda m: log.info("%s", m))
+    spark = spark or get_spark()
+    t_start = time.monotonic()
+    if not Path(config.silver).exists() and "://" not in config.silver:
+        raise CloudJobError(f"silver table {config.silver} does not exist (run `edgeflag cloud aggregate` first)")
+    out_dir = Path(config.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry(config.registry)
+    report: dict[str, Any] = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                              "since": config.since, "until": config.until, "types": {}}
+
+    rows = T.readings(_silver(spark, config), since=config.since, until=config.until,
+                      device_types=config.device_types, labels=_labels(spark, config.labels)).cache()
+    ranges = T.type_ranges(rows)
+    say(f"silver: {sum(r['rows'] for r in ranges.values()):,} readings of {len(ranges)} device types "
+        "(" + ", ".join(f"{k} {v['rows']:,}" for k, v in sorted(ranges.items())) + ")")
+    incidents = _incident_windows(config.incidents)
+    plans: dict[str, T.TypePlan] = {}
+    for dtype, r in sorted(ranges.items()):
+        if r["rows"] < config.min_rows:
+            report["types"][dtype] = {"status": "skipped",
+                                      "reason": f"{r['rows']} readings < min_rows {config.min_rows}"}
+            continue
+        champ = registry.champion(dtype)
+        cb = load_bundle(registry.path(dtype, champ)) if champ is not None else None
+        plans[dtype] = T.TypePlan(
+            dtype, r["channels"], int(r["t0"] + (1 - config.holdout_fraction) * (r["t1"] - r["t0"])),
+            champion_spec=cb.spec.to_dict() if cb else None, champion_onnx=cb.model_bytes if cb else None,
+            champion_manifest=cb.manifest.to_dict() if cb else None, incidents=tuple(incidents.get(dtype, ())))
+    if not plans:
+        say("nothing to train")
+        return _finish(report, out_dir, t_start, say)
+
+    t = time.monotonic()
+    noise = rows.where(rows.device_type.isin(list(plans))).groupBy("device_type", "device_id") \
+        .applyInPandas(T.noise_udf(plans), T.NOISE_DDL).collect()
+    for dtype, tplan in list(plans.items()):
+        est = [np.asarray(n["noise"]) for n in noise if n["device_type"] == dtype and n["noise"]]
+        fspec = FeatureSpec.from_noise(tplan.channels, est)
+        plans[dtype] = T.TypePlan(**{**tplan.__dict__, "spec": fspec.to_dict()})
+    say(f"feature specs for {len(plans)} types from {len(noise)} devices ({time.monotonic() - t:.1f} s)")
+
+    t = time.monotonic()
+    horizon = 2 * FeatureSpec.from_dict(next(iter(plans.values())).spec or {}).long_window
+    features = rows.where(rows.device_type.isin(list(plans))).groupBy("device_type", "device_id") \
+        .applyInPandas(T.features_udf(plans, horizon), T.FEATURES_DDL)
+    train = {"seed": config.seed, "n_estimators": config.n_estimators, "max_samples": config.max_samples,
+             "target_fpr": config.target_fpr, "exclude_labelled": config.exclude_labelled,
+             "exclude_flagged": config.exclude_flagged}
+    cands = features.groupBy("device_type").applyInPandas(T.candidate_udf(plans, train), T.CANDIDATE_DDL).collect()
+    rows.unpersist()
+    say(f"features + fit + export + holdout figures for {len(cands)} types on Spark ({time.monotonic() - t:.1f} s)")
+
+    tracker = Tracker(config)
+    control_obj = control
+    try:
+        for c in sorted(cands, key=lambda c: c["device_type"]):
+            dtype = c["device_type"]
+            entry: dict[str, Any] = {"rows": ranges[dtype]["rows"], "devices": ranges[dtype]["devices"]}
+            report["types"][dtype] = entry
+            params = {"device_type": dtype, "since": config.since, "until": config.until,
+                      "split_ms": plans[dtype].split_ms, "holdout_fraction": config.holdout_fraction,
+                      "channels": ",".join(plans[dtype].channels), **train,
+                      "champion_version": registry.champion(dtype)}
+            if c["error"]:
+                entry.update(status="failed", reason=c["error"])
+                tracker.log_candidate(dtype, params=params, figures={}, verdict={"passed": False,
+                                      "reasons": [c["error"]]}, onnx_bytes=None, manifest=None)
+                say(f"{dtype}: training failed: {c['error']}")
+                continue
+            figs = json.loads(c["figures"])
+            manifest = json.loads(c["manifest"])
+            compatible = set(FeatureSpec.from_dict(manifest["feature_spec"]).channels) <= set(plans[dtype].channels)
+            v = verdict(figs["candidate"], figs.get("champion"), compatible=compatible, gate=config.gate)
+            entry.update(figures=figs, verdict=v.to_dict())
+            run_id, model_uri = tracker.log_candidate(dtype, params=params, figures=figs, verdict=v.to_dict(),
+                                                      onnx_bytes=c["onnx"], manifest=manifest)
+            entry["mlflow_run_id"] = run_id
+            say(f"{dtype}: candidate {_summary(figs['candidate'])} vs champion "
+                f"{_summary(figs['champion']) if 'champion' in figs else '(none)'}: "
+                + ("PASSED" if v.passed else "REFUSED: " + "; ".join(v.reasons)))
+            if not v.passed:
+                entry["status"] = "refused"
+                continue
+            if config.rollout.dry_run:
+                entry["status"] = "passed (dry run: not registered)"
+                devices = _control(config, control_obj).devices(dtype) if config.rollout.hub_state or control else []
+                want = {"version": (registry.versions(dtype) or [0])[-1] + 1, "url": "<registry>",
+                        "sha256": manifest["sha256"]}
+                dry = plan_rollout(dtype, devices, want, None, config.rollout)
+                entry["rollout_plan"] = dry.to_dict()
+                say("rollout plan (dry run)\n" + dry.describe())
+                continue
+            from contracts.manifest import ModelManifest
+
+            previous = registry.champion(dtype)
+            cand = Candidate(c["onnx"], ModelManifest.from_dict(manifest),
+                             manifest["training"]["onnx_parity_max_abs_diff"])
+            path = publish(cand, registry, sign_key=Path(config.sign_key) if config.sign_key else None,
+                           training={"gate": {"verdict": v.to_dict(), "candidate": figs["candidate"],
+                                              "champion": figs.get("champion"), "mlflow_run_id": run_id}})
+            new_version = int(path.name[1:])
+            registry.set_champion(dtype, new_version)
+            assert model_uri is not None
+            mlflow_version = tracker.promote(dtype, model_uri, new_version)
+            entry.update(status="promoted", version=new_version, bundle=str(path), mlflow_version=mlflow_version)
+            say(f"{dtype}: registered v{new_version} ({path}), MLflow {tracker.model_name(dtype)} "
+                f"v{mlflow_version} @champion")
+            if not (config.rollout.hub_state or control is not None):
+                continue
+            control_obj = _control(config, control_obj)
+            new_manifest = load_bundle(path).manifest
+            desired = model_spec(path, new_version, new_manifest.sha256, config.rollout.bundle_url)
+            prev_spec = None
+            if previous is not None:
+                prev_path = registry.path(dtype, previous)
+                prev_spec = model_spec(prev_path, previous, load_bundle(prev_path).manifest.sha256,
+                                       config.rollout.bundle_url)
+            rplan = plan_rollout(dtype, control_obj.devices(dtype), desired, prev_spec, config.rollout)
+            say("rollout plan\n" + rplan.describe())
+            outcome = execute(rplan, control_obj, canary_stats or silver_canary_stats(spark, config),
+                              config.rollout, say)
+            entry["rollout"] = {**rplan.to_dict(), **outcome.to_dict()}
+            tracker.tag_run(run_id, {"rollout": outcome.status, "rollout_reason": outcome.reason or "-"})
+            if outcome.status == "rolled_back":
+                entry["status"] = "rolled_back"
+                if previous is not None:
+                    registry.set_champion(dtype, previous)
+                    tracker.restore_champion(dtype, previous)
+    finally:
+        if control is None and control_obj is not None:
+            control_obj.close()
+    return _finish(report, out_dir, t_start, say)
+
+
+def _control(config: RetrainConfig, existing: Any) -> Any:
+    if existing is not None:
+        return existing
+    from cloud_jobs.retrain.rollout import HubControl
+
+    assert config.rollout.hub_state is not None
+    return HubControl(Path(config.rollout.hub_state), config.rollout.broker)
+
+
+def _summary(f: dict[str, Any]) -> str:
+    if "f1" in f:
+        return f"F1 {f['f1']:.3f} event recall {f.get('event_recall', 0):.2f}"
+    return f"alert rate {f['alert_rate']:.4f} PSI {f['psi']:.3f}"
+
+
+def _finish(report: dict[str, Any], out_dir: Path, t_start: float, say: Callable[[str], None]) -> dict[str, Any]:
+    report["seconds"] = round(time.monotonic() - t_start, 1)
+    path = out_dir / f"retrain-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    tmp.replace(path)
+    report["report_path"] = str(path)
+    say(f"report: {path}")
+    return report

@@ -1,0 +1,208 @@
+"""Canary rollout of a promoted model to the agents of its device type, through device twins.
+
+`plan_rollout` picks the canaries (the first ``ceil(canary_fraction x n)`` devices of the type in id
+order, at least one) and the rest; `execute` then
+
+1. sets the desired ``model`` ({version, url, sha256}) on the canaries;
+2. waits for each to report ``model_rollout`` for that version (an agent refuses a bundle whose
+   signature or hash does not verify, reports why, and keeps scoring with its old model);
+3. watches the canaries' alert rate in silver: readings scored by the new model since the rollout,
+   until `min_canary_readings` have arrived;
+4. on success sets the desired model on the rest (devices that refuse are recorded, not retried);
+   on any failure sets the canaries' desired model back to the previous one (or, without one, calls
+   their ``rollback_model`` method) and returns the reason.
+
+`FleetControl` is what the job needs from a hub: devices of a type (twin tag ``device_type``), desired
+properties, reported properties, a direct method. `HubControl` is the local stand-in's; on Azure IoT Hub
+the same four calls are the service SDK's twin query, twin update, get twin and invoke method
+(azure-iot-hub's ``IoTHubRegistryManager``), which this machine cannot reach, so it is not built here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cloud_jobs.config import RolloutConfig
+
+
+class FleetControl(Protocol):
+    def devices(self, device_type: str) -> list[str]: ...
+
+    def set_model(self, device: str, spec: dict[str, Any] | None) -> None: ...
+
+    def reported(self, device: str) -> dict[str, Any]: ...
+
+    def invoke(self, device: str, method: str, payload: Any = None, timeout: float = 30.0) -> tuple[int, Any]: ...
+
+
+class HubControl:
+    """`FleetControl` over the local hub (`hub/`): its registry's tags and its twin service."""
+
+    def __init__(self, state: Path, broker: str) -> None:
+        from hub.backend import BackendAuth
+        from hub.frontend import DeviceRegistry
+        from hub.twins import HUB_USER, TwinService
+
+        host, _, port = broker.rpartition(":")
+        auth = BackendAuth(state)
+        self.registry = DeviceRegistry(state / "devices.json")
+        self.twins = TwinService(host or "127.0.0.1", int(port), state,
+                                 password=auth.password(HUB_USER) if auth.exists else None)
+        self.twins.start()
+
+    def devices(self, device_type: str) -> list[str]:
+        return sorted(d for d in self.registry.ids() if self.registry.tags(d).get("device_type") == device_type)
+
+    def set_model(self, device: str, spec: dict[str, Any] | None) -> None:
+        self.twins.set_desired(device, {"model": spec})
+
+    def reported(self, device: str) -> dict[str, Any]:
+        rep: dict[str, Any] = self.twins.twin(device).get("reported", {})
+        return rep
+
+    def invoke(self, device: str, method: str, payload: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+        return self.twins.invoke(device, method, payload, timeout)
+
+    def close(self) -> None:
+        self.twins.stop()
+
+
+def model_spec(bundle_dir: Path, version: int, sha256: str, url_base: str | None) -> dict[str, Any]:
+    """The desired ``model`` property for a registered bundle."""
+    url = f"{url_base.rstrip('/')}/{bundle_dir.parent.name}/{bundle_dir.name}" if url_base \
+        else bundle_dir.resolve().as_uri()
+    return {"version": version, "url": url, "sha256": sha256}
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    device_type: str
+    spec: dict[str, Any]
+    previous: dict[str, Any] | None
+    canaries: tuple[str, ...]
+    rest: tuple[str, ...]
+
+    def describe(self) -> str:
+        prev = f"v{self.previous['version']}" if self.previous else "the model each device has"
+        return (f"{self.device_type}: v{self.spec['version']} ({self.spec['sha256'][:12]}) from {self.spec['url']}\n"
+                f"  canaries ({len(self.canaries)}): {', '.join(self.canaries) or '-'}\n"
+                f"  then ({len(self.rest)}): {', '.join(self.rest) or '-'}\n"
+                f"  on failure: canaries back to {prev}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device_type": self.device_type, "spec": self.spec, "previous": self.previous,
+                "canaries": list(self.canaries), "rest": list(self.rest)}
+
+
+def plan_rollout(device_type: str, devices: list[str], spec: dict[str, Any], previous: dict[str, Any] | None,
+                 config: RolloutConfig) -> RolloutPlan:
+    ordered = sorted(devices)
+    k = min(len(ordered), max(1, math.ceil(config.canary_fraction * len(ordered)))) if ordered else 0
+    return RolloutPlan(device_type, spec, previous, tuple(ordered[:k]), tuple(ordered[k:]))
+
+
+@dataclass
+class RolloutOutcome:
+    status: str  # rolled_out | rolled_back | no_devices
+    reason: str = ""
+    canary_readings: int = 0
+    canary_anomalies: int = 0
+    refused: dict[str, str] = field(default_factory=dict)
+    updated: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def canary_alert_rate(self) -> float | None:
+        return self.canary_anomalies / self.canary_readings if self.canary_readings else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "canary_alert_rate": self.canary_alert_rate}
+
+
+#: (canary devices, model sha256, since epoch s) -> (readings, anomalies) scored by that model since then
+CanaryStats = Callable[[list[str], str, float], tuple[int, int]]
+
+
+def _wait_reports(control: FleetControl, devices: list[str], version: int, before: dict[str, Any],
+                  timeout_s: float, poll_s: float) -> tuple[list[str], dict[str, str]]:
+    """Devices that report the new version, and those that refused (with the reason) or never answered."""
+    ok: list[str] = []
+    refused: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    pending = list(devices)
+    while pending:
+        for d in list(pending):
+            rep = control.reported(d)
+            status = rep.get("model_rollout") or {}
+            if (rep.get("model") or {}).get("version") == version and status.get("status") == "ok":
+                ok.append(d)
+                pending.remove(d)
+            elif status != before.get(d) and status.get("status") == "refused":
+                refused[d] = str(status.get("reason", "refused"))
+                pending.remove(d)
+        if pending and time.monotonic() > deadline:
+            for d in pending:
+                refused[d] = f"no rollout report within {timeout_s:g} s"
+            break
+        if pending:
+            time.sleep(min(poll_s, 0.5))
+    return ok, refused
+
+
+def execute(plan: RolloutPlan, control: FleetControl, canary_stats: CanaryStats, config: RolloutConfig,
+            say: Callable[[str], None] = lambda _m: None) -> RolloutOutcome:
+    """Run the plan: canaries, watch, rest or roll back. Never raises for a device's behaviour."""
+    t0 = time.monotonic()
+    if not plan.canaries:
+        return RolloutOutcome("no_devices", f"no device of type {plan.device_type} in the hub's registry")
+    version = int(plan.spec["version"])
+    before = {d: control.reported(d).get("model_rollout") for d in plan.canaries + plan.rest}
+    started = time.time()
+    for d in plan.canaries:
+        control.set_model(d, plan.spec)
+    say(f"{plan.device_type}: v{version} to {len(plan.canaries)} canaries ({', '.join(plan.canaries)})")
+    ok, refused = _wait_reports(control, list(plan.canaries), version, before, config.report_timeout_s, config.poll_s)
+    out = RolloutOutcome("rolled_back", refused=refused, updated=list(ok))
+    if refused:
+        out.reason = "; ".join(f"canary {d}: {r}" for d, r in sorted(refused.items()))
+    else:
+        deadline = time.monotonic() + config.watch_timeout_s
+        while True:
+            out.canary_readings, out.canary_anomalies = canary_stats(list(plan.canaries), plan.spec["sha256"], started)
+            if out.canary_readings >= config.min_canary_readings:
+                break
+            if time.monotonic() > deadline:
+                out.reason = (f"only {out.canary_readings} readings scored by v{version} on the canaries "
+                              f"reached silver within {config.watch_timeout_s:g} s (need "
+                              f"{config.min_canary_readings}; is the aggregation job running?)")
+                break
+            time.sleep(config.poll_s)
+        rate = out.canary_alert_rate
+        if not out.reason and rate is not None and rate > config.max_canary_alert_rate:
+            out.reason = (f"canary alert rate {rate:.4f} over {out.canary_readings} readings is above "
+                          f"{config.max_canary_alert_rate:.4f}")
+        say(f"{plan.device_type}: canaries scored {out.canary_readings} readings with v{version}, alert rate "
+            + (f"{rate:.4f}" if rate is not None else "n/a"))
+    if out.reason:
+        for d in plan.canaries:
+            if plan.previous is not None:
+                control.set_model(d, plan.previous)
+            else:
+                control.invoke(d, "rollback_model", None, config.report_timeout_s)
+        say(f"{plan.device_type}: rolled back the canaries: {out.reason}")
+        out.seconds = round(time.monotonic() - t0, 1)
+        return out
+    for d in plan.rest:
+        control.set_model(d, plan.spec)
+    ok_rest, refused_rest = _wait_reports(control, list(plan.rest), version, before, config.report_timeout_s,
+                                          config.poll_s)
+    out.status, out.updated, out.refused = "rolled_out", ok + ok_rest, refused_rest
+    say(f"{plan.device_type}: v{version} on {len(out.updated)} devices"
+        + (f"; refused by {len(refused_rest)}: {', '.join(sorted(refused_rest))}" if refused_rest else ""))
+    out.seconds = round(time.monotonic() - t0, 1)
+    return out

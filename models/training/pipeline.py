@@ -1,0 +1,99 @@
+"""The one bundle pipeline: fit -> export ONNX -> ONNX/scikit-learn parity -> sign -> register.
+
+`build_bundle` runs it whole (``edgeflag model train``). A Spark job runs the same two halves where
+they belong: `make_candidate` (fit, export, parity: CPU work, on an executor next to the features) and
+`publish` (version, sign, register: on the driver, after the gate). Both halves refuse a model whose
+ONNX scores drift from scikit-learn's by more than `MAX_PARITY_DIFF`.
+
+Guarantees: a registered bundle's manifest records ``training.onnx_parity_max_abs_diff``; a bundle is
+signed over its final manifest (name and version included) when a key is given; registration is the
+registry's atomic rename, so a reader never sees a half-written bundle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contracts.manifest import ModelManifest
+from models.errors import TrainingError
+from models.features import FeatureSpec
+from models.registry import Registry
+from models.training.trainer import FeatureTable, TrainConfig, TrainedModel, export_model, fit
+
+MAX_PARITY_DIFF = 1e-4
+PARITY_ROWS = 5000
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A fitted, exported, parity-checked model that has no version yet."""
+
+    onnx_bytes: bytes
+    manifest: ModelManifest  # version 1 as a placeholder: `publish` gives it the registry's next
+    parity: float
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Scores of feature rows through onnxruntime (the edge path)."""
+        return onnx_scores(self.onnx_bytes, self.manifest, x)
+
+
+def onnx_scores(onnx_bytes: bytes, manifest: ModelManifest, x: np.ndarray) -> np.ndarray:
+    from models.bundle import Bundle
+    from models.scorer import OnnxScorer
+
+    spec = FeatureSpec.from_dict(manifest.feature_spec)
+    scorer = OnnxScorer(Bundle(path=Path("."), manifest=manifest, spec=spec, model_bytes=onnx_bytes))
+    return scorer.score(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def parity(onnx_bytes: bytes, manifest: ModelManifest, model: TrainedModel, x: np.ndarray) -> float:
+    """Max |ONNX - scikit-learn| score over (up to PARITY_ROWS of) the feature rows `x`."""
+    from models.training.stock import sklearn_scores
+
+    rows = np.ascontiguousarray(x[:PARITY_ROWS], dtype=np.float32)
+    return float(np.max(np.abs(onnx_scores(onnx_bytes, manifest, rows) - sklearn_scores(model.pipeline, rows))))
+
+
+def candidate_from(model: TrainedModel, x: np.ndarray, *, name: str, form: str = "fused") -> Candidate:
+    """Export a fitted model and check ONNX against scikit-learn on feature rows `x`."""
+    onnx_bytes, manifest = export_model(model, name=name, version=1, form=form)
+    diff = parity(onnx_bytes, manifest, model, x)
+    if not diff <= MAX_PARITY_DIFF:
+        raise TrainingError(f"ONNX and scikit-learn scores differ by {diff:.2e} "
+                            f"(limit {MAX_PARITY_DIFF:g}); not stored")
+    training = {**manifest.training, "onnx_parity_max_abs_diff": diff}
+    return Candidate(onnx_bytes, replace(manifest, training=training), diff)
+
+
+def make_candidate(table: FeatureTable, spec: FeatureSpec, config: TrainConfig, **fit_args: Any) -> Candidate:
+    """fit -> export -> parity, from precomputed features (`fit_args` go to `trainer.fit`)."""
+    model = fit(table, spec, config, **fit_args)
+    return candidate_from(model, table.x, name=config.name, form=config.form)
+
+
+def publish(candidate: Candidate, registry: Registry, *, sign_key: Path | None = None,
+            training: dict[str, Any] | None = None) -> Path:
+    """Give the candidate the registry's next version, sign it, store it; returns the bundle directory.
+
+    `training` adds entries to the manifest's training record (e.g. the gate's verdict)."""
+    def build(version: int) -> tuple[bytes, ModelManifest]:
+        manifest = replace(candidate.manifest, version=version,
+                           training={**candidate.manifest.training, **(training or {})})
+        if sign_key is not None:
+            from models.signing import sign
+
+            manifest = sign(manifest, sign_key)
+        return candidate.onnx_bytes, manifest
+
+    return registry.publish(candidate.manifest.name, build)
+
+
+def build_bundle(table: FeatureTable, spec: FeatureSpec, config: TrainConfig, registry: Registry, *,
+                 sign_key: Path | None = None, **fit_args: Any) -> tuple[Path, Candidate]:
+    """The whole pipeline in one process: fit -> export -> parity -> sign -> register."""
+    cand = make_candidate(table, spec, config, **fit_args)
+    return publish(cand, registry, sign_key=sign_key), cand

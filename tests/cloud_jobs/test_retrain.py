@@ -1,0 +1,149 @@
+"""The retraining job on local Spark: one gated bundle per device type, MLflow, a worse candidate refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import land
+
+from cloud_jobs.config import AggregateConfig, GateConfig, InputConfig, RetrainConfig, WindowSpec
+from cloud_jobs.retrain.gate import events, figures, psi, verdict
+from simulators import Fleet, FleetConfig
+from simulators.telemetry import oracle_messages
+from simulators.types import pick_types
+from simulators.writers import JsonlWriter
+
+TYPES = ("chiller", "compressor", "pump")
+
+
+def test_psi_is_zero_for_the_same_distribution_and_large_for_a_shift() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=20_000)
+    assert psi(a, rng.normal(size=20_000)) < 0.01
+    assert psi(a, rng.normal(1.0, 1.0, size=20_000)) > 0.5
+
+
+def test_figures_count_events_per_device_and_fault() -> None:
+    devs = np.array(["a"] * 6 + ["b"] * 4)
+    faults = np.array(["", "spike", "spike", "", "drift", "drift", "drift", "drift", "", ""])
+    assert events(devs, faults) == [(1, 3), (4, 6), (6, 8)]  # a device change ends an event
+    labels = (faults != "").astype(int)
+    scores = np.array([0, 0.9, 0, 0, 0, 0, 0.9, 0, 0, 0.9])
+    f = figures(scores, 0.5, np.zeros(100), labels=labels, devices=devs, faults=faults)
+    assert (f["events"], f["events_caught"]) == (3, 2) and f["precision"] == pytest.approx(2 / 3)
+    assert f["recall"] == pytest.approx(2 / 6) and f["alert_rate"] == pytest.approx(0.3)
+
+
+def test_the_gate_compares_with_the_champion_and_without_labels_watches_alerts_and_shift() -> None:
+    gate = GateConfig()
+    base = {"holdout_rows": 1000, "alert_rate": 0.01, "psi": 0.05}
+    good, champ = {**base, "f1": 0.70, "event_recall": 0.9}, {**base, "f1": 0.71, "event_recall": 0.9}
+    assert verdict(good, champ, compatible=True, gate=gate).passed
+    bad = verdict({**good, "f1": 0.5, "event_recall": 0.7}, champ, compatible=False, gate=gate)
+    assert not bad.passed and len(bad.reasons) == 3
+    assert not verdict({**base, "alert_rate": 0.05}, None, compatible=True, gate=gate).passed
+    assert not verdict({**base, "psi": 0.4}, None, compatible=True, gate=gate).passed
+    assert verdict(base, {**base, "alert_rate": 0.008}, compatible=True, gate=gate).passed
+    assert not verdict({**base, "alert_rate": 0.019}, {**base, "alert_rate": 0.004}, compatible=True, gate=gate).passed
+
+
+@pytest.fixture(scope="module")
+def lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An hour of 9 simulated devices of 3 types, scored by an oracle, landed by the hub's writer and
+    aggregated into silver; the simulator's labels beside it; an old model per type as the champion."""
+    from cloud_jobs.fleet.job import main
+    from models.registry import Registry
+    from models.training.pipeline import build_bundle
+    from models.training.trainer import TrainConfig, clean_rows, feature_table, fit_spec
+
+    root = tmp_path_factory.mktemp("retrain")
+    cfg = FleetConfig(devices=9, seed=3, device_types=pick_types(",".join(TYPES)))
+    blocks = Fleet(cfg).generate(3600)
+    types = cfg.device_types_by_id()
+    with (root / "labels.jsonl").open("w") as fh:
+        JsonlWriter(fh).write(list(blocks.values()))
+    land(root / "bronze", oracle_messages(blocks.values()), types=types)
+    main(AggregateConfig(input=InputConfig(path=str(root / "bronze")), out=str(root / "lake"),
+                         windows=(WindowSpec(60, 60),)), spark=spark, on_batch=lambda s: None)
+    for dtype in TYPES:  # the old model: 10 minutes of data, 20 trees
+        old = {d: b.slice(0, 600) for d, b in blocks.items() if types[d] == dtype}
+        tc = TrainConfig(name=dtype, n_estimators=20)
+        spec = fit_spec(old, tc)
+        table = feature_table(old, spec)
+        build_bundle(table, spec, tc, Registry(root / "registry"), clean=clean_rows(old, 2 * spec.long_window))
+    return root
+
+
+def _config(root: Path, **kw: Any) -> RetrainConfig:
+    return RetrainConfig(silver=str(root / "lake" / "silver"), registry=str(root / "registry"),
+                         out=str(root / "retrain"), labels=str(root / "labels.jsonl"),
+                         incidents=str(root / "lake" / "incidents.jsonl"), n_estimators=60, **kw)
+
+
+def test_a_retrain_yields_one_gated_bundle_per_type_and_refuses_a_worse_candidate(spark: Any, lake: Path) -> None:
+    import mlflow
+
+    from cloud_jobs.retrain.job import main
+    from edge_agent.scoring import ScoringStage
+    from models.bundle import load_bundle
+    from models.features import columns_for, compute_features
+    from models.registry import Registry
+
+    lines: list[str] = []
+    report = main(_config(lake), spark=spark, say=lines.append)
+    reg = Registry(lake / "registry")
+    assert set(report["types"]) == set(TYPES)
+    for dtype in TYPES:
+        e = report["types"][dtype]
+        cand, champ = e["figures"]["candidate"], e["figures"]["champion"]
+        assert e["status"] == "promoted", (dtype, e)
+        assert cand["f1"] >= champ["f1"] - 0.02 and cand["event_recall"] >= champ["event_recall"] - 0.05
+        assert e["figures"]["holdout_rows"] == 900 * 3 and e["figures"]["fit_rows"] < e["figures"]["train_rows"]
+        assert reg.versions(dtype) == [1, 2] and reg.champion(dtype) == 2
+        bundle = load_bundle(reg.path(dtype, 2))  # the agent's loader: hashes, spec, onnxruntime session
+        assert bundle.manifest.training["gate"]["verdict"]["passed"] is True
+        assert bundle.spec.channels == pick_types(dtype)[0].channel_names
+        stage = ScoringStage(bundle)  # what the agent scores with
+        x = compute_features(bundle.spec, np.random.default_rng(0).normal(size=(200, len(bundle.spec.channels)))
+                             [:, columns_for(bundle.spec, bundle.spec.channels)])
+        assert np.isfinite(stage.scorer.score(x.astype(np.float32))).all()
+    client = mlflow.MlflowClient(tracking_uri=_config(lake).tracking_uri)
+    for dtype in TYPES:
+        mv = client.get_model_version_by_alias(f"edgeflag-{dtype}", "champion")
+        assert mv.tags["edgeflag_version"] == "2"
+        run = client.get_run(mv.run_id)
+        assert run.data.tags["verdict"] == "passed" and "candidate.f1" in run.data.metrics
+        assert "bundle/model.onnx" in {a.path for a in client.list_artifacts(mv.run_id, "bundle")}
+    assert any("PASSED" in line for line in lines)
+
+    # a candidate calibrated to flag 30 % of normal readings: refused everywhere, nothing registered
+    worse = main(_config(lake, target_fpr=0.3, seed=7), spark=spark, say=lines.append)
+    for dtype in TYPES:
+        e = worse["types"][dtype]
+        assert e["status"] == "refused" and any("worse than the champion" in r for r in e["verdict"]["reasons"])
+        assert reg.versions(dtype) == [1, 2] and reg.champion(dtype) == 2
+        assert client.get_model_version_by_alias(f"edgeflag-{dtype}", "champion").tags["edgeflag_version"] == "2"
+    runs = mlflow.search_runs(experiment_names=["edgeflag-retrain"], filter_string="tags.verdict = 'refused'",
+                              output_format="list")
+    assert len(runs) == 3
+    saved = json.loads(Path(worse["report_path"]).read_text())
+    assert saved["types"]["pump"]["status"] == "refused"
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(spark: Any, lake: Path) -> None:
+    from cloud_jobs.retrain.job import main
+    from models.registry import Registry
+
+    before = {t: Registry(lake / "registry").versions(t) for t in TYPES}
+    lines: list[str] = []
+    cfg = _config(lake, device_types=("pump",))  # the champion's own settings: the same model, so it passes
+    report = main(RetrainConfig(**{**cfg.__dict__, "rollout": cfg.rollout.__class__(dry_run=True)}), spark=spark,
+                  say=lines.append)
+    assert set(report["types"]) == {"pump"}
+    assert {t: Registry(lake / "registry").versions(t) for t in TYPES} == before
+    assert report["types"]["pump"]["status"] == "passed (dry run: not registered)"
+    assert any(line.startswith("rollout plan (dry run)") for line in lines)
