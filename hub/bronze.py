@@ -61,23 +61,40 @@ class Landed:
 
 
 class BronzeWriter:
+    """Append-only, fsynced bronze files that a streaming file source may read.
+
+    Lines go to a hidden in-progress file (``.part-<tag>-<n>.jsonl.inprogress``; Spark's file source skips
+    hidden files) and the file is published, renamed to ``part-<tag>-<n>.jsonl``, once it is
+    `rotate_s` seconds old or `max_bytes` long (checked on every `write` and `tick`), and on `close`. A
+    published file never changes again, so a stream that lists it reads all of it: a file source marks a
+    file done when it first reads it, and lines appended later would never be read. In-progress files a
+    crashed hub process left behind are published by the next writer on the same directory (their
+    lines were fsynced before the broker was acknowledged).
+    """
+
     def __init__(self, root: Path, fmt: BronzeFormat = BronzeFormat.HUB,
-                 tags: Callable[[str], dict[str, str]] | None = None) -> None:
+                 tags: Callable[[str], dict[str, str]] | None = None, *, rotate_s: float = 5.0,
+                 max_bytes: int = 128 * 1024 * 1024) -> None:
         """`tags(device_id)`: the registry's twin tags of a device (for the device_type enrichment)."""
         self.root = root
         self.fmt = BronzeFormat(fmt)
         self.tags = tags
+        self.rotate_s, self.max_bytes = rotate_s, max_bytes
         self.root.mkdir(parents=True, exist_ok=True)
         self._tag = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._files: dict[Path, Any] = {}
+        self._files: dict[Path, Any] = {}  # final path -> open in-progress file
+        self._opened = 0.0
+        self._n = 0
         self.lines = 0
+        self.published = recover_in_progress(root)
 
     def _path(self, ts: float) -> Path:
         d = datetime.fromtimestamp(ts, tz=timezone.utc)
-        return self.root / f"date={d:%Y-%m-%d}" / f"hour={d:%H}" / f"part-{self._tag}.jsonl"
+        return self.root / f"date={d:%Y-%m-%d}" / f"hour={d:%H}" / f"part-{self._tag}-{self._n:05d}.jsonl"
 
     def write(self, items: Sequence[Landed]) -> None:
         """Append and fsync; returns once every item is durable."""
+        self.tick()
         by_file: dict[Path, list[str]] = {}
         for it in items:
             by_file.setdefault(self._path(it.received_at), []).append(self._line(it))
@@ -85,19 +102,32 @@ class BronzeWriter:
             fh = self._files.get(path)
             if fh is None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fh = self._files[path] = path.open("a", encoding="utf-8")
+                if not self._files:
+                    self._opened = time.monotonic()
+                fh = self._files[path] = _in_progress(path).open("a", encoding="utf-8")
             fh.write("".join(lines))
             fh.flush()
             os.fsync(fh.fileno())
             self.lines += len(lines)
-        if len(self._files) > 4:  # an hour rolled over: close older files
-            for p in sorted(self._files)[:-2]:
-                self._files.pop(p).close()
+
+    def tick(self) -> None:
+        """Publish the open files if they are old or large enough."""
+        if self._files and (time.monotonic() - self._opened >= self.rotate_s
+                            or any(fh.tell() >= self.max_bytes for fh in self._files.values())):
+            self.publish()
+
+    def publish(self) -> None:
+        """Close the open files and rename them to their final names (durably)."""
+        for path, fh in self._files.items():
+            fh.close()
+            os.replace(_in_progress(path), path)
+            _fsync_dir(path.parent)
+            self.published += 1
+        self._files.clear()
+        self._n += 1
 
     def close(self) -> None:
-        for fh in self._files.values():
-            fh.close()
-        self._files.clear()
+        self.publish()
 
 
     def _line(self, it: Landed) -> str:
@@ -130,6 +160,34 @@ class BronzeWriter:
         return json.dumps(rec, separators=(",", ":")) + "\n"
 
 
+def _in_progress(path: Path) -> Path:
+    return path.with_name(f".{path.name}.inprogress")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover_in_progress(root: Path) -> int:
+    """Publish in-progress files of hub processes that are gone; returns how many."""
+    n = 0
+    for f in root.rglob(".part-*.jsonl.inprogress"):
+        try:
+            os.kill(int(f.name.split("-")[2]), 0)
+            continue  # its process is alive: a live writer's file (this process's too)
+        except (ValueError, IndexError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        os.replace(f, f.with_name(f.name[1:-len(".inprogress")]))
+        n += 1
+    return n
+
+
 def _iothub_line(it: Landed, props: dict[str, str], body: Any, error: str | None, received: datetime) -> str:
     """One record as IoT Hub's routing to storage writes it (JSON encoding of the endpoint)."""
     app = {k: v for k, v in props.items() if not k.startswith("$.")}
@@ -145,9 +203,11 @@ def _iothub_line(it: Landed, props: dict[str, str], body: Any, error: str | None
 
 
 def read_bronze(root: Path) -> list[dict[str, Any]]:
-    """Every landed record under root (for tests and small tools; Spark reads bronze in the jobs)."""
+    """Every landed record under root, published or still in progress (for tests and small tools; Spark
+    reads published bronze in the jobs)."""
     out = []
-    for f in sorted(root.rglob("*.jsonl")):
+    files = [*root.rglob("*.jsonl"), *root.rglob(".part-*.jsonl.inprogress")]
+    for f in sorted(files, key=lambda p: p.name.lstrip(".")):
         with f.open() as fh:
             out += [json.loads(line) for line in fh if line.strip()]
     return out

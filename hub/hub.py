@@ -41,6 +41,8 @@ class HubConfig:
         state: hub state directory (devices.json, twins/, pki/, backend secret, broker files).
         bronze: bronze landing directory.
         bronze_format: ``hub`` (our envelope) or ``iothub`` (IoT Hub's routing-to-storage JSON).
+        bronze_rotate_s: a bronze file is published (visible to a streaming reader) this long after
+            its first line at the latest.
         broker_host, broker_port: the backend broker; port 0 picks a free one (with start_broker).
         start_broker: start a private Mosquitto with the hub's ACLs (else use a running broker).
         broker_auth: with start_broker, refuse anonymous clients (per-identity HMAC passwords).
@@ -58,6 +60,7 @@ class HubConfig:
     state: Path
     bronze: Path
     bronze_format: BronzeFormat = BronzeFormat.HUB
+    bronze_rotate_s: float = 5.0
     broker_host: str = "127.0.0.1"
     broker_port: int = 1883
     start_broker: bool = False
@@ -147,7 +150,8 @@ class Hub:
 
     def start_ingest(self) -> None:
         self._ingest_stop = threading.Event()
-        self.ingest = HubIngest(self.mqtt, self.config.bronze, fmt=self.config.bronze_format, registry=self.registry)
+        self.ingest = HubIngest(self.mqtt, self.config.bronze, fmt=self.config.bronze_format, registry=self.registry,
+                                 rotate_s=self.config.bronze_rotate_s)
         self._ingest_thread = threading.Thread(target=self.ingest.run, args=(self._ingest_stop,),
                                                name="edgeflag-hub-ingest", daemon=True)
         self._ingest_thread.start()

@@ -22,9 +22,10 @@ from hub.frontend import DeviceRegistry
 
 class HubIngest:
     def __init__(self, settings: MqttSettings, bronze: Path, *, client_id: str = "edgeflag-hub-ingest",
-                 fmt: BronzeFormat = BronzeFormat.HUB, registry: DeviceRegistry | None = None) -> None:
+                 fmt: BronzeFormat = BronzeFormat.HUB, registry: DeviceRegistry | None = None,
+                 rotate_s: float = 5.0) -> None:
         self.settings = settings
-        self.writer = BronzeWriter(bronze, fmt, registry.tags if registry is not None else None)
+        self.writer = BronzeWriter(bronze, fmt, registry.tags if registry is not None else None, rotate_s=rotate_s)
         self.client_id = client_id
         self.landed = 0
         self.connected = threading.Event()
@@ -76,6 +77,7 @@ class HubIngest:
         try:
             while not stop.wait(0.02):
                 land()
+                self.writer.tick()
             land()  # what arrived before the stop is landed and acknowledged too
             time.sleep(0.1)  # let the network thread send those PUBACKs
         finally:

@@ -30,6 +30,7 @@ from hub.frontend import SCOPE
 from hub.statefile import write_private
 
 HUB_USER = "edgeflag-hub"
+_CONTROL_IDS = itertools.count(1)
 
 
 def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +85,12 @@ class TwinStore:
 class TwinService:
     """Answers twin requests, pushes desired patches and invokes methods over the backend broker."""
 
-    def __init__(self, host: str, port: int, state: Path, password: str | None = None) -> None:
+    def __init__(self, host: str, port: int, state: Path, password: str | None = None, *, serve: bool = True) -> None:
+        """`serve=False`: a control client beside the running hub (CLI commands, the retraining job's
+        rollout): it sets desired properties and invokes methods but leaves twin GET / reported PATCH to
+        the hub's own service, under a client id of its own so neither takes the other's session over."""
+        import os
+
         import paho.mqtt.client as mqtt
 
         self.store = TwinStore(state / "twins")
@@ -92,11 +98,15 @@ class TwinService:
         self._waiting: dict[str, tuple[threading.Event, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self.connected = threading.Event()
-        c = self.client = mqtt.Client(client_id="edgeflag-hub-twins", clean_session=True)
+        cid = "edgeflag-hub-twins" if serve else f"edgeflag-hub-ctl-{os.getpid()}-{next(_CONTROL_IDS)}"
+        c = self.client = mqtt.Client(client_id=cid, clean_session=True)
         c.username_pw_set(HUB_USER, password)
+        topics = [(f"{SCOPE}/+/methods/res/#", 1)]
+        if serve:
+            topics += [(f"{SCOPE}/+/twin/GET/#", 1), (f"{SCOPE}/+/twin/PATCH/properties/reported/#", 1)]
+
         def on_connect(cl: Any, _u: Any, _f: Any, rc: int) -> None:
-            cl.subscribe([(f"{SCOPE}/+/twin/GET/#", 1), (f"{SCOPE}/+/twin/PATCH/properties/reported/#", 1),
-                          (f"{SCOPE}/+/methods/res/#", 1)])
+            cl.subscribe(topics)
             self.connected.set()
 
         c.on_connect = on_connect

@@ -32,6 +32,7 @@ from cloud_jobs.config import RetrainConfig
 from cloud_jobs.errors import CloudJobError
 from cloud_jobs.retrain import transforms as T
 from cloud_jobs.retrain.gate import verdict
+from cloud_jobs.retrain.rollout import CanaryStats
 
 log = logging.getLogger("edgeflag.cloud.retrain")
 
@@ -72,24 +73,22 @@ def _silver(spark: Any, config: RetrainConfig) -> Any:
     return io.read_table(spark, config.silver, StructType.fromDDL(SILVER_DDL), config.table_format, streaming=False)
 
 
-def silver_canary_stats(spark: Any, config: RetrainConfig) -> T_CanaryStats:
+def silver_canary_stats(spark: Any, config: RetrainConfig) -> CanaryStats:
     """Readings and anomalies in silver from these senders, scored by this model, received since then."""
     from pyspark.sql import functions as F
 
-    def stats(devices: list[str], sha256: str, since_s: float) -> tuple[int, int]:
+    def stats(devices: list[str], sha256: str, version: int, since_s: float) -> tuple[int, int]:
         df = _silver(spark, config)
         r = (df.where(F.col("source_device").isin(devices) & (F.col("model_sha256") == sha256)
+                      & (F.col("model_version") == version)
                       & (F.col("received_at") >= F.timestamp_millis(F.lit(int(since_s * 1000)))))
              .agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("anomaly").cast("long")).alias("a")).first())
         return int(r["n"] or 0), int(r["a"] or 0)
     return stats
 
 
-T_CanaryStats = Callable[[list[str], str, float], tuple[int, int]]
-
-
 def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None] | None = None,
-         control: Any = None, canary_stats: T_CanaryStats | None = None) -> dict[str, Any]:
+         control: Any = None, canary_stats: CanaryStats | None = None) -> dict[str, Any]:
     """Run the job; returns the report. `control` (a `rollout.FleetControl`) defaults to the hub named by
     `config.rollout.hub_state`; `canary_stats` to a read of silver."""
     from cloud_jobs.retrain.rollout import execute, model_spec, plan_rollout

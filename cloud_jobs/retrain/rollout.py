@@ -52,7 +52,7 @@ class HubControl:
         auth = BackendAuth(state)
         self.registry = DeviceRegistry(state / "devices.json")
         self.twins = TwinService(host or "127.0.0.1", int(port), state,
-                                 password=auth.password(HUB_USER) if auth.exists else None)
+                                 password=auth.password(HUB_USER) if auth.exists else None, serve=False)
         self.twins.start()
 
     def devices(self, device_type: str) -> list[str]:
@@ -124,8 +124,9 @@ class RolloutOutcome:
         return {**self.__dict__, "canary_alert_rate": self.canary_alert_rate}
 
 
-#: (canary devices, model sha256, since epoch s) -> (readings, anomalies) scored by that model since then
-CanaryStats = Callable[[list[str], str, float], tuple[int, int]]
+#: (canary devices, model sha256, model version, since epoch s) -> (readings, anomalies) scored by that model
+#: since then (a bundle that only changes the threshold keeps the ONNX sha256: the version tells them apart)
+CanaryStats = Callable[[list[str], str, int, float], tuple[int, int]]
 
 
 def _wait_reports(control: FleetControl, devices: list[str], version: int, before: dict[str, Any],
@@ -173,7 +174,8 @@ def execute(plan: RolloutPlan, control: FleetControl, canary_stats: CanaryStats,
     else:
         deadline = time.monotonic() + config.watch_timeout_s
         while True:
-            out.canary_readings, out.canary_anomalies = canary_stats(list(plan.canaries), plan.spec["sha256"], started)
+            out.canary_readings, out.canary_anomalies = canary_stats(list(plan.canaries), plan.spec["sha256"], version,
+                                                                      started)
             if out.canary_readings >= config.min_canary_readings:
                 break
             if time.monotonic() > deadline:

@@ -48,6 +48,8 @@ def register(sub: Any) -> None:
     r.add_argument("--start-broker", action="store_true",
                    help="start a private Mosquitto on --broker with the hub's ACLs (else use a running one)")
     r.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = until SIGTERM/SIGINT)")
+    r.add_argument("--bronze-rotate", type=float, default=5.0, metavar="SECONDS",
+                   help="publish each bronze file (make it visible to a streaming reader) after this long")
     r.add_argument("--bronze-format", choices=("hub", "iothub"), default="hub",
                    help="bronze line format: the hub's envelope, or IoT Hub's routing-to-storage JSON")
     r.set_defaults(handler=run_cmd)
@@ -104,7 +106,8 @@ def _twins(args: argparse.Namespace) -> Any:
 
     host, port = host_port(args.broker)
     auth = BackendAuth(args.state)  # present when the hub runs its own broker (--start-broker)
-    svc = TwinService(host, port, args.state, password=auth.password(HUB_USER) if auth.exists else None)
+    svc = TwinService(host, port, args.state, password=auth.password(HUB_USER) if auth.exists else None,
+                      serve=False)
     try:
         svc.start()
     except RuntimeError as exc:
@@ -118,6 +121,7 @@ def run_cmd(args: argparse.Namespace) -> int:
 
     host, port = host_port(args.broker)
     hub = Hub(HubConfig(state=args.state, bronze=args.bronze, bronze_format=BronzeFormat(args.bronze_format),
+                        bronze_rotate_s=args.bronze_rotate,
                         broker_host=host, broker_port=port, start_broker=args.start_broker,
                         frontend=None if args.no_frontend else args.frontend, pki=args.pki,
                         hub_password=_external_password(args) if not args.start_broker else None))
