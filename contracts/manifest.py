@@ -19,6 +19,7 @@ from contracts.errors import ContractError
 MANIFEST_SCHEMA = 1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+MAX_MANIFEST_BYTES = 1024 * 1024
 FORMS = ("fused-tree-ensemble", "skl2onnx")
 
 
@@ -110,8 +111,11 @@ class ModelManifest:
 
     @classmethod
     def from_json(cls, text: str) -> ModelManifest:
+        """Parse manifest.json (at most 1 MB, nested at most 32 levels); ContractError on anything else."""
+        from contracts.jsonsafe import loads
+
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ContractError("", f"manifest is not valid JSON: {exc}") from exc
+            obj = loads(text, what="manifest", max_bytes=MAX_MANIFEST_BYTES)
+        except ContractError as exc:
+            raise ContractError("", f"manifest is not valid: {exc.reason}") from None
         return cls.from_dict(obj)

@@ -21,6 +21,11 @@ from contracts.errors import ContractError
 
 READING_SCHEMA = 1
 MAX_DEVICE_ID_LEN = 128
+MAX_SEQ = 2**63 - 1  # seq is a signed 64-bit integer everywhere downstream (numpy, SQLite, Spark)
+#: Event times must fall in [2000-01-01, 2100-01-01) UTC: a reading from year 1 or 9999 is a broken
+#: clock, and such times overflow the datetime and timestamp types of the stores downstream.
+MIN_TS = 946684800.0
+MAX_TS = 4102444800.0
 _ALLOWED_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.:_")
 
 
@@ -38,10 +43,19 @@ def parse_ts(text: str) -> datetime:
     try:
         ts = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
     except ValueError as exc:
-        raise ContractError("ts", f"not an ISO-8601 timestamp: {text!r}") from exc
+        raise ContractError("ts", f"not an ISO-8601 timestamp: {text[:64]!r}") from exc
     if ts.tzinfo is None:
-        raise ContractError("ts", f"timestamp has no UTC offset: {text!r}")
-    return ts.astimezone(timezone.utc)
+        raise ContractError("ts", f"timestamp has no UTC offset: {text[:64]!r}")
+    try:
+        return ts.astimezone(timezone.utc)
+    except OverflowError:
+        raise ContractError("ts", f"timestamp out of range: {text[:64]!r}") from None
+
+
+def check_ts_range(epoch: float) -> None:
+    """Raise ContractError unless MIN_TS <= epoch < MAX_TS (see MIN_TS)."""
+    if not MIN_TS <= epoch < MAX_TS:
+        raise ContractError("ts", f"event time {epoch:.0f} s outside 2000-01-01..2100-01-01 UTC")
 
 
 def validate_device_id(device_id: object) -> str:
@@ -59,8 +73,8 @@ def validate_device_id(device_id: object) -> str:
 class Reading:
     """One sample of a device's channels.
 
-    Guarantees after construction: device_id is valid, ts is timezone-aware UTC,
-    seq is a non-negative int, every value is a finite float.
+    Guarantees after construction: device_id is valid, ts is timezone-aware UTC within
+    [MIN_TS, MAX_TS), seq is an int in [0, MAX_SEQ], every value is a finite float.
     """
 
     device_id: str
@@ -77,6 +91,9 @@ class Reading:
             raise ContractError("ts", "naive datetime; event times must be timezone-aware UTC")
         if isinstance(self.seq, bool) or not isinstance(self.seq, int) or self.seq < 0:
             raise ContractError("seq", f"must be a non-negative integer, got {self.seq!r}")
+        if self.seq > MAX_SEQ:
+            raise ContractError("seq", f"must be at most 2**63-1, got {self.seq}")
+        check_ts_range(self.ts.timestamp())
         if not self.values:
             raise ContractError("values", "no channel values")
         for name, value in self.values.items():

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contracts.errors import ContractError
-from contracts.reading import validate_device_id
+from contracts.reading import MAX_SEQ, validate_device_id
 
 TELEMETRY_SCHEMA = 1
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -252,9 +252,6 @@ def telemetry_columns(obj: Any) -> TelemetryColumns:
 
 #: Event times must fall in years 1970..9999 (what every sink's timestamp type holds).
 MAX_TS_MS = 253_402_300_799_999
-MAX_SEQ = 2**63 - 1
-
-
 def encode_payload(obj: Mapping[str, Any], *, compress: bool = False) -> bytes:
     """JSON-encode (compactly) and optionally gzip; enforce the 256 KB limit."""
     raw = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()

@@ -52,3 +52,14 @@ def parse_telemetry_topic(topic: str) -> tuple[str, dict[str, str]]:
         raise ContractError("topic", f"not a telemetry topic: {topic!r}")
     bag = parts[4] if len(parts) == 5 else ""
     return parts[1], decode_property_bag(bag)
+
+
+_RID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._:")
+
+
+def valid_rid(rid: str) -> bool:
+    """A twin/method request id we answer on: 1..64 characters of [A-Za-z0-9-._:] (no wildcards, no '/').
+
+    A reply topic is built from the request id, so an id such as ``#`` or ``a/b`` would make the reply
+    an invalid or a foreign topic; such requests are dropped (there is nowhere valid to answer them)."""
+    return 0 < len(rid) <= 64 and set(rid) <= _RID_CHARS

@@ -234,7 +234,7 @@ class Agent:
     def _ingest_with_retry(self, batches: list[Batch]) -> None:
         backoff: Backoff | None = None  # created on the first failure only (seeding a Random is not free)
         while True:
-            snapshot = {d: StreamState(s.boot_id, s.last_seq) for d, s in self.intake.streams.items()}
+            snapshot = {d: StreamState(s.boot_id, s.last_seq, s.channels) for d, s in self.intake.streams.items()}
             try:
                 self.ingest(batches)
                 return

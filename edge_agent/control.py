@@ -21,11 +21,14 @@ Direct methods: `get_status`, `flush` (send now, returns what is pending), `roll
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from contracts.errors import ContractError
+from contracts.jsonsafe import check_depth
 from edge_agent.errors import UplinkError
 from edge_agent.logs import event
 from edge_agent.rollout import RolloutError, parse_spec, prepare
@@ -83,18 +86,32 @@ class ControlPlane:
                 if self.control_status.get("status") != "unavailable":
                     event(self.agent.log, logging.INFO, "control plane unavailable", error=str(exc))
                 self.control_status = {"status": "unavailable", "error": str(exc)}
+            except Exception as exc:  # no input may kill this thread: log it, report it, keep serving
+                self.control_status = {"status": "error", "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+                event(self.agent.log, logging.ERROR, "control job failed; the control plane keeps running",
+                      job=kind, error=self.control_status["error"])
 
     # -- desired properties --------------------------------------------------------------------
     def apply_desired(self, patch: dict[str, Any], *, full: bool = False) -> None:
-        version = patch.get("$version")
-        body = {k: v for k, v in patch.items() if not k.startswith("$")}
-        if full:  # a full twin: only the keys we manage, and only if they changed
-            body = {k: v for k, v in body.items() if k in KNOWN}
+        """Validate a desired patch (or the full desired section) as a whole, then apply all of it or none.
+
+        Never raises on what the patch holds: a rejected patch is logged and reported (`control`)."""
+        version = patch.get("$version") if isinstance(patch, dict) else None
+        if type(version) is not int:
+            version = None
         try:
+            if not isinstance(patch, dict):
+                raise PatchError(f"desired properties must be an object, got {type(patch).__name__}")
+            if "$invalid" in patch:  # the uplink could not decode the patch (see sinks)
+                raise PatchError(str(patch["$invalid"]))
+            check_depth(patch, what="desired")
+            body = {k: v for k, v in patch.items() if not str(k).startswith("$")}
+            if full:  # a full twin: only the keys we manage, and only if they changed
+                body = {k: v for k, v in body.items() if k in KNOWN}
             plan = self.validate(body)
-        except (PatchError, RolloutError) as exc:
-            self.control_status = {"desired_version": version, "status": "rejected", "error": str(exc)}
-            if "model" in body:
+        except (PatchError, RolloutError, ContractError) as exc:
+            self.control_status = {"desired_version": version, "status": "rejected", "error": str(exc)[:500]}
+            if isinstance(patch, dict) and "model" in patch:
                 self.rollout_status = {"status": "refused", "reason": str(exc)}
             event(self.agent.log, logging.WARNING, "desired patch rejected", version=version, error=str(exc))
             self.report()
@@ -126,7 +143,7 @@ class ControlPlane:
             plan["batch_size"] = b
         if "send_rate" in body:
             r = body["send_rate"]
-            if isinstance(r, bool) or not isinstance(r, (int, float)) or r < 0:
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < math.inf:  # NaN too
                 raise PatchError(f"send_rate: must be a number >= 0, got {r!r}")
             plan["send_rate"] = float(r)
         if "log_level" in body:
@@ -147,7 +164,19 @@ class ControlPlane:
 
     # -- methods ---------------------------------------------------------------------------------
     def method(self, name: str, payload: Any) -> tuple[int, Any]:
-        """Handle a direct method quickly (called on the uplink's network thread)."""
+        """Handle a direct method quickly (called on the uplink's network thread).
+
+        Never raises: bad input is a 400, an unexpected failure a 500, both with an "error"."""
+        try:
+            check_depth(payload, what="method payload")
+            return self._method(name, payload)
+        except ContractError as exc:
+            return 400, {"error": str(exc)}
+        except Exception as exc:
+            event(self.agent.log, logging.ERROR, "direct method failed", method=name[:64], error=str(exc)[:500])
+            return 500, {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+
+    def _method(self, name: str, payload: Any) -> tuple[int, Any]:
         agent = self.agent
         if name == "get_status":
             return 200, agent.status()
@@ -157,7 +186,7 @@ class ControlPlane:
             return 200, {"pending_readings": st.readings, "pending_segments": st.segments}
         if name == "set_log_level":
             level = (payload or {}).get("level") if isinstance(payload, dict) else payload
-            if level not in LOG_LEVELS:
+            if not isinstance(level, str) or level not in LOG_LEVELS:
                 return 400, {"error": f"level must be one of {', '.join(LOG_LEVELS)}"}
             agent.apply_settings({"log_level": level})
             self._jobs.put(("report", None))
@@ -171,7 +200,7 @@ class ControlPlane:
                                    "sha256": bundle.manifest.sha256}
             self._jobs.put(("report", None))
             return 200, {"model": {"name": bundle.manifest.name, "version": bundle.manifest.version}}
-        return 404, {"error": f"unknown method {name!r}; known: get_status, flush, rollback_model, set_log_level"}
+        return 404, {"error": f"unknown method {name[:64]!r}; known: get_status, flush, rollback_model, set_log_level"}
 
     # -- reported properties -------------------------------------------------------------------
     def reported(self) -> dict[str, Any]:

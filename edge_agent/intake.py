@@ -2,10 +2,17 @@
 
 Reasons (the `reason` label of `edgeflag_readings_quarantined_total`):
 malformed (not JSON / not an object / missing or unparsable field), wrong_type (a value or
-seq of the wrong type), non_finite (NaN or ±inf), out_of_range (outside
-[scoring.min_value, scoring.max_value]), missing_channel (lacks a channel the model needs),
-duplicate (seq not above the last accepted seq of that device; a seq of 0 after a higher
-one is a device restart and opens a new boot_id instead).
+seq of the wrong type), non_finite (NaN or ±inf), out_of_range (a value outside
+[scoring.min_value, scoring.max_value], or a seq above 2**63-1), bad_timestamp (an event time
+outside 2000-01-01..2100-01-01 UTC: a broken clock), missing_channel (lacks a channel the model
+needs), channel_mismatch (a channel set other than the one the device sent first in this boot; a
+device may change its channels when it restarts at seq 0), duplicate (seq not above the last
+accepted seq of that device; a seq of 0 after a higher one is a device restart and opens a new
+boot_id instead).
+
+Guarantee: a rejected reading never changes the stream state, so no hostile value (a seq of 2**63,
+a year-9999 time) can make later good readings look like duplicates, and no single reading can
+raise out of `parse` or `check_blocks`.
 """
 
 from __future__ import annotations
@@ -26,9 +33,10 @@ import orjson
 
 from contracts.block import ReadingBlock
 from contracts.errors import ContractError
-from contracts.reading import parse_ts, validate_device_id
+from contracts.reading import MAX_SEQ, MAX_TS, MIN_TS, parse_ts, validate_device_id
 
-REASONS = ("malformed", "wrong_type", "non_finite", "out_of_range", "missing_channel", "duplicate")
+REASONS = ("malformed", "wrong_type", "non_finite", "out_of_range", "bad_timestamp", "missing_channel",
+           "channel_mismatch", "duplicate")
 
 
 @dataclass(slots=True)
@@ -67,10 +75,11 @@ class Quarantine:
 
 @dataclass
 class StreamState:
-    """Per-device dedup state: current boot_id and last accepted seq."""
+    """Per-device dedup state: current boot_id, last accepted seq, and the channel set of this boot."""
 
     boot_id: str
     last_seq: int
+    channels: frozenset[str] | None = None
 
 
 @dataclass
@@ -131,7 +140,11 @@ class Intake:
         except ContractError as exc:
             raise _Reject("malformed", str(exc)) from None
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise _Reject("wrong_type", f"seq must be a non-negative integer, got {seq!r}")
+            raise _Reject("wrong_type", f"seq must be a non-negative integer, got {str(seq)[:40]!r}")
+        if seq > MAX_SEQ:
+            raise _Reject("out_of_range", f"seq {str(seq)[:40]} above 2**63-1")
+        if not MIN_TS <= ts < MAX_TS:
+            raise _Reject("bad_timestamp", f"ts {str(obj['ts'])[:40]} outside 2000-01-01..2100-01-01 UTC")
         if not isinstance(values, dict):
             raise _Reject("malformed", "values must be an object")
         missing = [c for c in self.required if c not in values]
@@ -165,13 +178,23 @@ class Intake:
                 rejected += [Rejected("missing_channel", f"missing {', '.join(missing)}", _row(b, i))
                              for i in range(len(b))]
                 continue
+            st = self.streams.get(b.device_id)
+            if st is not None and st.channels is not None and frozenset(b.channels) != st.channels \
+                    and not (len(b) and b.seq[0] == 0 and st.last_seq > 0):  # a restart may change them
+                rejected += [Rejected("channel_mismatch", f"channels {', '.join(b.channels)}; this device sends "
+                                      f"{', '.join(sorted(st.channels))}", _row(b, i)) for i in range(len(b))]
+                continue
             finite = np.isfinite(b.values).all(axis=1)
             inrange = ((b.values >= self.min_value) & (b.values <= self.max_value)).all(axis=1)
             for i in np.flatnonzero(~finite).tolist():
                 rejected.append(Rejected("non_finite", "NaN or inf value", _row(b, i)))
             for i in np.flatnonzero(finite & ~inrange).tolist():
                 rejected.append(Rejected("out_of_range", f"outside [{self.min_value}, {self.max_value}]", _row(b, i)))
-            out += self._by_boot(b, finite & inrange, rejected)
+            ok = finite & inrange
+            in_time = (b.ts >= MIN_TS) & (b.ts < MAX_TS)
+            for i in np.flatnonzero(ok & ~in_time).tolist():
+                rejected.append(Rejected("bad_timestamp", "event time outside 2000-01-01..2100-01-01 UTC", _row(b, i)))
+            out += self._by_boot(b, ok & in_time, rejected)
         return [(blk, boot) for blk, boot in out if len(blk)], rejected
 
     def _by_boot(self, b: ReadingBlock, ok: np.ndarray, rejected: list[Rejected]) -> list[tuple[ReadingBlock, str]]:
@@ -179,6 +202,7 @@ class Intake:
         seq = b.seq
         if st is not None and ok.all() and len(seq) and seq[0] > st.last_seq and bool(np.all(np.diff(seq) > 0)):
             st.last_seq = int(seq[-1])  # the common case: increasing, after the last accepted one
+            st.channels = frozenset(b.channels)
             return [(b, st.boot_id)]
         parts: list[tuple[ReadingBlock, str]] = []
         keep = np.zeros(len(b), dtype=bool)
@@ -188,6 +212,7 @@ class Intake:
                 continue
             if st is None:
                 st = self.streams[b.device_id] = StreamState(boot_id=new_boot_id(), last_seq=-1)
+            st.channels = frozenset(b.channels)
             if s > st.last_seq:
                 st.last_seq = s
                 keep[i] = True

@@ -28,6 +28,7 @@ from models.bundle import Bundle, load_bundle
 from models.errors import ModelError
 
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+MAX_MODEL_VERSION = 2**31 - 1
 
 
 class RolloutError(AgentError):
@@ -38,9 +39,14 @@ def parse_spec(spec: Any) -> tuple[int, str, str]:
     if not isinstance(spec, Mapping):
         raise RolloutError("model: must be an object {version, url, sha256}")
     try:
-        version, url, sha = int(spec["version"]), str(spec["url"]), str(spec["sha256"]).lower()
-    except (KeyError, TypeError, ValueError):
+        version, url, sha = spec["version"], spec["url"], spec["sha256"]
+    except KeyError:
         raise RolloutError("model: needs version (int), url and sha256") from None
+    if type(version) is not int or not 1 <= version <= MAX_MODEL_VERSION:
+        raise RolloutError(f"model.version: must be an integer in 1..{MAX_MODEL_VERSION}, got {str(version)[:40]}")
+    if not isinstance(url, str) or not isinstance(sha, str) or len(url) > 4096:
+        raise RolloutError("model: url and sha256 must be strings (url at most 4096 characters)")
+    sha = sha.lower()
     if urllib.parse.urlparse(url).scheme not in ("file", "http", "https"):
         raise RolloutError(f"model.url: scheme must be file, http or https, got {url!r}")
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
@@ -67,8 +73,8 @@ def fetch(url: str, dest: Path) -> Path:
                 if len(data) > MAX_BUNDLE_BYTES:
                     raise RolloutError(f"{name} is larger than {MAX_BUNDLE_BYTES} bytes")
                 (dest / name).write_bytes(data)
-        except OSError as exc:
-            raise RolloutError(f"cannot fetch {name} from {url}: {exc}") from None
+        except (OSError, ValueError) as exc:  # ValueError: a URL urllib cannot use
+            raise RolloutError(f"cannot fetch {name} from {url[:200]}: {exc}") from None
     return dest
 
 

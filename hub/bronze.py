@@ -12,8 +12,10 @@ One line per telemetry message, in one of two formats (`BronzeFormat`):
     {"received_at": "...Z", "topic_device": "dev-0001", "properties": {"anomaly": "true", ...},
      "content_encoding": "gzip"|"utf-8", "body": {...telemetry message...}}
 
-A payload that cannot be decoded (not JSON, bad gzip, a gzip bomb, too deep) is still landed,
-as ``"body_base64"`` with an ``"error"``; nothing a device sends can stop the ingest.
+A payload that cannot be decoded (not JSON, bad gzip, a gzip bomb, too deep, non-finite numbers) is
+still landed, as ``"body_base64"`` with an ``"error"``; nothing a device sends can stop the ingest.
+Every line is strict JSON (no NaN/Infinity literals). Telemetry over 256 KB (IoT Hub's limit) is
+refused by the ingest before it gets here (counted, never landed).
 
 ``iothub``: IoT Hub's own message-routing-to-storage JSON (what Auto Loader reads on Databricks)::
 
@@ -154,10 +156,19 @@ class BronzeWriter:
         }
         if error is None:
             rec["body"] = body
-        else:
-            rec["body_base64"] = base64.b64encode(it.payload).decode()
-            rec["error"] = error
-        return json.dumps(rec, separators=(",", ":")) + "\n"
+            try:
+                return _dumps(rec)
+            except (ValueError, RecursionError) as exc:  # decodable but not re-encodable as strict JSON
+                del rec["body"]
+                error = f"body cannot be landed as JSON: {exc}"
+        rec["body_base64"] = base64.b64encode(it.payload).decode()
+        rec["error"] = error
+        return _dumps(rec)
+
+
+def _dumps(rec: dict[str, Any]) -> str:
+    """One strict JSON line (no NaN/Infinity); ValueError or RecursionError on what cannot be one."""
+    return json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n"
 
 
 def _in_progress(path: Path) -> Path:
@@ -196,10 +207,14 @@ def _iothub_line(it: Landed, props: dict[str, str], body: Any, error: str | None
     system = {"connectionDeviceId": it.topic_device, "connectionAuthMethod": '{"scope":"device","type":"sas"}',
               "contentType": props.get("$.ct", "application/json"),
               "contentEncoding": props.get("$.ce", "gzip" if gz else "utf-8"), "enqueuedTime": enq}
-    plain = error is None and not gz
     rec = {"EnqueuedTimeUtc": enq, "Properties": app, "SystemProperties": system,
-           "Body": body if plain else base64.b64encode(it.payload).decode()}
-    return json.dumps(rec, separators=(",", ":")) + "\n"
+           "Body": base64.b64encode(it.payload).decode()}
+    if error is None and not gz:
+        try:
+            return _dumps({**rec, "Body": body})
+        except (ValueError, RecursionError):
+            pass  # as IoT Hub does with a body it cannot parse: base64
+    return _dumps(rec)
 
 
 def read_bronze(root: Path) -> list[dict[str, Any]]:

@@ -177,6 +177,11 @@ class FrontEnd:
         if failure:
             raise OSError(f"front end cannot listen on {self.host}:{self.port}: {failure[0]}")
 
+    @property
+    def alive(self) -> bool:
+        """True while the front end's event-loop thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         loop = self._loop
         if loop is None or self._server is None:

@@ -185,10 +185,21 @@ class Hub:
             self.front.stop()
             self.front = None
 
+    def dead_parts(self) -> list[str]:
+        """The started parts whose worker thread has died (the CLI then stops the hub and exits non-zero)."""
+        dead = []
+        if self._ingest_thread is not None and not self._ingest_thread.is_alive():
+            dead.append("ingest")
+        if self.twins is not None and not self.twins.alive:
+            dead.append("twins")
+        if self.front is not None and not self.front.alive:
+            dead.append("front end")
+        return dead
+
     @property
     def alive(self) -> bool:
-        """False once the ingest thread has died (the CLI then exits non-zero)."""
-        return self._ingest_thread is not None and self._ingest_thread.is_alive()
+        """False once a part's worker thread has died (see `dead_parts`)."""
+        return self._ingest_thread is not None and not self.dead_parts()
 
     def stop(self) -> None:
         self.stop_frontend()

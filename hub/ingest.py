@@ -4,10 +4,15 @@ Subscribes with a persistent session (clean_session=False, fixed client id) at Q
 telemetry published while the hub is down waits in the broker; a message is acknowledged
 only after its bronze line is fsynced, so a hub killed mid-stream loses nothing (it may
 land a message twice; silver dedups by device_id, boot_id, seq).
+
+Telemetry over MAX_MESSAGE_BYTES (256 KB, IoT Hub's device-to-cloud limit) is refused: acknowledged,
+never landed, counted in `refused` (per device in `refused_by_device`) and logged. Any other payload
+lands (undecodable ones as base64 with the error, see hub.bronze), so no message can stop the ingest.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -15,9 +20,12 @@ from typing import Any
 
 from contracts.errors import ContractError
 from contracts.mqtt import MqttSettings, deferred_ack_client_class
+from contracts.telemetry import MAX_MESSAGE_BYTES
 from contracts.topics import TELEMETRY_FILTER, parse_telemetry_topic
 from hub.bronze import BronzeFormat, BronzeWriter, Landed
 from hub.frontend import DeviceRegistry
+
+log = logging.getLogger("edgeflag.hub.ingest")
 
 
 class HubIngest:
@@ -28,6 +36,8 @@ class HubIngest:
         self.writer = BronzeWriter(bronze, fmt, registry.tags if registry is not None else None, rotate_s=rotate_s)
         self.client_id = client_id
         self.landed = 0
+        self.refused = 0
+        self.refused_by_device: dict[str, int] = {}
         self.connected = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
@@ -40,7 +50,7 @@ class HubIngest:
         if s.ca_file:
             client.tls_set(ca_certs=str(s.ca_file), certfile=str(s.cert_file) if s.cert_file else None,
                            keyfile=str(s.key_file) if s.key_file else None)
-        pending: list[tuple[Landed, int, int]] = []
+        pending: list[tuple[Landed | None, int, int]] = []  # None: refused, acknowledged unlanded
         lock = threading.Lock()
 
         def on_connect(cl: Any, _u: Any, _f: Any, rc: int) -> None:
@@ -57,6 +67,15 @@ class HubIngest:
                 device, props = parse_telemetry_topic(msg.topic)
             except ContractError:
                 device, props = "", {"topic": msg.topic}
+            if len(msg.payload) > MAX_MESSAGE_BYTES:
+                self.refused += 1
+                self.refused_by_device[device] = self.refused_by_device.get(device, 0) + 1
+                log.warning("refused a %d byte message from %r (limit %d bytes)", len(msg.payload), device,
+                            MAX_MESSAGE_BYTES)
+                if msg.qos:
+                    with lock:
+                        pending.append((None, msg.mid, cl.generation))
+                return
             with lock:
                 pending.append((Landed(device, props, msg.payload, time.time()), msg.mid if msg.qos else -1,
                                 cl.generation))
@@ -70,9 +89,10 @@ class HubIngest:
             with lock:
                 items, pending[:] = list(pending), []
             if items:
-                self.writer.write([it for it, _, _ in items])
+                landed = [it for it, _, _ in items if it is not None]
+                self.writer.write(landed)
                 client.release([(m, g) for _, m, g in items if m >= 0])
-                self.landed += len(items)
+                self.landed += len(landed)
 
         try:
             while not stop.wait(0.02):

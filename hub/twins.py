@@ -13,6 +13,14 @@ own ``$iothub/…``):
   ``methods/res/<status>/?$rid=R``.
 
 Twins are kept in ``<state>/twins/<device>.json`` (written atomically) so they survive restarts.
+
+Hostile input: a reported patch must be a JSON object of at most 32 KB, nested at most 32 levels, and
+the reported section it yields at most 32 KB (IoT Hub's limits); anything else is answered
+``twin/res/400`` with the reason and changes nothing. The same limits hold for desired patches set by
+operators (`set_desired` raises ContractError). A request whose ``$rid`` could not be answered on (``#``,
+``a/b``, over 64 characters) is dropped and counted. Method replies are accepted only from the device
+the method was sent to, for a request id that is random per call. No message can raise out of the
+service's network thread (`errors` counts what was refused; `alive` says the thread runs).
 """
 
 from __future__ import annotations
@@ -20,14 +28,21 @@ from __future__ import annotations
 import fcntl
 import itertools
 import json
+import logging
+import secrets
 import threading
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from contracts.errors import ContractError
+from contracts.jsonsafe import MAX_CONTROL_BYTES, check_depth, loads, loads_object
+from contracts.topics import valid_rid
 from hub.frontend import SCOPE
 from hub.statefile import write_private
+
+log = logging.getLogger("edgeflag.hub.twins")
 
 HUB_USER = "edgeflag-hub"
 _CONTROL_IDS = itertools.count(1)
@@ -71,13 +86,25 @@ class TwinStore:
         return {"desired": {"$version": 1}, "reported": {"$version": 1}}
 
     def update(self, device: str, side: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Merge `patch` into one side of the twin; ContractError (nothing written) if the patch is not a
+        JSON object, is nested too deep, holds NaN/Infinity, or the side would exceed 32 KB."""
+        if not isinstance(patch, dict):
+            raise ContractError(side, f"a patch must be a JSON object, got {type(patch).__name__}")
+        check_depth(patch, what=side)
         path = self._path(device)
         with self._lock, open(path.with_suffix(".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
             twin = self.get(device)
             version = int(twin[side].get("$version", 1)) + 1
-            twin[side] = {**merge_patch({k: v for k, v in twin[side].items() if k != "$version"}, patch),
-                          "$version": version}
+            merged = {**merge_patch({k: v for k, v in twin[side].items() if k != "$version"}, patch),
+                      "$version": version}
+            try:
+                size = len(json.dumps(merged, separators=(",", ":"), allow_nan=False))
+            except ValueError as exc:
+                raise ContractError(side, str(exc)) from None
+            if size > MAX_CONTROL_BYTES:
+                raise ContractError(side, f"would be {size} bytes, over the {MAX_CONTROL_BYTES} byte limit")
+            twin[side] = merged
             write_private(path, json.dumps(twin, indent=1))
             return twin
 
@@ -94,8 +121,8 @@ class TwinService:
         import paho.mqtt.client as mqtt
 
         self.store = TwinStore(state / "twins")
-        self._rid = itertools.count(1)
-        self._waiting: dict[str, tuple[threading.Event, dict[str, Any]]] = {}
+        self._waiting: dict[str, tuple[str, threading.Event, dict[str, Any]]] = {}  # rid -> device, ...
+        self.errors = 0
         self._lock = threading.Lock()
         self.connected = threading.Event()
         cid = "edgeflag-hub-twins" if serve else f"edgeflag-hub-ctl-{os.getpid()}-{next(_CONTROL_IDS)}"
@@ -123,7 +150,20 @@ class TwinService:
         self.client.disconnect()
         self.client.loop_stop()
 
+    @property
+    def alive(self) -> bool:
+        """True while the network thread runs (it is started by `start`)."""
+        thread = getattr(self.client, "_thread", None)
+        return thread is not None and thread.is_alive()
+
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        try:
+            self._handle(msg)
+        except Exception as exc:  # nothing a device sends may stop the service
+            self.errors += 1
+            log.error("twin service refused a message on %.200s: %s: %.300s", msg.topic, type(exc).__name__, exc)
+
+    def _handle(self, msg: Any) -> None:
         parts = msg.topic.split("/")
         if len(parts) < 5 or "/".join(parts[:2]) != SCOPE:
             return
@@ -132,30 +172,42 @@ class TwinService:
         q = dict(parse_qsl(query))
         rid = q.get("$rid", "")
         base = f"{SCOPE}/{device}"
-        try:
-            if path.startswith("twin/GET"):
-                twin = self.store.get(device)
-                self.client.publish(f"{base}/twin/res/200/?$rid={rid}", json.dumps(twin), qos=1)
-            elif path.startswith("twin/PATCH/properties/reported"):
-                patch = json.loads(msg.payload or b"{}")
+        if not valid_rid(rid):
+            self.errors += 1
+            log.warning("dropped a request from %.128s with an unusable $rid %.40r", device, rid)
+            return
+        if path.startswith("twin/GET"):
+            twin = self.store.get(device)
+            self.client.publish(f"{base}/twin/res/200/?$rid={rid}", json.dumps(twin), qos=1)
+        elif path.startswith("twin/PATCH/properties/reported"):
+            try:
+                patch = loads_object(msg.payload or b"{}", what="reported")
                 twin = self.store.update(device, "reported", patch)
-                v = twin["reported"]["$version"]
-                self.client.publish(f"{base}/twin/res/204/?$rid={rid}&$version={v}", b"", qos=1)
-            elif path.startswith("methods/res/"):
+            except ContractError as exc:
+                self.errors += 1
+                self.client.publish(f"{base}/twin/res/400/?$rid={rid}", json.dumps({"error": str(exc)}), qos=1)
+                return
+            v = twin["reported"]["$version"]
+            self.client.publish(f"{base}/twin/res/204/?$rid={rid}&$version={v}", b"", qos=1)
+        elif path.startswith("methods/res/"):
+            with self._lock:
+                waiter = self._waiting.get(rid)
+            if waiter is None or waiter[0] != device:  # late, unknown, or another device answering
+                self.errors += waiter is not None
+                return
+            try:
                 status = int(path.split("/")[2])
-                with self._lock:
-                    waiter = self._waiting.get(rid)
-                if waiter:
-                    waiter[1].update(status=status, payload=json.loads(msg.payload or b"null"))
-                    waiter[0].set()
-        except (ValueError, KeyError):
-            if rid and path.startswith("twin/"):
-                self.client.publish(f"{base}/twin/res/400/?$rid={rid}", b"", qos=1)
+                payload = loads(msg.payload or b"null", what="method response")
+            except (ValueError, IndexError) as exc:  # ContractError is a ValueError
+                status, payload = 502, {"error": f"device {device} answered unusably: {exc}"}
+            waiter[2].update(status=status, payload=payload)
+            waiter[1].set()
 
     def twin(self, device: str) -> dict[str, Any]:
         return self.store.get(device)
 
     def set_desired(self, device: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Merge and push a desired patch; ContractError (nothing stored or sent) if it breaks the limits."""
         twin = self.store.update(device, "desired", patch)
         v = twin["desired"]["$version"]
         self.client.publish(f"{SCOPE}/{device}/twin/PATCH/properties/desired/?$version={v}",
@@ -163,15 +215,15 @@ class TwinService:
         return twin
 
     def invoke(self, device: str, method: str, payload: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
-        rid = f"m{next(self._rid)}"
-        done: tuple[threading.Event, dict[str, Any]] = (threading.Event(), {})
+        rid = secrets.token_hex(8)  # unguessable: another device cannot answer for this one
+        done: tuple[str, threading.Event, dict[str, Any]] = (device, threading.Event(), {})
         with self._lock:
             self._waiting[rid] = done
         try:
             self.client.publish(f"{SCOPE}/{device}/methods/POST/{method}/?$rid={rid}", json.dumps(payload), qos=1)
-            if not done[0].wait(timeout):
+            if not done[1].wait(timeout):
                 return 504, {"error": f"device {device} did not answer {method} within {timeout:g}s"}
-            return int(done[1]["status"]), done[1]["payload"]
+            return int(done[2]["status"]), done[2]["payload"]
         finally:
             with self._lock:
                 self._waiting.pop(rid, None)

@@ -66,8 +66,8 @@ class IoTHubSink(Sink, Controllable):
         loop = self._ensure_loop()
 
         def on_patch(patch: dict[str, Any]) -> None:
-            if self._on_desired:
-                self._on_desired(dict(patch))
+            if self._on_desired:  # the control plane validates (and rejects a non-object) itself
+                self._on_desired(dict(patch) if isinstance(patch, dict) else patch)
 
         def on_method(request: Any) -> None:
             if not self._on_method:

@@ -21,8 +21,10 @@ from urllib.parse import parse_qsl
 
 import paho.mqtt.client as mqtt
 
+from contracts.errors import ContractError
+from contracts.jsonsafe import MAX_CONTROL_BYTES, loads, loads_object
 from contracts.mqtt import MqttSettings, sas_token
-from contracts.topics import telemetry_topic
+from contracts.topics import telemetry_topic, valid_rid
 from edge_agent.errors import UplinkError
 from edge_agent.packing import Message
 from edge_agent.sinks.base import Controllable, DesiredHandler, MethodHandler, Sink, register
@@ -77,7 +79,10 @@ class MqttSink(Sink, Controllable):
         status, body = self._request(f"{self.control_prefix}twin/GET/", b"", timeout)
         if status != 200:
             raise UplinkError(f"twin GET answered {status}")
-        twin: dict[str, Any] = json.loads(body)
+        try:
+            twin = loads_object(body, what="twin", max_bytes=4 * MAX_CONTROL_BYTES)
+        except ContractError as exc:
+            raise UplinkError(f"twin GET answered an unusable twin: {exc}") from None
         return twin
 
     def patch_reported(self, patch: dict[str, Any], timeout: float) -> None:
@@ -96,15 +101,24 @@ class MqttSink(Sink, Controllable):
                 waiter[1].update(status=int(rest.split("/")[2]), payload=msg.payload)
                 waiter[0].set()
         elif rest.startswith("twin/PATCH/properties/desired") and self._on_desired:
-            self._on_desired(json.loads(msg.payload or b"{}"))
+            try:
+                patch: dict[str, Any] = loads_object(msg.payload or b"{}", what="desired patch")
+            except ContractError as exc:
+                patch = {"$invalid": str(exc)}  # the control plane rejects and reports it
+            self._on_desired(patch)
         elif rest.startswith("methods/POST/") and self._on_method:
+            rid = q.get("$rid", "")
+            if not valid_rid(rid):
+                self.last_error = f"method request with an unusable $rid {rid[:40]!r} ignored"
+                return
             name = rest.split("/")[2]
             try:
-                payload = json.loads(msg.payload) if msg.payload else None
-            except ValueError:
-                payload = None
-            status, body = self._on_method(name, payload)
-            client.publish(f"{prefix}methods/res/{status}/?$rid={q.get('$rid', '')}", json.dumps(body), qos=1)
+                payload = loads(msg.payload, what="method payload") if msg.payload else None
+            except ContractError as exc:
+                status, body = 400, {"error": str(exc)}
+            else:
+                status, body = self._on_method(name, payload)
+            client.publish(f"{prefix}methods/res/{status}/?$rid={rid}", json.dumps(body), qos=1)
 
     def settings(self) -> MqttSettings:
         c = self.config
@@ -154,8 +168,8 @@ class MqttSink(Sink, Controllable):
             if msg.topic.startswith(prefix):
                 try:
                     self._on_control(cl, msg)
-                except (ValueError, KeyError, IndexError) as exc:
-                    self.last_error = f"bad control message on {msg.topic}: {exc}"
+                except Exception as exc:  # the network thread must survive any control message
+                    self.last_error = f"bad control message on {msg.topic[:200]}: {type(exc).__name__}: {exc}"
 
         client.on_connect, client.on_disconnect, client.on_publish = on_connect, on_disconnect, on_publish
         client.on_message = on_message

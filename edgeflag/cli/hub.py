@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from contracts.errors import ContractError
 from edgeflag.cli._common import CliError, console, host_port
 from hub.hub import HUB_NAME
 
@@ -138,18 +139,20 @@ def run_cmd(args: argparse.Namespace) -> int:
     console.print(f"hub: ingest -> {args.bronze} ({args.bronze_format} format), twins/methods in {args.state}"
                   + (f", devices over TLS on {args.frontend}:8883" if hub.front else ""))
     start = time.monotonic()
-    dead = False
+    dead: list[str] = []
     while not stop.wait(0.2):
         if args.seconds and time.monotonic() - start >= args.seconds:
             stop.set()
-        if not hub.alive:
-            dead = True
+        dead = hub.dead_parts()
+        if dead:
             stop.set()
     landed = hub.ingest.landed if hub.ingest else 0
+    refused = hub.ingest.refused if hub.ingest else 0
     hub.stop()
     if dead:
-        raise CliError("the ingest thread died; the hub stopped (see the log above)", code=1)
-    console.print(f"hub stopped; landed {landed:,} messages")
+        raise CliError(f"the hub's {' and '.join(dead)} thread died; the hub stopped (see the log above)", code=1)
+    console.print(f"hub stopped; landed {landed:,} messages"
+                  + (f", refused {refused:,} over the 256 KB limit" if refused else ""))
     return 0
 
 
@@ -188,7 +191,10 @@ def twin_cmd(args: argparse.Namespace) -> int:
                     patch[key] = json.loads(value)
                 except ValueError:
                     patch[key] = value
-            twin = svc.set_desired(args.device_id, patch)
+            try:
+                twin = svc.set_desired(args.device_id, patch)
+            except ContractError as exc:
+                raise CliError(f"desired patch refused: {exc}") from None
         else:
             twin = svc.twin(args.device_id)
         print(json.dumps(twin, indent=2))

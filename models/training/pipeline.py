@@ -2,10 +2,15 @@
 
 `build_bundle` runs it whole (``edgeflag model train``). A Spark job runs the same two halves where
 they belong: `make_candidate` (fit, export, parity: CPU work, on an executor next to the features) and
-`publish` (version, sign, register: on the driver, after the gate). Both halves refuse a model whose
-ONNX scores drift from scikit-learn's by more than `MAX_PARITY_DIFF`.
+`publish` (version, sign, register: on the driver, after the gate). A model is refused unless its ONNX
+scores match scikit-learn's within `MAX_PARITY_DIFF` on all but a `MAX_FLIP_FRACTION` of the parity rows,
+and within `MAX_FLIP_DIFF` on those few: ONNX holds tree thresholds in float32, so a feature value lying
+exactly between two float32 neighbours of a split can take the other branch in one tree (a score step of
+about 1/n_estimators of a depth unit, ~1e-3), which is rounding, not drift; anything more is a real
+conversion fault.
 
-Guarantees: a registered bundle's manifest records ``training.onnx_parity_max_abs_diff``; a bundle is
+Guarantees: a registered bundle's manifest records ``training.onnx_parity_max_abs_diff`` and
+``training.onnx_parity_boundary_rows``; a bundle is
 signed over its final manifest (name and version included) when a key is given; registration is the
 registry's atomic rename, so a reader never sees a half-written bundle.
 """
@@ -25,6 +30,8 @@ from models.registry import Registry
 from models.training.trainer import FeatureTable, TrainConfig, TrainedModel, export_model, fit
 
 MAX_PARITY_DIFF = 1e-4
+MAX_FLIP_DIFF = 0.02
+MAX_FLIP_FRACTION = 0.001
 PARITY_ROWS = 5000
 
 
@@ -50,22 +57,26 @@ def onnx_scores(onnx_bytes: bytes, manifest: ModelManifest, x: np.ndarray) -> np
     return scorer.score(np.ascontiguousarray(x, dtype=np.float32))
 
 
-def parity(onnx_bytes: bytes, manifest: ModelManifest, model: TrainedModel, x: np.ndarray) -> float:
-    """Max |ONNX - scikit-learn| score over (up to PARITY_ROWS of) the feature rows `x`."""
+def parity(onnx_bytes: bytes, manifest: ModelManifest, model: TrainedModel, x: np.ndarray) -> np.ndarray:
+    """|ONNX - scikit-learn| score per row over (up to PARITY_ROWS of) the feature rows `x`, spread over `x`."""
     from models.training.stock import sklearn_scores
 
-    rows = np.ascontiguousarray(x[:PARITY_ROWS], dtype=np.float32)
-    return float(np.max(np.abs(onnx_scores(onnx_bytes, manifest, rows) - sklearn_scores(model.pipeline, rows))))
+    pick = np.linspace(0, len(x) - 1, min(len(x), PARITY_ROWS)).astype(np.int64) if len(x) else np.arange(0)
+    rows = np.ascontiguousarray(x[pick], dtype=np.float32)
+    return np.abs(onnx_scores(onnx_bytes, manifest, rows) - sklearn_scores(model.pipeline, rows))
 
 
 def candidate_from(model: TrainedModel, x: np.ndarray, *, name: str, form: str = "fused") -> Candidate:
     """Export a fitted model and check ONNX against scikit-learn on feature rows `x`."""
     onnx_bytes, manifest = export_model(model, name=name, version=1, form=form)
-    diff = parity(onnx_bytes, manifest, model, x)
-    if not diff <= MAX_PARITY_DIFF:
-        raise TrainingError(f"ONNX and scikit-learn scores differ by {diff:.2e} "
-                            f"(limit {MAX_PARITY_DIFF:g}); not stored")
-    training = {**manifest.training, "onnx_parity_max_abs_diff": diff}
+    diffs = parity(onnx_bytes, manifest, model, x)
+    diff = float(diffs.max()) if len(diffs) else 0.0
+    boundary = int((diffs > MAX_PARITY_DIFF).sum())
+    if not np.isfinite(diffs).all() or boundary > MAX_FLIP_FRACTION * len(diffs) or diff > MAX_FLIP_DIFF:
+        raise TrainingError(f"ONNX and scikit-learn scores differ by up to {diff:.2e} on {boundary} of {len(diffs)} "
+                            f"rows (limits: {MAX_PARITY_DIFF:g} on all but {MAX_FLIP_FRACTION:.1%} of rows, "
+                            f"{MAX_FLIP_DIFF:g} on those); not stored")
+    training = {**manifest.training, "onnx_parity_max_abs_diff": diff, "onnx_parity_boundary_rows": boundary}
     return Candidate(onnx_bytes, replace(manifest, training=training), diff)
 
 

@@ -161,8 +161,12 @@ def test_malformed_input_is_quarantined_by_reason_and_the_rest_delivered(tmp_pat
                        json.dumps({**ok, "seq": 100001, "values": {**ok["values"], "current": float("inf")}})],
         "wrong_type": [json.dumps({**ok, "seq": 100002, "values": {**ok["values"], "pressure": "high"}}),
                        json.dumps({**ok, "seq": "7"})],
-        "out_of_range": [json.dumps({**ok, "seq": 100003, "values": {**ok["values"], "temperature": 1e12}})],
+        "out_of_range": [json.dumps({**ok, "seq": 100003, "values": {**ok["values"], "temperature": 1e12}}),
+                         json.dumps({**ok, "seq": 2**63})],  # used to crash-loop the agent (OverflowError)
+        "bad_timestamp": [json.dumps({**ok, "seq": 100005, "ts": "0001-01-01T00:00:00Z"}),
+                          json.dumps({**ok, "seq": 100006, "ts": "9999-12-31T23:59:59.999Z"})],
         "missing_channel": [json.dumps({**ok, "seq": 100004, "values": {"temperature": 1.0}})],
+        "channel_mismatch": [json.dumps({**ok, "seq": 100007, "values": {**ok["values"], "humidity": 40.0}})],
     }
     mixed = []
     for i, line in enumerate(lines):

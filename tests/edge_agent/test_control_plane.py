@@ -18,6 +18,7 @@ from helpers import wait_for
 from edge_agent.agent import Agent
 from edge_agent.config import build_config
 from hub.bronze import read_bronze
+from hub.frontend import SCOPE
 from hub.hub import Hub, HubConfig
 from hub.mosquitto import free_loopback_address
 from models.bundle import load_bundle
@@ -121,6 +122,31 @@ def _scenario(stack: Stack, tmp_path: Path, bundles: list[Path], uplink: str) ->
         assert status == 200 and "pending_readings" in body
         assert twins.invoke(DEVICE, "rollback_model", None, 15)[0] == 409  # nothing to roll back to yet
         assert twins.invoke(DEVICE, "reboot", None, 15)[0] == 404
+
+        # hostile control input (regression: these killed the agent's control thread, which stayed dead
+        # while the value sat in the twin): rejected and reported, and the control plane keeps serving
+        deep = {"a": 1}
+        for _ in range(100):
+            deep = {"a": deep}
+        spec = json.dumps({"url": "file:///x", "sha256": "0" * 64})[1:-1]
+        hostile = ['{"model": {"version": Infinity, ' + spec + '}, "$version": 900}',
+                   '{"model": {"version": 1e300, ' + spec + '}, "$version": 901}',
+                   json.dumps({"model": deep, "$version": 902})]
+        if uplink == "mqtt":  # (the SDK itself drops a non-object patch, logging it; IoT Hub never sends one)
+            hostile.append("[1, 2, 3]")
+        for i, raw in enumerate(hostile):
+            before = twins.twin(DEVICE)["reported"]["$version"]
+            twins.client.publish(f"{SCOPE}/{DEVICE}/twin/PATCH/properties/desired/?$version={900 + i}", raw, qos=1)
+            rep = twins.wait_reported(DEVICE, lambda r, b=before: r["$version"] > b
+                                      and r.get("control", {}).get("status") == "rejected", 15)
+            err = rep["control"]["error"]  # (paho's JSON reader refuses Infinity itself; the SDK's reads it)
+            assert any(w in err for w in ("model.version", "nested", "not JSON", "object")), err
+            assert rep["model"]["version"] == 1
+        status, body = twins.invoke(DEVICE, "set_log_level", deep, 15)
+        assert status == 400 and "nested" in body["error"], (status, body)
+        twins.set_desired(DEVICE, {"threshold": 0.96})
+        rep = twins.wait_reported(DEVICE, lambda r: r.get("config", {}).get("threshold") == 0.96, 15)
+        assert rep["control"]["status"] == "applied"
 
         # rollout to a good bundle: every message after the swap names version 2
         good = load_bundle(bundles[1]).manifest

@@ -53,7 +53,7 @@ def test_a_device_restart_opens_a_new_boot_id_and_splits_the_block() -> None:
 def test_simulator_blocks_are_checked_vectorised() -> None:
     intake = Intake(required=REQ, streams={"d1": StreamState("b", 1)})
     vals = np.array([[1.0, 2.0], [np.nan, 1.0], [1.0, 2e10], [3.0, 4.0], [5.0, 6.0]])
-    block = ReadingBlock(device_id="d1", channels=("a", "b"), ts=np.zeros(5), seq=np.array([1, 2, 3, 4, 5]),
+    block = ReadingBlock(device_id="d1", channels=("a", "b"), ts=np.full(5, 1.8e9), seq=np.array([1, 2, 3, 4, 5]),
                          values=vals)
     out, rejected = intake.check_blocks([block])
     assert sorted(r.reason for r in rejected) == ["duplicate", "non_finite", "out_of_range"]
@@ -79,3 +79,32 @@ def test_odd_json_is_quarantined_with_the_right_reason() -> None:
     blocks, rejected = Intake(required=REQ).parse([{"device_id": "d9", "ts": "2026-01-01T00:00:00Z", "seq": 0,
                                                     "values": {"a": np.float32(1.5), "b": np.int64(2)}}])
     assert rejected == [] and blocks[0][0].values.tolist() == [[1.5, 2.0]]
+
+
+def test_hostile_seq_times_and_channel_sets_are_quarantined_and_never_poison_the_stream() -> None:
+    """Regression: seq = 2**63 raised OverflowError out of parse (the agent crash-looped on it)."""
+    intake = Intake(required=REQ)
+    base = {"device_id": "d1", "values": {"a": 1.0, "b": 2.0}}
+    items = [
+        reading(1),
+        json.dumps({**base, "ts": "2026-01-01T00:00:00Z", "seq": 2**63}),
+        json.dumps({**base, "ts": "2026-01-01T00:00:00Z", "seq": 10**30}),  # JSON decoders read it as a float
+        json.dumps({**base, "ts": "0001-01-01T00:00:00Z", "seq": 2}),
+        json.dumps({**base, "ts": "0001-01-01T00:00:00+01:00", "seq": 3}),  # overflows on conversion to UTC
+        json.dumps({**base, "ts": "9999-12-31T23:59:59Z", "seq": 4}),
+        reading(5, c=3.0),  # a channel this device does not send
+        reading(6),
+    ]
+    blocks, rejected = intake.parse(items)
+    assert sorted(r.reason for r in rejected) == sorted(["out_of_range", "wrong_type", "bad_timestamp",
+                                                        "malformed", "bad_timestamp", "channel_mismatch"])
+    assert [b.seq.tolist() for b, _ in blocks] == [[1, 6]]
+    assert intake.streams["d1"].last_seq == 6, "a refused seq never moves the stream state"
+    blocks, rejected = intake.parse([reading(7), reading(0, c=3.0), reading(1, c=3.0)])
+    assert rejected == [] and [b.seq.tolist() for b, _ in blocks] == [[7], [0, 1]], \
+        "a device may change its channels when it restarts"
+    vec = ReadingBlock(device_id="d2", channels=("a", "b"), ts=np.array([1.8e9, -6.2e10, 2.6e11, 1.8e9]),
+                       seq=np.array([1, 2, 3, 4]), values=np.ones((4, 2)))
+    out, rejected = intake.check_blocks([vec])
+    assert [r.reason for r in rejected] == ["bad_timestamp", "bad_timestamp"]
+    assert out[0][0].seq.tolist() == [1, 4]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from cryptography import x509
 
 from contracts.mqtt import MqttSettings, make_client
+from contracts.telemetry import MAX_MESSAGE_BYTES
 from contracts.topics import telemetry_topic
 from hub.bronze import read_bronze
 from hub.certs import make_ca, make_device, make_server
@@ -74,3 +76,47 @@ def test_telemetry_lands_in_bronze_partitioned_and_survives_a_hub_restart(tmp_pa
     parts = list(bronze.rglob("*.jsonl"))
     assert all(p.parent.name.startswith("hour=") and p.parent.parent.name.startswith("date=") for p in parts)
     assert len({p.name for p in parts}) == 2, "each hub process writes its own part files"
+
+
+HOSTILE = {
+    "deep_array": b"[" * 1000 + b"]" * 1000,
+    "deep_object": b'{"a":' * 1000 + b"1" + b"}" * 1000,
+    "truncated_gzip": gzip.compress(b'{"v": 1}' * 100)[:-9],
+    "corrupt_deflate": b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + b"\xff" * 40,
+    "gzip_bomb": gzip.compress(b"\x00" * (200 * 1024 * 1024), compresslevel=9),  # ~200 KB on the wire
+    "infinity": b'{"v": 1, "x": 1e400}',
+    "not_utf8": b"\xff\xfe\xfd",
+}
+
+
+@pytest.mark.broker
+def test_no_message_stops_the_ingest_and_oversized_telemetry_is_refused_and_counted(tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
+    """Regression: deep nesting, truncated gzip and corrupt deflate used to kill the ingest thread."""
+    bronze = tmp_path / "bronze"
+    hub = Hub(HubConfig(state=tmp_path / "hub", bronze=bronze, broker_port=broker.port, frontend=None,
+                        twins=False)).start()
+    pub = make_client(MqttSettings(port=broker.port, client_id="hostile"))
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    try:
+        assert len(HOSTILE["gzip_bomb"]) < MAX_MESSAGE_BYTES
+        for payload in HOSTILE.values():
+            pub.publish("devices/dev-0001/messages/events/", payload, qos=1).wait_for_publish(5)
+        pub.publish("devices/dev-0002/messages/events/", b"{" * (MAX_MESSAGE_BYTES + 1), qos=1).wait_for_publish(5)
+        good = {"v": 1, "device_id": "dev-0001", "boot_id": "b", "readings": [{"seq": 1}]}
+        pub.publish("devices/dev-0001/messages/events/", json.dumps(good), qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        while len(read_bronze(bronze)) < len(HOSTILE) + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hub.alive
+        assert hub.ingest is not None and hub.ingest.refused == 1 and hub.ingest.refused_by_device == {"dev-0002": 1}
+    finally:
+        hub.stop()
+        pub.loop_stop()
+    lines = [line for f in bronze.rglob("*.jsonl") for line in f.read_text().splitlines()]
+    assert all(len(line) < 2 * MAX_MESSAGE_BYTES for line in lines), "a bomb is never inflated into bronze"
+    records = [json.loads(line) for line in lines]
+    assert [r["body"] for r in records if "body" in r] == [good]
+    bad = [r for r in records if "body_base64" in r]
+    assert sorted(base64.b64decode(r["body_base64"]) for r in bad) == sorted(HOSTILE.values())
+    assert all(r["error"] for r in bad)
