@@ -63,7 +63,8 @@ def parity(onnx_bytes: bytes, manifest: ModelManifest, model: TrainedModel, x: n
 
     pick = np.linspace(0, len(x) - 1, min(len(x), PARITY_ROWS)).astype(np.int64) if len(x) else np.arange(0)
     rows = np.ascontiguousarray(x[pick], dtype=np.float32)
-    return np.abs(onnx_scores(onnx_bytes, manifest, rows) - sklearn_scores(model.pipeline, rows))
+    diffs: np.ndarray = np.abs(onnx_scores(onnx_bytes, manifest, rows) - sklearn_scores(model.pipeline, rows))
+    return diffs
 
 
 def candidate_from(model: TrainedModel, x: np.ndarray, *, name: str, form: str = "fused") -> Candidate:
