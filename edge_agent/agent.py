@@ -291,9 +291,7 @@ class Agent:
         quarantined = Counter(r.reason for r in rejected)
         for reason, n in quarantined.items():
             m.quarantined.labels(reason=reason).inc(n)
-        for reason, n in evicted.items():
-            m.dropped.labels(reason=reason).inc(n)
-        self._evictions_log.add(evicted)
+        self._count_evicted(evicted)
         self._quarantine_log.add(quarantined)
         m.observe_batch(time.perf_counter() - t0)
         self._wake.set()
@@ -379,6 +377,7 @@ class Agent:
                         was_connected = False
                     self.metrics.connected.set(0)
                     self._confirm(inflight, flush=True)
+                    self._count_evicted(self.outbox.release([i for m in inflight.values() for i in m.ids]))
                     inflight.clear()
                     for q in queues.values():
                         q.reset()  # unconfirmed rows are read again and resent
@@ -425,7 +424,11 @@ class Agent:
                                 q.push_front(group)
                                 break
                             inflight[token] = msg
+                            self.outbox.hold(msg.ids)
                             sent_any = True
+                            # delete what the broker confirmed while the token bucket held us, promptly: a
+                            # kill re-sends only what is unconfirmed (or confirmed in the last ~20 ms)
+                            self._confirm(inflight)
                         break  # anomalies first: look at normal segments only when no anomaly is pending
                 if not sent_any:
                     self._confirm(inflight, flush=not inflight)
@@ -439,6 +442,11 @@ class Agent:
             self._confirm(inflight, flush=True)
         except OutboxError as exc:
             self.last_error = str(exc)
+
+    def _count_evicted(self, evicted: dict[str, int]) -> None:
+        for reason, n in evicted.items():
+            self.metrics.dropped.labels(reason=reason).inc(n)
+        self._evictions_log.add(evicted)
 
     def _stage(self, q: SendQueue, kind: int, room: int) -> None:
         """Read ahead enough rows of `kind` to fill `room` messages (bounded in rows and bytes).

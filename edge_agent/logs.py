@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -52,18 +53,24 @@ class Throttle:
         self._pending: Counter[str] = Counter()
         self._since: float | None = None
         self._last = -float("inf")
+        self._lock = threading.RLock()  # ingest and sender both report evictions
 
     def add(self, counts: Mapping[str, int]) -> None:
         if not counts:
             return
-        now = self.clock()
-        if self._since is None:
-            self._since = now
-        self._pending.update(counts)
-        if now - self._last >= self.interval_s:
-            self.flush()
+        with self._lock:
+            now = self.clock()
+            if self._since is None:
+                self._since = now
+            self._pending.update(counts)
+            if now - self._last >= self.interval_s:
+                self.flush()
 
     def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
         if not self._pending or self._since is None:
             return
         now = self.clock()

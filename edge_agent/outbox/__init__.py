@@ -14,7 +14,11 @@ Contract (every implementation; tests/edge_agent/test_outbox_contract.py runs on
   exceeds `max_bytes` after `append` returns. When over, the oldest kind-0 segments are
   evicted first; kind-1 (anomaly) segments only when no normal ones are left. Every
   evicted reading is counted by reason (`outbox_full_normal`, `outbox_full_anomaly`),
-  and the counts persist with the data.
+  and the counts persist with the data. Segments *held* in flight (`hold`, sent and awaiting
+  the uplink's confirmation) are passed over until `ack` or `release`, so a reading is never
+  both delivered and counted as evicted; the bound may be exceeded by held segments only
+  (at most `uplink.max_inflight` messages). A released segment that eviction passed over is
+  evicted at once.
 * **Order.** `pending(kind, after_id)` returns segments of that kind in append order.
 
 SQLite implementation (`SqliteOutbox`): on-disk format and crash behaviour are in its

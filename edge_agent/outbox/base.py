@@ -89,7 +89,19 @@ class Outbox(ABC):
 
     @abstractmethod
     def ack(self, ids: Sequence[int]) -> int:
-        """Delete delivered segments; returns how many readings they held."""
+        """Delete delivered segments (and end their hold); returns how many readings they held."""
+
+    @abstractmethod
+    def hold(self, ids: Sequence[int]) -> None:
+        """Mark segments as in flight: eviction passes over them until `ack` or `release`, so a reading
+        is never both delivered and counted as evicted."""
+
+    @abstractmethod
+    def release(self, ids: Sequence[int]) -> dict[str, int]:
+        """End the hold of segments that will be sent again (the link dropped before confirming them).
+
+        Released segments that eviction passed over (ids at or below `evicted_upto` of their kind) are
+        evicted now, so `evicted_upto` keeps its meaning; returns readings evicted, by reason."""
 
     @abstractmethod
     def stats(self) -> OutboxStats: ...

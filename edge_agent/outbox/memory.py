@@ -21,6 +21,7 @@ class MemoryOutbox(Outbox):
         self._drops: dict[str, int] = {}
         self._lock = threading.Lock()
         self._evicted_upto = {0: 0, 1: 0}
+        self._held: set[int] = set()
 
     def context_id(self, header: str) -> int:
         with self._lock:
@@ -45,7 +46,7 @@ class MemoryOutbox(Outbox):
         for kind, reason in ((0, "outbox_full_normal"), (1, "outbox_full_anomaly")):
             if self._bytes <= self.max_bytes:
                 break
-            for rid in [i for i, s in self._rows.items() if s.kind == kind]:
+            for rid in [i for i, s in self._rows.items() if s.kind == kind and i not in self._held]:
                 if self._bytes <= self.max_bytes:
                     break
                 s = self._rows.pop(rid)
@@ -69,8 +70,28 @@ class MemoryOutbox(Outbox):
     def evicted_upto(self, kind: int) -> int:
         return self._evicted_upto[kind]
 
+    def hold(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            self._held.update(ids)
+
+    def release(self, ids: Sequence[int]) -> dict[str, int]:
+        with self._lock:
+            self._held.difference_update(ids)
+            out: dict[str, int] = {}
+            for i in ids:
+                s = self._rows.get(i)
+                if s is not None and i <= self._evicted_upto[s.kind]:
+                    del self._rows[i]
+                    self._bytes -= cost(s)
+                    reason = ("outbox_full_normal", "outbox_full_anomaly")[s.kind]
+                    out[reason] = out.get(reason, 0) + s.n
+            for k, v in out.items():
+                self._drops[k] = self._drops.get(k, 0) + v
+            return out
+
     def ack(self, ids: Sequence[int]) -> int:
         with self._lock:
+            self._held.difference_update(ids)
             n = 0
             for i in ids:
                 s = self._rows.pop(i, None)

@@ -11,7 +11,8 @@ On-disk format (format 1), one file ``outbox.db`` (+ ``-wal``/``-shm`` while ope
     drops(reason PRIMARY KEY, readings)               -- evictions, persisted
 
 Invariants: ids only grow (AUTOINCREMENT never reuses an id); SUM(cost) <= max_bytes after
-every append; a segment row is deleted only by ack or eviction.
+every append, beyond that only by segments held in flight; a segment row is deleted only by ack or
+eviction.
 
 Crash behaviour. Every append is one transaction (segments + stream state + checkpoint +
 evictions). ``synchronous=full`` (default): the WAL is fsynced at every commit, so a
@@ -104,6 +105,7 @@ class SqliteOutbox(Outbox):
             raise OutboxError(f"{self.path}: cannot open outbox: {exc}") from None
         self._contexts: dict[str, int] = dict(self._db.execute("SELECT header, id FROM contexts").fetchall())
         self._evicted_upto = {0: 0, 1: 0}
+        self._held: set[int] = set()
 
     def context_id(self, header: str) -> int:
         with self._lock:
@@ -162,28 +164,76 @@ class SqliteOutbox(Outbox):
     def _evict(self, total: _Totals, evicted: dict[str, int], marks: dict[int, int]) -> _Totals:
         """Delete the oldest normal segments, then the oldest anomaly segments, until under the bound."""
         for kind, reason in ((0, "outbox_full_normal"), (1, "outbox_full_anomaly")):
+            after = 0
             while total.bytes > self.max_bytes:
                 batch = self._db.execute(
-                    "SELECT id, n, anomalies, cost FROM segments WHERE kind=? ORDER BY id LIMIT 512", (kind,)
-                ).fetchall()
+                    "SELECT id, n, anomalies, cost FROM segments WHERE kind=? AND id>? ORDER BY id LIMIT 512",
+                    (kind, after)).fetchall()
                 if not batch:
                     break
-                take, freed = len(batch), 0
-                for i, (_rid, _n, _a, rc) in enumerate(batch):
-                    freed += rc
+                lo, after = after, batch[-1][0]
+                take: list[tuple[int, int, int, int]] = []
+                freed = 0
+                for row in batch:
+                    if row[0] in self._held:  # in flight: never both delivered and evicted
+                        continue
+                    take.append(row)
+                    freed += row[3]
                     if total.bytes - freed <= self.max_bytes:
-                        take = i + 1
                         break
-                upto = batch[take - 1][0]
-                gone = _Totals.of([r[1:] for r in batch[:take]])
-                self._db.execute("DELETE FROM segments WHERE kind=? AND id<=?", (kind, upto))
+                if not take:
+                    continue
+                upto = take[-1][0]
+                if len(take) == len(batch) or take[-1] is batch[len(take) - 1]:  # a prefix: one range delete
+                    self._db.execute("DELETE FROM segments WHERE kind=? AND id>? AND id<=?", (kind, lo, upto))
+                else:
+                    ids = [r[0] for r in take]
+                    self._db.execute(f"DELETE FROM segments WHERE id IN ({','.join('?' * len(ids))})", ids)
                 marks[kind] = max(marks.get(kind, 0), upto)
+                gone = _Totals.of([r[1:] for r in take])
                 total = total.minus(gone)
                 evicted[reason] = evicted.get(reason, 0) + gone.readings
+        self._count_drops(evicted)
+        return total
+
+    def _count_drops(self, evicted: Mapping[str, int]) -> None:
         for reason, n in evicted.items():
             self._db.execute("INSERT INTO drops VALUES(?, ?) ON CONFLICT(reason) DO UPDATE SET readings=readings+?",
                              (reason, n, n))
-        return total
+
+    def hold(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            self._held.update(ids)
+
+    def release(self, ids: Sequence[int]) -> dict[str, int]:
+        evicted: dict[str, int] = {}
+        if not ids:
+            return evicted
+        with self._lock:
+            self._held.difference_update(ids)
+            rows: list[tuple[int, int, int, int, int]] = []
+            for i in range(0, len(ids), 500):
+                chunk = list(ids[i : i + 500])
+                rows += self._db.execute(f"SELECT id, kind, n, anomalies, cost FROM segments WHERE id IN "
+                                         f"({','.join('?' * len(chunk))})", chunk).fetchall()
+            doomed = [r for r in rows if r[0] <= self._evicted_upto[r[1]]]
+            if not doomed:
+                return evicted
+            for r in doomed:
+                reason = ("outbox_full_normal", "outbox_full_anomaly")[r[1]]
+                evicted[reason] = evicted.get(reason, 0) + r[2]
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(f"DELETE FROM segments WHERE id IN ({','.join('?' * len(doomed))})",
+                                 [r[0] for r in doomed])
+                self._count_drops(evicted)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise OutboxError(f"{self.path}: release failed: {exc}") from None
+            gone = _Totals.of([r[2:] for r in doomed])
+            self._segments, self._readings, self._anomalies, self._bytes = self._totals().minus(gone)
+            return evicted
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -204,6 +254,7 @@ class SqliteOutbox(Outbox):
         if not ids:
             return 0
         with self._lock:
+            self._held.difference_update(ids)
             try:
                 # A lost delete only means a resend (at-least-once), so acks skip the fsync.
                 self._db.execute("PRAGMA synchronous=NORMAL")
