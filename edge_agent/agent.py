@@ -78,6 +78,9 @@ class Agent:
                              streams={d: StreamState(b, s) for d, (b, s) in self.outbox.streams().items()})
         self.quarantine = Quarantine(config.state_dir / "quarantine.jsonl")
         self.metrics = AgentMetrics()
+        salvaged = getattr(self.outbox, "salvaged", None)
+        if salvaged is not None:  # the file was corrupt: moved aside, a fresh one started (see SqliteOutbox)
+            event(self.log, logging.ERROR, "outbox was corrupt; moved aside and salvaged", **salvaged)
         self._evictions_log = Throttle(self.log, logging.WARNING, "outbox full: evicted readings")
         self._quarantine_log = Throttle(self.log, logging.WARNING, "readings quarantined (see quarantine.jsonl)")
         self.metrics.model.info({"name": self.bundle.manifest.name, "version": str(self.bundle.manifest.version),
@@ -406,6 +409,7 @@ class Agent:
                     for kind in (1, 0):
                         q = queues[kind]
                         self._stage(q, kind, room)
+                        self._count_evicted(self.outbox.take_drops())  # corrupt rows, never sent
                         if not q:
                             continue
                         evicted = self.outbox.evicted_upto(kind)

@@ -103,6 +103,11 @@ class Outbox(ABC):
         Released segments that eviction passed over (ids at or below `evicted_upto` of their kind) are
         evicted now, so `evicted_upto` keeps its meaning; returns readings evicted, by reason."""
 
+    def take_drops(self) -> dict[str, int]:
+        """Readings dropped outside `append`/`release` (corrupt rows found by `pending`) since the last
+        call, by reason, so the agent can count them; {} for an outbox that cannot find corruption."""
+        return {}
+
     @abstractmethod
     def stats(self) -> OutboxStats: ...
 

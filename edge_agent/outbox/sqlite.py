@@ -1,11 +1,12 @@
 """SQLite outbox (WAL): the agent's store-and-forward buffer on disk.
 
-On-disk format (format 1), one file ``outbox.db`` (+ ``-wal``/``-shm`` while open)::
+On-disk format (format 2), one file ``outbox.db`` (+ ``-wal``/``-shm`` while open)::
 
     meta(key PRIMARY KEY, value)                      -- format, created
     contexts(id PRIMARY KEY, header UNIQUE)           -- model lineage + channels JSON
     segments(id PRIMARY KEY AUTOINCREMENT, device_id, boot_id, context_id, kind,
-             seq_first, seq_last, n, anomalies, stored_at, cost, body BLOB)
+             seq_first, seq_last, n, anomalies, stored_at, cost, body BLOB,
+             crc)                                     -- CRC-32 of the row (format 2; NULL in rows of format 1)
     streams(device_id PRIMARY KEY, boot_id, last_seq) -- dedup state per device
     checkpoint(key PRIMARY KEY, value)                -- source position
     drops(reason PRIMARY KEY, readings)               -- evictions, persisted
@@ -21,14 +22,26 @@ SIGKILL (the WAL is in the OS page cache) but the last transactions before a pow
 be rolled back — faster, for devices with a UPS or where the source can replay. A crash
 can lose nothing that `append` returned for; it can re-send segments that were delivered
 but not yet acked (at-least-once).
+
+Corruption. Every row carries a CRC-32 of its fields and body, checked when it is read for sending:
+a row whose bits changed on the medium (SQLite's own checks do not look inside a BLOB) is deleted,
+counted as dropped (reason ``corrupt_row``, with the row's reading count) and never sent. A file that
+SQLite cannot open or read as a database is moved aside (``outbox.db.corrupt-<time>``, with its WAL)
+and a fresh outbox started, into which every row SQLite can still read from the old file and whose
+CRC holds is salvaged (with the stream state, checkpoint and drop counts where readable); the agent
+keeps running instead of failing every start. A file of format 1 is upgraded in place (its rows have
+no CRC and are sent unchecked).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -36,7 +49,30 @@ from typing import NamedTuple
 from edge_agent.errors import OutboxError
 from edge_agent.outbox.base import ROW_OVERHEAD, Outbox, OutboxStats, Segment, StoredSegment
 
-FORMAT = "1"
+FORMAT = "2"
+CORRUPT = "corrupt_row"
+log = logging.getLogger("edgeflag.outbox")
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    msg = str(exc).lower()
+    return "malformed" in msg or "not a database" in msg or "corrupt" in msg
+
+
+def _intact(r: tuple) -> bool:  # type: ignore[type-arg]
+    """A salvaged row (id, fields…, body, crc) is readable and, when it has a CRC, matches it."""
+    try:
+        crc = row_crc(r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6]), int(r[7]), int(r[8]), bytes(r[11]))
+    except (TypeError, ValueError):
+        return False
+    return r[12] is None or r[12] == crc
+
+
+def row_crc(device_id: str, boot_id: str, context_id: int, kind: int, seq_first: int, seq_last: int, n: int,
+            anomalies: int, body: bytes) -> int:
+    """CRC-32 over a segment row's identity, counts and body."""
+    head = f"{device_id}\x00{boot_id}\x00{context_id}\x00{kind}\x00{seq_first}\x00{seq_last}\x00{n}\x00{anomalies}"
+    return zlib.crc32(body, zlib.crc32(head.encode()))
 
 
 class _Totals(NamedTuple):
@@ -66,7 +102,7 @@ CREATE TABLE IF NOT EXISTS segments(
     device_id TEXT NOT NULL, boot_id TEXT NOT NULL, context_id INTEGER NOT NULL,
     kind INTEGER NOT NULL, seq_first INTEGER NOT NULL, seq_last INTEGER NOT NULL,
     n INTEGER NOT NULL, anomalies INTEGER NOT NULL, stored_at REAL NOT NULL,
-    cost INTEGER NOT NULL, body BLOB NOT NULL);
+    cost INTEGER NOT NULL, body BLOB NOT NULL, crc INTEGER);
 CREATE INDEX IF NOT EXISTS segments_kind ON segments(kind, id);
 CREATE TABLE IF NOT EXISTS streams(device_id TEXT PRIMARY KEY, boot_id TEXT NOT NULL, last_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoint(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,31 +117,104 @@ class SqliteOutbox(Outbox):
         self.path = Path(path)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._new_drops: dict[str, int] = {}
+        self.salvaged: dict[str, int] | None = None  # set when a corrupt file was moved aside at open
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._sync = "FULL" if synchronous == "full" else "NORMAL"
-            self._db.execute(f"PRAGMA synchronous={self._sync}")
-            self._db.execute("PRAGMA wal_autocheckpoint=1000")
-            # Deleted (delivered) rows are not overwritten with zeros: that halves the cost of an
-            # ack and the flash writes it causes. Freed pages are reused by later appends.
-            self._db.execute("PRAGMA secure_delete=OFF")
-            self._db.executescript(_SCHEMA)
-            fmt = self._db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
-            if fmt is None:
-                self._db.execute("INSERT INTO meta VALUES('format', ?), ('created', ?)", (FORMAT, str(time.time())))
-            elif fmt[0] != FORMAT:
-                raise OutboxError(f"{self.path}: outbox format {fmt[0]} is not supported (this build: {FORMAT})")
-            # Totals are kept in memory from here on, so stats() costs O(1) however large the backlog.
-            self._segments, self._readings, self._anomalies, self._bytes = (int(v) for v in self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(n),0), COALESCE(SUM(anomalies),0), COALESCE(SUM(cost),0)"
-                " FROM segments").fetchone())
+            self._open(synchronous)
         except sqlite3.DatabaseError as exc:
-            raise OutboxError(f"{self.path}: cannot open outbox: {exc}") from None
+            with contextlib.suppress(sqlite3.Error, AttributeError):
+                self._db.close()
+            if isinstance(exc, sqlite3.OperationalError) and not _is_corruption(exc):
+                raise OutboxError(f"{self.path}: cannot open outbox: {exc}") from None
+            aside = self._move_aside(exc)
+            try:
+                self._open(synchronous)
+            except sqlite3.DatabaseError as exc2:
+                raise OutboxError(f"{self.path}: cannot open outbox: {exc2}") from None
+            self.salvaged = self._salvage(aside)
+            log.error("outbox %s was corrupt (%s); moved aside to %s, salvaged %s", self.path, exc, aside,
+                      self.salvaged)
         self._contexts: dict[str, int] = dict(self._db.execute("SELECT header, id FROM contexts").fetchall())
         self._evicted_upto = {0: 0, 1: 0}
         self._held: set[int] = set()
+
+    def _open(self, synchronous: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._sync = "FULL" if synchronous == "full" else "NORMAL"
+        self._db.execute(f"PRAGMA synchronous={self._sync}")
+        self._db.execute("PRAGMA wal_autocheckpoint=1000")
+        # Deleted (delivered) rows are not overwritten with zeros: that halves the cost of an
+        # ack and the flash writes it causes. Freed pages are reused by later appends.
+        self._db.execute("PRAGMA secure_delete=OFF")
+        self._db.executescript(_SCHEMA)
+        fmt = self._db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+        if fmt is None:
+            self._db.execute("INSERT INTO meta VALUES('format', ?), ('created', ?)", (FORMAT, str(time.time())))
+        elif fmt[0] == "1":  # upgrade: rows gain a CRC column (NULL: unchecked)
+            self._db.execute("ALTER TABLE segments ADD COLUMN crc INTEGER")
+            self._db.execute("UPDATE meta SET value=? WHERE key='format'", (FORMAT,))
+        elif fmt[0] != FORMAT:
+            raise OutboxError(f"{self.path}: outbox format {fmt[0]} is not supported (this build: {FORMAT})")
+        # Totals are kept in memory from here on, so stats() costs O(1) however large the backlog.
+        self._segments, self._readings, self._anomalies, self._bytes = (int(v) for v in self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(n),0), COALESCE(SUM(anomalies),0), COALESCE(SUM(cost),0)"
+            " FROM segments").fetchone())
+
+    def _move_aside(self, exc: Exception) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                os.replace(src, Path(f"{aside}{suffix}"))
+        return aside
+
+    def _salvage(self, aside: Path) -> dict[str, int]:
+        """Copy what SQLite can still read from a corrupt file into this (fresh) outbox; returns counts."""
+        out = {"segments": 0, "readings": 0, "unreadable_or_bad_crc": 0}
+        try:
+            old = sqlite3.connect(f"file:{aside}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return out
+        try:
+            for table, sql in (("contexts", "INSERT OR IGNORE INTO contexts VALUES(?,?)"),
+                               ("streams", "INSERT OR REPLACE INTO streams VALUES(?,?,?)"),
+                               ("checkpoint", "INSERT OR REPLACE INTO checkpoint VALUES(?,?)"),
+                               ("drops", "INSERT OR REPLACE INTO drops VALUES(?,?)")):
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.executemany(sql, old.execute(f"SELECT * FROM {table}").fetchall())
+            try:
+                top = int(old.execute("SELECT MAX(id) FROM segments").fetchone()[0] or 0)
+            except sqlite3.Error:
+                top = 0
+            cols = "id, device_id, boot_id, context_id, kind, seq_first, seq_last, n, anomalies, stored_at, cost, body"
+            lo = 0
+            while lo < top:  # in pages, stepping over the ones SQLite cannot read
+                try:
+                    rows = old.execute(f"SELECT {cols}, crc FROM segments WHERE id>? AND id<=? ORDER BY id",
+                                       (lo, lo + 256)).fetchall()
+                except sqlite3.Error:  # a damaged page in this range: row by row, to keep what can be read
+                    rows = []
+                    for i in range(lo + 1, lo + 257):
+                        try:
+                            rows += old.execute(f"SELECT {cols}, crc FROM segments WHERE id=?", (i,)).fetchall()
+                        except sqlite3.Error:
+                            out["unreadable_or_bad_crc"] += 1
+                good = [r for r in rows if _intact(r)]
+                out["unreadable_or_bad_crc"] += len(rows) - len(good)
+                self._db.executemany(f"INSERT OR IGNORE INTO segments({cols}, crc) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                     good)
+                out["segments"] += len(good)
+                out["readings"] += sum(r[7] for r in good)
+                lo += 256
+        finally:
+            old.close()
+        self._segments, self._readings, self._anomalies, self._bytes = (int(v) for v in self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(n),0), COALESCE(SUM(anomalies),0), COALESCE(SUM(cost),0)"
+            " FROM segments").fetchone())
+        return out
 
     def context_id(self, header: str) -> int:
         with self._lock:
@@ -131,14 +240,16 @@ class SqliteOutbox(Outbox):
     def append(self, segments: Sequence[Segment], *, streams: Mapping[str, tuple[str, int]] | None = None,
                checkpoint: Mapping[str, str] | None = None) -> dict[str, int]:
         rows = [(s.device_id, s.boot_id, s.context_id, s.kind, s.seq_first, s.seq_last, s.n, s.anomalies,
-                 s.stored_at, len(s.body) + ROW_OVERHEAD, s.body) for s in segments]
+                 s.stored_at, len(s.body) + ROW_OVERHEAD, s.body,
+                 row_crc(s.device_id, s.boot_id, s.context_id, s.kind, s.seq_first, s.seq_last, s.n, s.anomalies,
+                         s.body)) for s in segments]
         added = _Totals.of([(s.n, s.anomalies, r[9]) for s, r in zip(segments, rows, strict=True)])
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany(
                     "INSERT INTO segments(device_id, boot_id, context_id, kind, seq_first, seq_last, n, anomalies,"
-                    " stored_at, cost, body) VALUES(?,?,?,?,?,?,?,?,?,?,?)", rows)
+                    " stored_at, cost, body, crc) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)", rows)
                 if streams:
                     self._db.executemany("INSERT OR REPLACE INTO streams VALUES(?,?,?)",
                                          [(d, b, s) for d, (b, s) in streams.items()])
@@ -240,12 +351,41 @@ class SqliteOutbox(Outbox):
             self._db.execute("ROLLBACK")
 
     def pending(self, kind: int, after_id: int, limit: int) -> list[StoredSegment]:
+        """Rows whose CRC holds; a corrupt one is deleted and counted as dropped (`corrupt_row`) instead."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, device_id, boot_id, context_id, seq_first, seq_last, n, anomalies, stored_at, body"
-                " FROM segments WHERE kind=? AND id>? ORDER BY id LIMIT ?", (kind, after_id, limit)).fetchall()
-        return [StoredSegment(r[0], Segment(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bytes(r[9])))
-                for r in rows]
+                "SELECT id, device_id, boot_id, context_id, seq_first, seq_last, n, anomalies, stored_at, body, crc,"
+                " cost FROM segments WHERE kind=? AND id>? ORDER BY id LIMIT ?", (kind, after_id, limit)).fetchall()
+            out, bad = [], []
+            for r in rows:
+                body = bytes(r[9])
+                if r[10] is not None and r[10] != row_crc(r[1], r[2], r[3], kind, r[4], r[5], r[6], r[7], body):
+                    bad.append(r)
+                    continue
+                out.append(StoredSegment(r[0], Segment(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], body)))
+            if bad:
+                self._drop_corrupt(bad)
+        return out
+
+    def _drop_corrupt(self, bad: list[tuple]) -> None:  # type: ignore[type-arg]
+        n = sum(max(0, int(r[6])) for r in bad)
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM segments WHERE id=?", [(r[0],) for r in bad])
+            self._count_drops({CORRUPT: n})
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise OutboxError(f"{self.path}: cannot drop corrupt rows: {exc}") from None
+        gone = _Totals(len(bad), n, sum(int(r[7]) for r in bad), sum(int(r[11]) for r in bad))
+        self._segments, self._readings, self._anomalies, self._bytes = self._totals().minus(gone)
+        self._new_drops[CORRUPT] = self._new_drops.get(CORRUPT, 0) + n
+        log.error("outbox: %d corrupt row(s) (%d readings) failed their checksum; dropped, not sent", len(bad), n)
+
+    def take_drops(self) -> dict[str, int]:
+        with self._lock:
+            out, self._new_drops = self._new_drops, {}
+            return out
 
     def evicted_upto(self, kind: int) -> int:
         return self._evicted_upto[kind]

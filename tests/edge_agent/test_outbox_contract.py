@@ -10,7 +10,6 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from edge_agent.errors import OutboxError
 from edge_agent.outbox import ROW_OVERHEAD, MemoryOutbox, Outbox, Segment, SqliteOutbox, cost
 
 Factory = Callable[[int], Outbox]
@@ -119,11 +118,63 @@ def test_the_sqlite_outbox_survives_reopening_with_everything_in_place(tmp_path:
     again.close()
 
 
-def test_a_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_database_is_moved_aside_and_a_fresh_outbox_started(tmp_path: Path) -> None:
+    """Regression: a corrupt outbox failed every start of the agent."""
     bad = tmp_path / "o.db"
     bad.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(OutboxError, match="cannot open outbox"):
-        SqliteOutbox(bad, 1 << 20)
+    ob = SqliteOutbox(bad, 1 << 20)
+    assert ob.salvaged == {"segments": 0, "readings": 0, "unreadable_or_bad_crc": 0}
+    ob.append([seg()])
+    assert ob.stats().readings == 1
+    ob.close()
+    (aside,) = tmp_path.glob("o.db.corrupt-*")
+    assert aside.read_bytes() == b"this is not sqlite" * 100, "the damaged file is kept for inspection"
+
+
+def marked(i: int) -> Segment:
+    body = f"MARK{i:05d}".encode() + b"y" * 400
+    return Segment(device_id="d1", boot_id="b", context_id=1, seq_first=i, seq_last=i, n=1, anomalies=0,
+                   stored_at=float(i), body=body)
+
+
+def test_a_bit_flipped_row_is_counted_and_skipped_never_sent(tmp_path: Path) -> None:
+    """Regression: rows with flipped bits went out as invalid UTF-8 while integrity_check said ok."""
+    path = tmp_path / "o.db"
+    ob = SqliteOutbox(path, 1 << 20)
+    ob.append([marked(i) for i in range(20)])
+    ob.close()
+    raw = bytearray(path.read_bytes())
+    at = -1
+    while (at := raw.find(b"MARK00007", at + 1)) >= 0:  # (every copy of the row in the file)
+        raw[at + 20] ^= 0x10
+    path.write_bytes(bytes(raw))
+    ob = SqliteOutbox(path, 1 << 20)
+    assert ob.salvaged is None, "SQLite cannot see a flip inside a BLOB: only the row's CRC can"
+    got = ob.pending(0, 0, 100)
+    assert [s.segment.seq_first for s in got] == [i for i in range(20) if i != 7]
+    assert all(s.segment.body == marked(s.segment.seq_first).body for s in got)
+    assert ob.take_drops() == {"corrupt_row": 1} and ob.take_drops() == {}
+    assert ob.drops() == {"corrupt_row": 1} and ob.stats().readings == 19
+    ob.close()
+
+
+def test_a_damaged_page_is_survived_and_every_readable_row_salvaged(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    ob = SqliteOutbox(path, 1 << 22)
+    ob.append([marked(i) for i in range(400)], streams={"d1": ("b", 399)}, checkpoint={"k": "v"})
+    ob.close()
+    raw = bytearray(path.read_bytes())
+    page = raw.index(b"MARK00200") // 4096
+    raw[page * 4096:(page + 1) * 4096] = b"\xff" * 4096  # a torn or overwritten page of the segments table
+    path.write_bytes(bytes(raw))
+    ob = SqliteOutbox(path, 1 << 22)
+    assert ob.salvaged is not None and list(tmp_path.glob("o.db.corrupt-*"))
+    kept = [s.segment.seq_first for s in ob.pending(0, 0, 1000)]
+    assert 200 not in kept and 370 <= len(kept) < 400, len(kept)
+    assert ob.salvaged["segments"] == len(kept) == ob.stats().readings
+    assert ob.streams() == {"d1": ("b", 399)} and ob.checkpoint() == {"k": "v"}
+    ob.append([marked(1000)])
+    ob.close()
 
 
 class OutboxModel(RuleBasedStateMachine):
