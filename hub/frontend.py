@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.mqtt import sas_signature, sas_token
+from contracts.reading import validate_device_id
 from hub import mqttwire as w
 from hub.statefile import write_private
 
@@ -85,7 +86,10 @@ class DeviceRegistry:
         return sorted(self._devices)
 
     def add(self, device_id: str, key: str | None = None, tags: dict[str, str] | None = None) -> str:
-        """Register (or re-register) a device; keeps its key and tags unless new ones are given."""
+        """Register (or re-register) a device; keeps its key and tags unless new ones are given.
+
+        ContractError for an id IoT Hub would refuse (it names MQTT topics: no '/', '+', '#')."""
+        validate_device_id(device_id)
         self._refresh()
         old = self._devices.get(device_id, {})
         key = key or old.get("key") or base64.b64encode(secrets.token_bytes(32)).decode()
@@ -210,6 +214,9 @@ class FrontEnd:
             cn = next((v for rdn in peercert.get("subject", ()) for k, v in rdn if k == "commonName"), None)
             if cn != device:
                 self._refuse("certificate CN is not the client id")
+                return None
+            if self.registry.key(device) is None:  # a CA-signed certificate alone is not a registration
+                self._refuse("unknown device")
                 return None
             return device
         key = self.registry.key(device)

@@ -5,6 +5,10 @@ telemetry published while the hub is down waits in the broker; a message is ackn
 only after its bronze line is fsynced, so a hub killed mid-stream loses nothing (it may
 land a message twice; silver dedups by device_id, boot_id, seq).
 
+A retained telemetry message is landed once, when it is published (subscribers then get it with the
+retain flag clear); the copies the broker replays at every (re)subscribe carry the flag and are
+acknowledged without landing (`retained_replays`).
+
 Telemetry over MAX_MESSAGE_BYTES (256 KB, IoT Hub's device-to-cloud limit) is refused: acknowledged,
 never landed, counted in `refused` (per device in `refused_by_device`) and logged. Any other payload
 lands (undecodable ones as base64 with the error, see hub.bronze), so no message can stop the ingest.
@@ -37,6 +41,7 @@ class HubIngest:
         self.client_id = client_id
         self.landed = 0
         self.refused = 0
+        self.retained_replays = 0
         self.refused_by_device: dict[str, int] = {}
         self.connected = threading.Event()
 
@@ -67,6 +72,12 @@ class HubIngest:
                 device, props = parse_telemetry_topic(msg.topic)
             except ContractError:
                 device, props = "", {"topic": msg.topic}
+            if msg.retain:  # a retained message replayed on (re)subscribe: it was landed when it was published
+                self.retained_replays += 1
+                if msg.qos:
+                    with lock:
+                        pending.append((None, msg.mid, cl.generation))
+                return
             if len(msg.payload) > MAX_MESSAGE_BYTES:
                 self.refused += 1
                 self.refused_by_device[device] = self.refused_by_device.get(device, 0) + 1

@@ -168,7 +168,10 @@ def device_cmd(args: argparse.Namespace) -> int:
     from hub.frontend import DeviceRegistry
 
     tags = {"device_type": args.device_type} if args.device_type else None
-    key = DeviceRegistry(args.state / "devices.json").add(args.device_id, tags=tags)
+    try:
+        key = DeviceRegistry(args.state / "devices.json").add(args.device_id, tags=tags)
+    except ContractError as exc:
+        raise CliError(f"device id refused: {exc}") from None
     # plain print: the connection string must stay on one line to be copied
     print(f"HostName={HUB_NAME};DeviceId={args.device_id};SharedAccessKey={key};GatewayHostName={args.gateway}")
     return 0

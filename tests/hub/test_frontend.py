@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 import threading
 import time
@@ -176,3 +177,33 @@ def test_x509_devices_are_authenticated_by_certificate_cn(hub: Hub) -> None:
     _, bad = hub.device("dev-b", None, cert=cert)
     assert bad["rc"] == 5
     assert hub.front.stats.refused == {"certificate CN is not the client id": 1}
+    # regression: a certificate the CA signed for a device that is not (or no longer) registered connected
+    ghost = make_device(hub.ca, hub.tmp / "pki", "dev-ghost")
+    _, refused = hub.device("dev-ghost", None, cert=ghost)
+    assert refused["rc"] == 5
+    assert hub.front.stats.refused.get("unknown device") == 1
+
+
+def test_device_ids_that_would_name_other_topics_are_refused_and_keys_are_private_from_birth(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stat
+
+    from contracts.errors import ContractError
+
+    registry = DeviceRegistry(tmp_path / "devices.json")
+    for bad in ("a/b", "dev-1/twin", "+", "#", ""):
+        with pytest.raises(ContractError):
+            registry.add(bad)
+    assert registry.ids() == []
+    seen: list[int] = []
+    real_replace = os.replace
+
+    def spy(src: Any, dst: Any) -> None:  # the mode of each file as it is renamed into place
+        seen.append(stat.S_IMODE(os.stat(src).st_mode))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    ca = make_ca(tmp_path / "pki")
+    monkeypatch.undo()
+    assert seen and all(m == 0o600 for m in seen), "a key file was never readable by others"
+    assert stat.S_IMODE(ca.key.stat().st_mode) == 0o600

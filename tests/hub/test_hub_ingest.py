@@ -120,3 +120,30 @@ def test_no_message_stops_the_ingest_and_oversized_telemetry_is_refused_and_coun
     bad = [r for r in records if "body_base64" in r]
     assert sorted(base64.b64decode(r["body_base64"]) for r in bad) == sorted(HOSTILE.values())
     assert all(r["error"] for r in bad)
+
+
+@pytest.mark.broker
+def test_retained_telemetry_lands_once_not_at_every_hub_restart(tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
+    bronze = tmp_path / "bronze"
+
+    def run_hub() -> Hub:
+        return Hub(HubConfig(state=tmp_path / "hub", bronze=bronze, broker_port=broker.port, frontend=None,
+                             twins=False)).start()
+
+    hub = run_hub()
+    pub = make_client(MqttSettings(port=broker.port, client_id="retainer"))
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    body = {"v": 1, "device_id": "dev-0001", "boot_id": "b", "readings": [{"seq": 1}]}
+    pub.publish("devices/dev-0001/messages/events/", json.dumps(body), qos=1, retain=True).wait_for_publish(5)
+    time.sleep(0.5)
+    hub.stop()
+    for _ in range(2):  # two restarts: the broker replays the retained message to each new subscription
+        hub = run_hub()
+        time.sleep(0.5)
+        replays = hub.ingest.retained_replays if hub.ingest else 0
+        hub.stop()
+    pub.publish("devices/dev-0001/messages/events/", b"", qos=1, retain=True).wait_for_publish(5)  # clear it
+    pub.loop_stop()
+    assert replays == 1
+    assert len([r for r in read_bronze(bronze) if r.get("body") == body]) == 1
