@@ -13,6 +13,7 @@ with the reason, and the agent keeps its current model.
 from __future__ import annotations
 
 import shutil
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from models.errors import ModelError
 
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 MAX_MODEL_VERSION = 2**31 - 1
+DOWNLOAD_DEADLINE_S = 120.0  # a whole bundle download (manifest + model), however slowly the server sends
 
 
 class RolloutError(AgentError):
@@ -54,8 +56,26 @@ def parse_spec(spec: Any) -> tuple[int, str, str]:
     return version, url, sha
 
 
-def fetch(url: str, dest: Path) -> Path:
-    """Copy or download a bundle directory into dest (a fresh directory)."""
+def _download(url: str, deadline: float) -> bytes:
+    """GET at most MAX_BUNDLE_BYTES + 1 bytes, all of it before `deadline` (time.monotonic()): a server
+    that drips bytes cannot hold the control plane beyond it (the socket timeout alone would not stop it)."""
+    chunks: list[bytes] = []
+    got = 0
+    with urllib.request.urlopen(url, timeout=max(1.0, min(30.0, deadline - time.monotonic()))) as resp:
+        while got <= MAX_BUNDLE_BYTES:
+            if time.monotonic() > deadline:
+                raise RolloutError(f"download of {url[:200]} did not finish within the rollout deadline")
+            chunk = resp.read1(min(65536, MAX_BUNDLE_BYTES + 1 - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    return b"".join(chunks)
+
+
+def fetch(url: str, dest: Path, *, timeout_s: float = DOWNLOAD_DEADLINE_S) -> Path:
+    """Copy or download a bundle directory into dest (a fresh directory), within `timeout_s` in all."""
+    deadline = time.monotonic() + timeout_s
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -68,8 +88,7 @@ def fetch(url: str, dest: Path) -> Path:
                     raise RolloutError(f"{name} is larger than {MAX_BUNDLE_BYTES} bytes")
                 shutil.copyfile(src, dest / name)
             else:
-                with urllib.request.urlopen(url.rstrip("/") + "/" + name, timeout=30) as resp:
-                    data = resp.read(MAX_BUNDLE_BYTES + 1)
+                data = _download(url.rstrip("/") + "/" + name, deadline)
                 if len(data) > MAX_BUNDLE_BYTES:
                     raise RolloutError(f"{name} is larger than {MAX_BUNDLE_BYTES} bytes")
                 (dest / name).write_bytes(data)

@@ -73,3 +73,36 @@ def test_a_bundle_that_is_not_the_one_named_is_refused(tmp_path: Path, trained_s
     with pytest.raises(RolloutError, match="bundle rejected"):
         prepare(spec_for(src, tampered.as_uri()), tmp_path, trusted_key=None, current=current, canary=None)
     assert parse_spec(spec)[0] == 1
+
+
+def test_a_server_that_drips_bytes_cannot_hold_the_rollout_past_its_deadline(tmp_path: Path) -> None:
+    """Regression: one byte per 10 s kept the socket timeout from firing and blocked the control plane."""
+    import time
+
+    from edge_agent.rollout import fetch
+
+    stop = threading.Event()
+
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            while not stop.is_set():
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        t = time.monotonic()
+        with pytest.raises(RolloutError, match="deadline"):
+            fetch(f"http://127.0.0.1:{server.server_address[1]}/v1", tmp_path / "dl", timeout_s=1.5)
+        assert time.monotonic() - t < 3.0
+    finally:
+        stop.set()
+        server.shutdown()
