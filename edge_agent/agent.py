@@ -516,4 +516,5 @@ class Agent:
                 "config": {"batch_size": self._batch_limit, "send_rate": self.bucket.rate,
                            "log_level": logging.getLevelName(self.log.level).lower(),
                            "threshold": self.stage.threshold},
-                "last_error": self.last_error, **snap}
+                "last_error": self.last_error,
+                "outbox_disk_full": bool(getattr(self.outbox, "disk_full", False)), **snap}

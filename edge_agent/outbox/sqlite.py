@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -52,6 +53,10 @@ from edge_agent.outbox.base import ROW_OVERHEAD, Outbox, OutboxStats, Segment, S
 FORMAT = "2"
 CORRUPT = "corrupt_row"
 log = logging.getLogger("edgeflag.outbox")
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "full" in str(exc).lower()
 
 
 def _is_corruption(exc: sqlite3.Error) -> bool:
@@ -113,14 +118,26 @@ CREATE TABLE IF NOT EXISTS drops(reason TEXT PRIMARY KEY, readings INTEGER NOT N
 class SqliteOutbox(Outbox):
     """The outbox in one SQLite file. Thread-safe (one connection behind a lock)."""
 
-    def __init__(self, path: Path | str, max_bytes: int, *, synchronous: str = "full") -> None:
+    def __init__(self, path: Path | str, max_bytes: int, *, synchronous: str = "full",
+                 reserve_bytes: int = 8 * 1024 * 1024) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._new_drops: dict[str, int] = {}
+        self.reserve_bytes = reserve_bytes
+        self._reserve = Path(f"{self.path}.reserve")
+        self.disk_full = False  # the disk filled: the outbox keeps what it holds and evicts by policy
+        self._full_cap: int | None = None
+        self._space_checked = 0.0
         self.salvaged: dict[str, int] | None = None  # set when a corrupt file was moved aside at open
         try:
-            self._open(synchronous)
+            try:
+                self._open(synchronous)
+            except sqlite3.OperationalError as exc:
+                if not _is_full(exc) or not self._reserve.exists():
+                    raise
+                self._enter_full(exc)  # the disk filled while we were down: give back the reserve, retry
+                self._open(synchronous)
         except sqlite3.DatabaseError as exc:
             with contextlib.suppress(sqlite3.Error, AttributeError):
                 self._db.close()
@@ -137,6 +154,8 @@ class SqliteOutbox(Outbox):
         self._contexts: dict[str, int] = dict(self._db.execute("SELECT header, id FROM contexts").fetchall())
         self._evicted_upto = {0: 0, 1: 0}
         self._held: set[int] = set()
+        if not self.disk_full:
+            self._make_reserve()
 
     def _open(self, synchronous: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +163,11 @@ class SqliteOutbox(Outbox):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._sync = "FULL" if synchronous == "full" else "NORMAL"
         self._db.execute(f"PRAGMA synchronous={self._sync}")
-        self._db.execute("PRAGMA wal_autocheckpoint=1000")
+        # The WAL is checkpointed (and cut back) before it outgrows half the disk reserve, so that when the
+        # disk fills, the reserve given back is always enough to fold the WAL into the database and free it.
+        wal_pages = max(32, min(1000, self.reserve_bytes // 8192)) if self.reserve_bytes > 0 else 1000
+        self._db.execute(f"PRAGMA wal_autocheckpoint={wal_pages}")
+        self._db.execute(f"PRAGMA journal_size_limit={wal_pages * 4096}")
         # Deleted (delivered) rows are not overwritten with zeros: that halves the cost of an
         # ack and the flash writes it causes. Freed pages are reused by later appends.
         self._db.execute("PRAGMA secure_delete=OFF")
@@ -245,38 +268,105 @@ class SqliteOutbox(Outbox):
                          s.body)) for s in segments]
         added = _Totals.of([(s.n, s.anomalies, r[9]) for s, r in zip(segments, rows, strict=True)])
         with self._lock:
+            self._check_space()
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(
-                    "INSERT INTO segments(device_id, boot_id, context_id, kind, seq_first, seq_last, n, anomalies,"
-                    " stored_at, cost, body, crc) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-                if streams:
-                    self._db.executemany("INSERT OR REPLACE INTO streams VALUES(?,?,?)",
-                                         [(d, b, s) for d, (b, s) in streams.items()])
-                if checkpoint:
-                    self._db.executemany("INSERT OR REPLACE INTO checkpoint VALUES(?,?)", list(checkpoint.items()))
-                total = added.plus(self._totals())
-                evicted: dict[str, int] = {}
-                marks: dict[int, int] = {}  # highest evicted id per kind, published once committed
-                if total.bytes > self.max_bytes:
-                    total = self._evict(total, evicted, marks)
-                self._db.execute("COMMIT")
+                return self._append(rows, added, streams, checkpoint)
             except sqlite3.Error as exc:
-                self._rollback()
+                if not _is_full(exc) or (self.disk_full and not self._reserve.exists()):
+                    raise OutboxError(f"{self.path}: append failed: {exc}") from None
+                self._enter_full(exc)
+            try:  # again, now making room first inside what the file already holds
+                return self._append(rows, added, streams, checkpoint)
+            except sqlite3.Error as exc:
                 raise OutboxError(f"{self.path}: append failed: {exc}") from None
-            self._segments, self._readings, self._anomalies, self._bytes = total
-            for kind, upto in marks.items():
-                self._evicted_upto[kind] = max(self._evicted_upto[kind], upto)
-            return evicted
+
+    def _append(self, rows: list[tuple], added: _Totals, streams: Mapping[str, tuple[str, int]] | None,  # type: ignore[type-arg]
+                checkpoint: Mapping[str, str] | None) -> dict[str, int]:
+        evicted: dict[str, int] = {}
+        marks: dict[int, int] = {}  # highest evicted id per kind, published once committed
+        bound = self._bound()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            total = self._totals()
+            if self.disk_full and total.bytes + added.bytes > bound:  # free pages before asking for new ones
+                total = self._evict(total, evicted, marks, bound=max(0, bound - added.bytes))
+            self._db.executemany(
+                "INSERT INTO segments(device_id, boot_id, context_id, kind, seq_first, seq_last, n, anomalies,"
+                " stored_at, cost, body, crc) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            if streams:
+                self._db.executemany("INSERT OR REPLACE INTO streams VALUES(?,?,?)",
+                                     [(d, b, s) for d, (b, s) in streams.items()])
+            if checkpoint:
+                self._db.executemany("INSERT OR REPLACE INTO checkpoint VALUES(?,?)", list(checkpoint.items()))
+            total = added.plus(total)
+            if total.bytes > bound:
+                total = self._evict(total, evicted, marks, bound=bound)
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            self._rollback()
+            raise
+        self._segments, self._readings, self._anomalies, self._bytes = total
+        for kind, upto in marks.items():
+            self._evicted_upto[kind] = max(self._evicted_upto[kind], upto)
+        if self.disk_full:
+            self._shrink_wal()
+        return evicted
+
+    # -- full disk -----------------------------------------------------------------------------------
+    def _bound(self) -> int:
+        return self.max_bytes if self._full_cap is None else min(self.max_bytes, self._full_cap)
+
+    def _make_reserve(self) -> None:
+        """Keep `reserve_bytes` of the disk in a file of our own, given back the moment the disk fills."""
+        if self.reserve_bytes <= 0 or self._reserve.exists():
+            return
+        try:
+            with open(self._reserve, "wb") as fh:
+                for _ in range(0, self.reserve_bytes, 1 << 20):
+                    fh.write(b"\0" * min(1 << 20, self.reserve_bytes))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._reserve.unlink()
+
+    def _enter_full(self, exc: Exception) -> None:
+        with contextlib.suppress(OSError):
+            self._reserve.unlink()
+        if not self.disk_full:
+            log.error("outbox %s: the disk is full (%s); keeping %d bytes and evicting by policy until space "
+                      "returns", self.path, exc, self._bytes)
+        self.disk_full = True
+        self._full_cap = self._bytes
+        self._space_checked = time.monotonic()
+        self._shrink_wal()
+
+    def _shrink_wal(self) -> None:
+        """Fold the WAL into the database and truncate it: on a full disk the WAL is the space we need."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _check_space(self) -> None:
+        """While the disk is full, every 2 s: has space come back (reserve twice over)? Then grow again."""
+        if not self.disk_full or time.monotonic() - self._space_checked < 2.0:
+            return
+        self._space_checked = time.monotonic()
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(self.path.parent).free >= 2 * self.reserve_bytes + (1 << 20):
+                self._make_reserve()
+                self.disk_full, self._full_cap = False, None
+                log.warning("outbox %s: disk space is back; the outbox may grow to %d bytes again", self.path,
+                            self.max_bytes)
 
     def _totals(self) -> _Totals:
         return _Totals(self._segments, self._readings, self._anomalies, self._bytes)
 
-    def _evict(self, total: _Totals, evicted: dict[str, int], marks: dict[int, int]) -> _Totals:
-        """Delete the oldest normal segments, then the oldest anomaly segments, until under the bound."""
+    def _evict(self, total: _Totals, evicted: dict[str, int], marks: dict[int, int], *, bound: int) -> _Totals:
+        """Delete the oldest normal segments, then the oldest anomaly segments, until under `bound`."""
+        counted: dict[str, int] = {}
         for kind, reason in ((0, "outbox_full_normal"), (1, "outbox_full_anomaly")):
             after = 0
-            while total.bytes > self.max_bytes:
+            while total.bytes > bound:
                 batch = self._db.execute(
                     "SELECT id, n, anomalies, cost FROM segments WHERE kind=? AND id>? ORDER BY id LIMIT 512",
                     (kind, after)).fetchall()
@@ -290,7 +380,7 @@ class SqliteOutbox(Outbox):
                         continue
                     take.append(row)
                     freed += row[3]
-                    if total.bytes - freed <= self.max_bytes:
+                    if total.bytes - freed <= bound:
                         break
                 if not take:
                     continue
@@ -303,8 +393,10 @@ class SqliteOutbox(Outbox):
                 marks[kind] = max(marks.get(kind, 0), upto)
                 gone = _Totals.of([r[1:] for r in take])
                 total = total.minus(gone)
-                evicted[reason] = evicted.get(reason, 0) + gone.readings
-        self._count_drops(evicted)
+                counted[reason] = counted.get(reason, 0) + gone.readings
+        self._count_drops(counted)
+        for reason, n in counted.items():
+            evicted[reason] = evicted.get(reason, 0) + n
         return total
 
     def _count_drops(self, evicted: Mapping[str, int]) -> None:
@@ -395,25 +487,33 @@ class SqliteOutbox(Outbox):
             return 0
         with self._lock:
             self._held.difference_update(ids)
-            try:
-                # A lost delete only means a resend (at-least-once), so acks skip the fsync.
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.execute("BEGIN IMMEDIATE")
-                deleted: list[tuple[int, int, int]] = []
-                for i in range(0, len(ids), 500):
-                    chunk = list(ids[i : i + 500])
-                    placeholders = ",".join("?" * len(chunk))
-                    sql = f"DELETE FROM segments WHERE id IN ({placeholders}) RETURNING n, anomalies, cost"
-                    deleted += self._db.execute(sql, chunk).fetchall()
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise OutboxError(f"{self.path}: ack failed: {exc}") from None
-            finally:
-                self._db.execute(f"PRAGMA synchronous={self._sync}")
+            for attempt in (1, 2):
+                try:
+                    deleted = self._delete(ids)
+                    break
+                except sqlite3.Error as exc:
+                    self._rollback()
+                    if attempt == 2 or not _is_full(exc):
+                        raise OutboxError(f"{self.path}: ack failed: {exc}") from None
+                    self._enter_full(exc)  # even a delete needs WAL space: give back the reserve, again
+                finally:
+                    self._db.execute(f"PRAGMA synchronous={self._sync}")
             gone = _Totals.of(deleted)
             self._segments, self._readings, self._anomalies, self._bytes = self._totals().minus(gone)
             return gone.readings
+
+    def _delete(self, ids: Sequence[int]) -> list[tuple[int, int, int]]:
+        # A lost delete only means a resend (at-least-once), so acks skip the fsync.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("BEGIN IMMEDIATE")
+        deleted: list[tuple[int, int, int]] = []
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i : i + 500])
+            placeholders = ",".join("?" * len(chunk))
+            sql = f"DELETE FROM segments WHERE id IN ({placeholders}) RETURNING n, anomalies, cost"
+            deleted += self._db.execute(sql, chunk).fetchall()
+        self._db.execute("COMMIT")
+        return deleted
 
     def stats(self) -> OutboxStats:
         """O(1) in the backlog: totals are kept in memory; the oldest row is found through its id."""

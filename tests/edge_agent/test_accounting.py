@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers import wait_for
 
 from contracts.telemetry import decode_payload
@@ -93,3 +94,66 @@ def test_counts_add_up_on_a_slow_flapping_link_with_a_small_outbox(tmp_path: Pat
     assert snap["readings_in"] == snap["sent"] + dropped + quarantined + queued
     assert len(keys) == len(set(keys)) == snap["sent"], "a delivered reading is counted once, as sent"
     assert snap["readings_in"] - dropped - quarantined == len(set(keys))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 6 MB tmpfs (needs root and mount; skipped elsewhere, with the reason)."""
+    import os
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode()[:200]}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_never_wedges_the_agent_and_space_coming_back_is_used(small_disk: Path, trained_small) -> None:  # type: ignore[no-untyped-def]
+    """Regression: when the outbox's filesystem filled, appends and even acks failed forever."""
+    from edge_agent.outbox import SqliteOutbox
+
+    filler = small_disk / "other-data"
+    filler.write_bytes(b"\0" * (2 << 20))  # something else on the same disk, deleted later
+    devices, readings = 4, 25_000
+    cfg = build_config({
+        "agent": {"state_dir": str(small_disk / "state"), "status_interval_s": 3600.0},
+        "model": {"bundle": str(trained_small[0])},
+        "source": {"type": "simulator", "devices": devices, "readings": readings, "seed": 5, "anomaly_rate": 0.01},
+        "scoring": {"batch_size": 1024},
+        "outbox": {"max_bytes": 64 << 20},  # far more than the disk holds
+        "uplink": {"type": "mqtt", "rate_messages_per_s": 0.0},
+        "log": {"level": "error"},
+    }, environ={})
+    (small_disk / "state").mkdir()
+    outbox = SqliteOutbox(small_disk / "state" / "outbox.db", cfg.outbox.max_bytes, reserve_bytes=512 * 1024)
+    link = SlowLink(cfg.uplink, delay=0.0, flap_every=10**9)
+    link.up = False  # the uplink is down: everything piles up on the small disk
+    link._down_until = float("inf")
+    agent = Agent(cfg, sink=link, outbox=outbox)
+    agent.start()
+    try:
+        wait_for(lambda: agent.metrics.snapshot()["readings_in"] == devices * readings, 90, "ingest to go on")
+        assert outbox.disk_full and agent.status()["outbox_disk_full"] is True
+        assert sum(agent.metrics.snapshot()["dropped"].values()) > 0, "the outbox evicted by policy"
+        link._down_until = 0.0  # the link comes back: the backlog drains off the full disk
+        wait_for(agent.drained, 90, "the outbox to drain")
+        snap = agent.metrics.snapshot()
+        queued = outbox.stats().readings
+        filler.unlink()  # space comes back
+        time.sleep(2.1)
+        outbox.append([])
+        assert not outbox.disk_full and agent.status()["outbox_disk_full"] is False
+    finally:
+        t = time.monotonic()
+        agent.stop(flush_timeout=2)
+        assert time.monotonic() - t < 5, "stops promptly"
+    dropped = sum(snap["dropped"].values())
+    keys = {(m.device_id, r["seq"]) for m in link.delivered for r in decode_payload(m.payload)["readings"]}
+    print(f"full disk: in {snap['readings_in']}, sent {snap['sent']}, dropped {snap['dropped']}, queued {queued}")
+    assert snap["readings_in"] == snap["sent"] + dropped + sum(snap["quarantined"].values()) + queued
+    assert len(keys) == snap["sent"]
