@@ -322,8 +322,8 @@ class SqliteOutbox(Outbox):
             return
         try:
             with open(self._reserve, "wb") as fh:
-                for _ in range(0, self.reserve_bytes, 1 << 20):
-                    fh.write(b"\0" * min(1 << 20, self.reserve_bytes))
+                for at in range(0, self.reserve_bytes, 1 << 20):
+                    fh.write(b"\0" * min(1 << 20, self.reserve_bytes - at))
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError:
