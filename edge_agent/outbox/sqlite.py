@@ -181,6 +181,9 @@ class SqliteOutbox(Outbox):
         elif fmt[0] != FORMAT:
             raise OutboxError(f"{self.path}: outbox format {fmt[0]} is not supported (this build: {FORMAT})")
         # Totals are kept in memory from here on, so stats() costs O(1) however large the backlog.
+        self._load_totals()
+
+    def _load_totals(self) -> None:
         self._segments, self._readings, self._anomalies, self._bytes = (int(v) for v in self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(n),0), COALESCE(SUM(anomalies),0), COALESCE(SUM(cost),0)"
             " FROM segments").fetchone())
@@ -234,9 +237,7 @@ class SqliteOutbox(Outbox):
                 lo += 256
         finally:
             old.close()
-        self._segments, self._readings, self._anomalies, self._bytes = (int(v) for v in self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(n),0), COALESCE(SUM(anomalies),0), COALESCE(SUM(cost),0)"
-            " FROM segments").fetchone())
+        self._load_totals()
         return out
 
     def context_id(self, header: str) -> int:
