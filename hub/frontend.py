@@ -17,6 +17,13 @@ sits between devices and a backend Mosquitto and restores IoT Hub's isolation:
 * **Identity pinning**: D may publish only to ``devices/D/…`` and ``$iothub/…``; any other
   topic (another device's telemetry, a wildcard trick) drops the connection. The backend
   sees username D, so Mosquitto `acl_file` patterns with ``%u`` enforce the same rule again.
+* **Bounded connections** (`Limits`): a TLS handshake and then a CONNECT must each arrive within
+  a few seconds; at most `max_connections` devices at once; a keep-alive of 0 or above IoT Hub's
+  1,177 s is held to 1,177 s; a device that stops reading what is sent to it (its twin responses,
+  methods) is disconnected after `slow_consumer_s` instead of making the backend buffer for it.
+* **Revocation**: once a second the open connections are checked against the registry; a device
+  that was removed or re-keyed, or whose SAS token (or certificate) expired, is disconnected,
+  as IoT Hub does. Every close and refusal is counted by reason in `stats`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import asyncio
 import base64
 import contextlib
 import hmac
+import itertools
 import json
 import logging
 import secrets
@@ -42,7 +50,7 @@ from contracts.reading import validate_device_id
 from hub import mqttwire as w
 from hub.statefile import write_private
 
-__all__ = ["BACKEND_ACL", "SCOPE", "DeviceRegistry", "FrontEnd", "check_sas", "sas_token"]
+__all__ = ["BACKEND_ACL", "SCOPE", "DeviceRegistry", "FrontEnd", "Limits", "check_sas", "sas_expiry", "sas_token"]
 
 SCOPE = "edgeflag/iothub"
 log = logging.getLogger("edgeflag.hub.frontend")
@@ -109,6 +117,28 @@ class DeviceRegistry:
         d = self._devices.get(device_id)
         return d["key"] if d else None
 
+    def keys(self) -> dict[str, str]:
+        """Every registered device's key, read at most once (one stat of the file)."""
+        self._refresh()
+        return {d: v["key"] for d, v in self._devices.items()}
+
+    def remove(self, device_id: str) -> bool:
+        """Deregister a device (True if it was registered); a running front end closes its connections."""
+        self._refresh()
+        if self._devices.pop(device_id, None) is None:
+            return False
+        write_private(self.path, json.dumps({"devices": self._devices}, indent=2))
+        return True
+
+
+def sas_expiry(token: str) -> float | None:
+    """The expiry (`se`, epoch seconds) of a SAS token, None if it has none that parses."""
+    fields = dict(urllib.parse.parse_qsl(token.removeprefix("SharedAccessSignature "), keep_blank_values=True))
+    try:
+        return float(int(fields["se"]))
+    except (KeyError, ValueError):
+        return None
+
 
 def check_sas(token: str, device_id: str, key_b64: str, now: float | None = None) -> str | None:
     """None if `token` is a valid, unexpired SAS token for device_id under key_b64; else the reason."""
@@ -129,23 +159,60 @@ def check_sas(token: str, device_id: str, key_b64: str, now: float | None = None
     return None
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one device connection may hold of the front end (defaults fit IoT Hub's own).
+
+    Attributes:
+        handshake_timeout_s: a TLS handshake must finish within this.
+        connect_timeout_s: after the handshake, the MQTT CONNECT must arrive within this.
+        max_connections: devices connected at once; beyond it a connection is closed unanswered.
+        max_keepalive_s: a keep-alive of 0 (none) or above this is held to this (IoT Hub: 1,177 s);
+            a device silent for 1.5 times its keep-alive is disconnected.
+        slow_consumer_s: a device that has not read what was sent to it for this long is disconnected.
+        sweep_s: how often open connections are checked against the registry and their expiry.
+    """
+
+    handshake_timeout_s: float = 5.0
+    connect_timeout_s: float = 5.0
+    max_connections: int = 5000
+    max_keepalive_s: int = 1177
+    slow_consumer_s: float = 10.0
+    sweep_s: float = 1.0
+
+
 @dataclass
 class FrontEndStats:
+    """Counters; `refused` and `closed` by reason (what a log line says, without secrets)."""
+
     accepted: int = 0
     refused: dict[str, int] = field(default_factory=dict)
+    closed: dict[str, int] = field(default_factory=dict)
     dropped: int = 0
+
+
+@dataclass
+class _Session:
+    device: str
+    key: str | None  # the SAS key it authenticated with (None: X.509)
+    expires: float | None  # token or certificate expiry, epoch seconds
+    transports: list[asyncio.WriteTransport] = field(default_factory=list)
 
 
 class FrontEnd:
     """TLS listener on (host, port) relaying authenticated devices to a backend broker."""
 
     def __init__(self, host: str, port: int, *, backend: tuple[str, int], cert: Path, key: Path, ca: Path,
-                 registry: DeviceRegistry, backend_login: Callable[[str], str] | None = None) -> None:
+                 registry: DeviceRegistry, backend_login: Callable[[str], str] | None = None,
+                 limits: Limits | None = None) -> None:
         """`backend_login(device)` gives the password to relay a device to the backend with (None: the
         backend takes usernames without passwords); it may block briefly, it runs off the event loop."""
         self.host, self.port, self.backend = host, port, backend
         self.registry = registry
         self.backend_login = backend_login
+        self.limits = limits or Limits()
+        self._sessions: dict[int, _Session] = {}
+        self._ids = itertools.count()
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(str(cert), str(key))
         ctx.load_verify_locations(str(ca))
@@ -154,6 +221,7 @@ class FrontEnd:
         self.stats = FrontEndStats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle (a thread with its own event loop, so sync code and tests can use it) --
@@ -165,12 +233,14 @@ class FrontEnd:
             loop = asyncio.new_event_loop()
             try:
                 self._server = loop.run_until_complete(
-                    asyncio.start_server(self._handle, self.host, self.port, ssl=self.ssl))
+                    asyncio.start_server(self._handle, self.host, self.port, ssl=self.ssl,
+                                         ssl_handshake_timeout=self.limits.handshake_timeout_s))
             except OSError as exc:  # address in use, no such address …
                 failure.append(exc)
                 ready.set()
                 return
             self._loop = loop
+            self._sweeper = loop.create_task(self._sweep())
             ready.set()
             loop.run_forever()
 
@@ -203,12 +273,51 @@ class FrontEnd:
         if self._thread:
             self._thread.join(10)
 
+    @property
+    def connections(self) -> int:
+        """Device connections open now (authenticated or still sending their CONNECT)."""
+        return len(self._sessions)
+
+    # -- revocation ------------------------------------------------------------------------------
+    async def _sweep(self) -> None:
+        """Once per `sweep_s`: close connections whose device was removed or re-keyed, or whose
+        token or certificate expired (IoT Hub disconnects a device at its token's expiry)."""
+        while True:
+            await asyncio.sleep(self.limits.sweep_s)
+            try:
+                keys = self.registry.keys()
+            except (OSError, ValueError) as exc:  # a half-written registry: keep what is open, retry
+                log.warning("device registry unreadable, connections kept: %s", exc)
+                continue
+            now = time.time()
+            for sid, s in list(self._sessions.items()):
+                if not s.device:
+                    continue  # not authenticated yet
+                if s.device not in keys:
+                    reason = "device removed"
+                elif s.key is not None and keys[s.device] != s.key:
+                    reason = "device key changed"
+                elif s.expires is not None and s.expires <= now:
+                    reason = "credential expired"
+                else:
+                    continue
+                self._close(sid, reason)
+
+    def _close(self, sid: int, reason: str) -> None:
+        s = self._sessions.pop(sid, None)
+        if s is None:
+            return
+        self.stats.closed[reason] = self.stats.closed.get(reason, 0) + 1
+        log.warning("device %s disconnected: %s", s.device or "?", reason)
+        for t in s.transports:
+            t.abort()
+
     # -- one device connection ---------------------------------------------------------------
     def _refuse(self, reason: str) -> None:
         self.stats.refused[reason] = self.stats.refused.get(reason, 0) + 1
         log.warning("connection refused: %s", reason)
 
-    def _authenticate(self, c: w.Connect, peercert: dict | None) -> str | None:  # type: ignore[type-arg]
+    def _authenticate(self, c: w.Connect, peercert: dict | None) -> _Session | None:  # type: ignore[type-arg]
         device = c.client_id
         if peercert:
             cn = next((v for rdn in peercert.get("subject", ()) for k, v in rdn if k == "commonName"), None)
@@ -218,44 +327,66 @@ class FrontEnd:
             if self.registry.key(device) is None:  # a CA-signed certificate alone is not a registration
                 self._refuse("unknown device")
                 return None
-            return device
+            not_after = peercert.get("notAfter")
+            return _Session(device, None, ssl.cert_time_to_seconds(not_after) if not_after else None)
         key = self.registry.key(device)
         if key is None:
             self._refuse("unknown device")
             return None
-        reason = check_sas((c.password or b"").decode("utf-8", "replace"), device, key)
+        token = (c.password or b"").decode("utf-8", "replace")
+        reason = check_sas(token, device, key)
         if reason:
             self._refuse(reason)
             return None
-        return device
+        return _Session(device, key, sas_expiry(token))
+
+    def _keepalive(self, asked: int) -> int:
+        cap = self.limits.max_keepalive_s
+        return cap if asked == 0 or asked > cap else asked
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._sessions) >= self.limits.max_connections:
+            self._refuse("too many connections")
+            writer.transport.abort()
+            return
+        sid = next(self._ids)
+        self._sessions[sid] = _Session("", None, None, [writer.transport])
         b_writer: asyncio.StreamWriter | None = None
         try:
-            first, body = await asyncio.wait_for(w.read_packet(reader), 10)
+            first, body = await asyncio.wait_for(w.read_packet(reader), self.limits.connect_timeout_s)
             if first >> 4 != w.CONNECT:
                 return
             connect = w.Connect.parse(body)
-            device = self._authenticate(connect, writer.get_extra_info("peercert"))
-            if device is None:
+            session = self._authenticate(connect, writer.get_extra_info("peercert"))
+            if session is None:
                 writer.write(w.connack(5))
                 await writer.drain()
                 return
+            device = session.device
+            session.transports.append(writer.transport)
+            self._sessions[sid] = session
             password = None
             if self.backend_login is not None:
                 login = self.backend_login
                 secret = await asyncio.get_running_loop().run_in_executor(None, login, device)
                 password = secret.encode()
+            if sid not in self._sessions:  # revoked while the backend login ran
+                return
             b_reader, b_writer = await asyncio.open_connection(*self.backend)
+            session.transports.append(b_writer.transport)
+            keepalive = self._keepalive(connect.keepalive)
             backend_connect = w.Connect(client_id=connect.client_id, username=device, password=password,
-                                        keepalive=connect.keepalive, clean_session=connect.clean_session, will=None)
+                                        keepalive=keepalive, clean_session=connect.clean_session, will=None)
             b_writer.write(backend_connect.encode())
             self.stats.accepted += 1
-            await asyncio.gather(self._up(reader, b_writer, device), self._down(b_reader, writer, device))
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError, w.WireError, ssl.SSLError,
+            await asyncio.gather(self._up(reader, b_writer, device, 1.5 * keepalive), self._down(b_reader, writer, sid))
+        except asyncio.TimeoutError:
+            self._close(sid, "no CONNECT in time" if b_writer is None else "keep-alive expired")
+        except (asyncio.IncompleteReadError, ConnectionError, w.WireError, ssl.SSLError,
                 UnicodeDecodeError, IndexError):
             pass
         finally:
+            self._sessions.pop(sid, None)
             for wr in (writer, b_writer):
                 if wr is not None:
                     with contextlib.suppress(Exception):
@@ -269,10 +400,11 @@ class FrontEnd:
             return topic
         return None
 
-    async def _up(self, reader: asyncio.StreamReader, out: asyncio.StreamWriter, device: str) -> None:
+    async def _up(self, reader: asyncio.StreamReader, out: asyncio.StreamWriter, device: str,
+                  idle_s: float) -> None:
         try:
             while True:
-                first, body = await w.read_packet(reader)
+                first, body = await asyncio.wait_for(w.read_packet(reader), idle_s)
                 kind = first >> 4
                 if kind == w.PUBLISH:
                     packet = w.rewrite_publish(first, body, lambda t: self._up_topic(device, t))
@@ -291,7 +423,10 @@ class FrontEnd:
         finally:
             out.close()
 
-    async def _down(self, reader: asyncio.StreamReader, out: asyncio.StreamWriter, device: str) -> None:
+    async def _down(self, reader: asyncio.StreamReader, out: asyncio.StreamWriter, sid: int) -> None:
+        """Backend → device; a device that does not read for `slow_consumer_s` is disconnected, so
+        the backend never buffers for it (its PUBLISHes are read from the backend as they come)."""
+        device = self._sessions[sid].device
         prefix = f"{SCOPE}/{device}/"
 
         def down(topic: str) -> str:
@@ -302,6 +437,10 @@ class FrontEnd:
                 first, body = await w.read_packet(reader)
                 packet = w.rewrite_publish(first, body, down) if first >> 4 == w.PUBLISH else w.frame(first, body)
                 out.write(packet or b"")
-                await out.drain()
+                try:
+                    await asyncio.wait_for(out.drain(), self.limits.slow_consumer_s)
+                except asyncio.TimeoutError:
+                    self._close(sid, "slow consumer")
+                    return
         finally:
             out.close()

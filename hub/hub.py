@@ -14,15 +14,15 @@ the parts in reverse order and is safe to call twice. Parts can be restarted one
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from contracts.mqtt import MqttSettings
 from hub.bronze import BronzeFormat
-from hub.frontend import BACKEND_ACL, DeviceRegistry, FrontEnd
+from hub.frontend import BACKEND_ACL, DeviceRegistry, FrontEnd, Limits
 from hub.ingest import HubIngest
-from hub.mosquitto import Broker, TlsListener
+from hub.mosquitto import Broker, BrokerLimits, TlsListener
 from hub.twins import HUB_USER, TwinService
 
 HUB_NAME = "edgeflag-hub.local"
@@ -55,6 +55,8 @@ class HubConfig:
         frontend: host of the TLS device listener on port 8883, or None for none.
         pki: certificates for the front end (default ``<state>/pki``, created if missing).
         twins: run the twin and method service.
+        frontend_limits: handshake/CONNECT deadlines, connection cap, slow-consumer cut-off.
+        broker_limits: with start_broker, Mosquitto's per-client queue and packet caps.
     """
 
     state: Path
@@ -73,6 +75,8 @@ class HubConfig:
     frontend: str | None = "127.0.0.1"
     pki: Path | None = None
     twins: bool = True
+    frontend_limits: Limits = field(default_factory=Limits)
+    broker_limits: BrokerLimits = field(default_factory=BrokerLimits)
 
 
 class Hub:
@@ -138,7 +142,7 @@ class Hub:
             password_file = auth.password_file
         self.broker = Broker(c.state.resolve(), port=c.broker_port or None, host=c.broker_host,
                              persistence=c.broker_persistence, extra_conf=acl_conf,
-                             password_file=password_file, tls=c.broker_tls)
+                             password_file=password_file, tls=c.broker_tls, limits=c.broker_limits)
         try:
             self.broker.start()
         except RuntimeError as exc:
@@ -173,7 +177,7 @@ class Hub:
             make_server(make_ca(self.pki), self.pki, [host, HUB_NAME])
         self.front = FrontEnd(host, DEVICE_PORT, backend=(self.config.broker_host, self.port),
                               cert=self.pki / "server.pem", key=self.pki / "server.key", ca=self.ca_file,
-                              registry=self.registry, backend_login=self._login)
+                              registry=self.registry, backend_login=self._login, limits=self.config.frontend_limits)
         try:
             self.front.start()
         except (OSError, RuntimeError) as exc:

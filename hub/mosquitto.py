@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hub.mqttwire import MAX_PACKET
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -59,13 +61,38 @@ def free_loopback_address(port: int) -> str:
     raise RuntimeError(f"no free loopback address for port {port}")
 
 
+@dataclass(frozen=True)
+class BrokerLimits:
+    """Mosquitto's per-client caps (each applies to every client on its own; 0 = no limit).
+
+    The hub's defaults bound what one client can make the broker hold: a subscriber that stops reading
+    (or a persistent session that stays away) costs at most `max_queued_bytes`, no packet is larger
+    than `max_packet_size` (the front end's own limit plus the fixed header), and at most
+    `max_inflight_messages` QoS 1 messages are unacknowledged per client. What is over the queue cap
+    is dropped by the broker for that client only (Mosquitto logs it); the hub's ingest keeps far
+    below it as long as it runs, and the hub exits when its ingest dies (`Hub.dead_parts`).
+    """
+
+    max_inflight_messages: int = 10_000
+    max_queued_messages: int = 1_000_000
+    max_queued_bytes: int = 1 << 30
+    max_packet_size: int = MAX_PACKET + 5  # fixed header: 1 type byte + up to 4 length bytes
+
+    def conf(self) -> str:
+        return (f"max_inflight_messages {self.max_inflight_messages}\n"
+                f"max_queued_messages {self.max_queued_messages}\n"
+                f"max_queued_bytes {self.max_queued_bytes}\n"
+                + (f"max_packet_size {self.max_packet_size}\n" if self.max_packet_size else ""))
+
+
 class Broker:
     """One Mosquitto process on 127.0.0.1:port; start/stop/restart keep the same port."""
 
     def __init__(self, workdir: Path, port: int | None = None, host: str = "127.0.0.1",
                  extra_conf: str = "", persistence: bool = False, tls: TlsListener | None = None,
-                 password_file: Path | None = None) -> None:
-        """`password_file`: only the users in it (Mosquitto format) may connect; otherwise anyone."""
+                 password_file: Path | None = None, limits: BrokerLimits | None = None) -> None:
+        """`password_file`: only the users in it (Mosquitto format) may connect; otherwise anyone.
+        `limits`: per-client queue and packet caps (default: none, as a test broker wants)."""
         self.workdir = workdir
         self.host = host
         self.port = port or free_port(host)
@@ -75,6 +102,8 @@ class Broker:
         self.persistence = persistence
         self.tls = tls
         self.password_file = password_file
+        self.limits = limits or BrokerLimits(max_inflight_messages=0, max_queued_messages=1_000_000,
+                                             max_queued_bytes=0, max_packet_size=0)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_conf(self) -> None:
@@ -90,10 +119,8 @@ class Broker:
             + (f"allow_anonymous false\npassword_file {self.password_file.resolve()}\n" if self.password_file
                else "allow_anonymous true\n")
             + persist
-            + "max_inflight_messages 0\n"
-            "max_queued_messages 1000000\n"
-            "max_queued_bytes 0\n"
-            "log_type error\nlog_type warning\n"
+            + self.limits.conf()
+            + "log_type error\nlog_type warning\n"
             f"log_dest file {self.log}\n" + self.extra_conf + (self.tls.conf() if self.tls else "")
         )
 

@@ -55,10 +55,12 @@ def register(sub: Any) -> None:
                    help="bronze line format: the hub's envelope, or IoT Hub's routing-to-storage JSON")
     r.set_defaults(handler=run_cmd)
 
-    d = hsub.add_parser("device", help="register a device (SAS key) and print its connection string",
+    d = hsub.add_parser("device", help="register a device (SAS key) and print its connection string, or --remove it",
                         formatter_class=fmt)
     common(d)
     d.add_argument("device_id")
+    d.add_argument("--remove", action="store_true",
+                   help="deregister the device; a running hub closes its open connections within a second")
     d.add_argument("--gateway", default="127.0.0.1", help="GatewayHostName for the connection string")
     d.add_argument("--type", dest="device_type", help="twin tag device_type (pump, compressor, chiller, …)")
     d.set_defaults(handler=device_cmd)
@@ -167,9 +169,15 @@ def _external_password(args: argparse.Namespace) -> str | None:
 def device_cmd(args: argparse.Namespace) -> int:
     from hub.frontend import DeviceRegistry
 
+    registry = DeviceRegistry(args.state / "devices.json")
+    if args.remove:
+        if not registry.remove(args.device_id):
+            raise CliError(f"device {args.device_id!r} is not registered in {registry.path}")
+        console.print(f"removed {args.device_id}")
+        return 0
     tags = {"device_type": args.device_type} if args.device_type else None
     try:
-        key = DeviceRegistry(args.state / "devices.json").add(args.device_id, tags=tags)
+        key = registry.add(args.device_id, tags=tags)
     except ContractError as exc:
         raise CliError(f"device id refused: {exc}") from None
     # plain print: the connection string must stay on one line to be copied

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import threading
 import time
@@ -12,8 +13,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from hub import mqttwire as w
 from hub.certs import make_ca, make_device, make_server
-from hub.frontend import BACKEND_ACL, DeviceRegistry, FrontEnd, check_sas, sas_token
+from hub.frontend import BACKEND_ACL, DeviceRegistry, FrontEnd, Limits, check_sas, sas_token
 from hub.mosquitto import Broker, free_loopback_address
 
 pytestmark = pytest.mark.broker
@@ -21,7 +23,7 @@ HUB = "edgeflag-hub.local"
 
 
 class Hub:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, limits: Limits | None = None) -> None:
         self.host = free_loopback_address(8883)
         self.ca = make_ca(tmp / "pki")
         server = make_server(self.ca, tmp / "pki", [self.host, HUB])
@@ -33,7 +35,7 @@ class Hub:
         self.registry = DeviceRegistry(tmp / "devices.json")
         self.keys = {d: self.registry.add(d) for d in ("dev-a", "dev-b")}
         self.front = FrontEnd(self.host, 8883, backend=("127.0.0.1", self.backend.port), cert=server.cert,
-                              key=server.key, ca=self.ca.cert, registry=self.registry)
+                              key=server.key, ca=self.ca.cert, registry=self.registry, limits=limits)
         self.front.start()
 
     def close(self) -> None:
@@ -54,8 +56,16 @@ class Hub:
         assert ready.wait(5)
         return c, got
 
+    def raw(self, handshake: bool = True) -> socket.socket:
+        """A bare connection to the front end (TLS done, nothing sent), for what paho will not do."""
+        sock = socket.create_connection((self.host, 8883), timeout=10)
+        if not handshake:
+            return sock
+        ctx = ssl.create_default_context(cafile=str(self.ca.cert))
+        return ctx.wrap_socket(sock, server_hostname=HUB)
+
     def device(self, device_id: str, password: str | None = None,
-               cert: Any = None) -> tuple[mqtt.Client, dict[str, Any]]:
+               cert: Any = None, keepalive: int = 60) -> tuple[mqtt.Client, dict[str, Any]]:
         state: dict[str, Any] = {"rc": None, "msgs": [], "disconnected": threading.Event()}
         connected = threading.Event()
         c = mqtt.Client(client_id=device_id)
@@ -70,7 +80,7 @@ class Hub:
         c.on_connect = on_connect
         c.on_message = lambda _c, _u, m: state["msgs"].append((m.topic, m.payload))
         c.on_disconnect = lambda *a: state["disconnected"].set()
-        c.connect(self.host, 8883)
+        c.connect(self.host, 8883, keepalive=keepalive)
         c.loop_start()
         connected.wait(5)
         return c, state
@@ -81,6 +91,30 @@ def hub(tmp_path: Path):  # type: ignore[no-untyped-def]
     h = Hub(tmp_path)
     yield h
     h.close()
+
+
+FAST = Limits(handshake_timeout_s=0.5, connect_timeout_s=0.5, max_connections=3, max_keepalive_s=1,
+              slow_consumer_s=0.5, sweep_s=0.1)
+
+
+@pytest.fixture
+def tight_hub(tmp_path: Path):  # type: ignore[no-untyped-def]
+    h = Hub(tmp_path, FAST)
+    yield h
+    h.close()
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True if the peer closes `sock` within `seconds` (reads until EOF or a reset)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except (ConnectionError, ssl.SSLError):
+        pass
+    return True
 
 
 def test_sas_tokens_match_the_sdk_and_expire() -> None:
@@ -207,3 +241,77 @@ def test_device_ids_that_would_name_other_topics_are_refused_and_keys_are_privat
     monkeypatch.undo()
     assert seen and all(m == 0o600 for m in seen), "a key file was never readable by others"
     assert stat.S_IMODE(ca.key.stat().st_mode) == 0o600
+
+
+def test_removing_a_device_or_changing_its_key_closes_its_open_connections(tight_hub: Hub) -> None:
+    """Regression: a removed device kept its open connection (and kept publishing) until it chose to leave."""
+    h = tight_hub
+    a, sa = h.device("dev-a", sas_token(HUB, "dev-a", h.keys["dev-a"]), keepalive=60)
+    b, sb = h.device("dev-b", sas_token(HUB, "dev-b", h.keys["dev-b"]), keepalive=60)
+    assert sa["rc"] == 0 and sb["rc"] == 0
+    assert h.registry.remove("dev-a") and not h.registry.remove("dev-a")
+    assert sa["disconnected"].wait(3), "a removed device must be disconnected"
+    h.registry.add("dev-b", key="bmV3LWtleS1mb3ItZGV2LWI=")
+    assert sb["disconnected"].wait(3), "a re-keyed device must be disconnected"
+    assert h.front.stats.closed == {"device removed": 1, "device key changed": 1}
+    for c in (a, b):
+        c.loop_stop()
+
+
+def test_a_connection_is_closed_when_its_sas_token_expires(tight_hub: Hub) -> None:
+    """Regression: a token's expiry was checked only at CONNECT; the connection outlived it for good."""
+    c, state = tight_hub.device("dev-a", sas_token(HUB, "dev-a", tight_hub.keys["dev-a"], ttl_s=1.5), keepalive=60)
+    assert state["rc"] == 0
+    assert not state["disconnected"].wait(0.3)
+    assert state["disconnected"].wait(4), "the connection must end at the token's expiry"
+    assert tight_hub.front.stats.closed == {"credential expired": 1}
+    c.loop_stop()
+
+
+def test_silent_and_surplus_connections_cannot_pile_up(tight_hub: Hub) -> None:
+    """Regression: 10,000 idle TLS connections were each held 60 s (3 GB), with no cap."""
+    h = tight_hub
+    assert _closed_within(h.raw(handshake=False), 3), "a connection that never starts TLS must be cut"
+    assert _closed_within(h.raw(), 3), "a TLS connection that never sends CONNECT must be cut"
+    assert h.front.stats.closed.get("no CONNECT in time") == 1
+    held = [h.raw() for _ in range(3)]  # the cap is 3 (FAST); each waits for its CONNECT
+    time.sleep(0.1)
+    assert _closed_within(h.raw(), 1), "a connection over the cap must be closed at once"
+    assert h.front.stats.refused.get("too many connections") == 1
+    for s in held:
+        s.close()
+    deadline = time.monotonic() + 3
+    while h.front.connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # keep-alive 0 (never ping) is held to the cap (1 s in FAST): silent for 1.5 s, cut
+    silent = h.raw()
+    token = sas_token(HUB, "dev-a", h.keys["dev-a"]).encode()
+    silent.sendall(w.Connect(client_id="dev-a", username=f"{HUB}/dev-a", password=token, keepalive=0,
+                             clean_session=True, will=None).encode())
+    t0 = time.monotonic()
+    assert _closed_within(silent, 4)
+    assert 1.2 < time.monotonic() - t0 < 4
+    assert h.front.stats.accepted == 1 and h.front.stats.closed.get("keep-alive expired") == 1
+
+
+def test_a_device_that_stops_reading_is_disconnected_not_buffered_for(tight_hub: Hub) -> None:
+    """Regression: a subscriber that never read made the backend broker buffer for it without bound."""
+    h = tight_hub
+    sock = h.raw()
+    token = sas_token(HUB, "dev-a", h.keys["dev-a"]).encode()
+    sock.sendall(w.Connect(client_id="dev-a", username=f"{HUB}/dev-a", password=token, keepalive=60,
+                           clean_session=True, will=None).encode())
+    topic = b"$iothub/loop/x"
+    sock.sendall(w.frame(0x82, b"\x00\x01" + len(b"$iothub/loop/#").to_bytes(2, "big") + b"$iothub/loop/#" + b"\x00"))
+    time.sleep(0.3)
+    payload = os.urandom(64 * 1024)
+    publish = w.frame(0x30, len(topic).to_bytes(2, "big") + topic + payload)
+    sock.settimeout(5)
+    deadline = time.monotonic() + 10
+    try:  # echo 64 KB messages back to ourselves and never read one
+        while "slow consumer" not in h.front.stats.closed and time.monotonic() < deadline:
+            sock.sendall(publish)
+    except (OSError, ssl.SSLError):
+        pass
+    assert h.front.stats.closed.get("slow consumer") == 1, h.front.stats
+    sock.close()
