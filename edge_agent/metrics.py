@@ -42,7 +42,8 @@ class AgentMetrics:
         self.batch_ms: list[float] = []  # recent batch durations, for status/benchmarks
 
     def observe_batch(self, seconds: float) -> None:
-        self.batch_seconds.observe(seconds)
+        """Record one whole micro-batch's ingest time (validation, scoring, outbox commit) for status and
+        benchmarks; the scoring histogram is observed by the scoring step itself, once per batch."""
         with self._lock:
             self.batch_ms.append(seconds * 1000)
             if len(self.batch_ms) > 100_000:

@@ -34,6 +34,7 @@ def test_metrics_endpoint_reports_counts_outbox_model_and_connection(tmp_path: P
     assert values["edgeflag_readings_sent_total"] == 0
     assert values["edgeflag_outbox_readings"] == 600 and values["edgeflag_outbox_bytes"] > 0
     assert values["edgeflag_uplink_connected"] == 0
-    assert values["edgeflag_scoring_batch_seconds_count"] >= 1
+    # one observation per scored micro-batch (regression: every ingest observed it twice)
+    assert values["edgeflag_scoring_batch_seconds_count"] == len(agent.metrics.batch_ms) >= 1
     assert any(k.startswith("edgeflag_model_info{") and 'name="small"' in k for k in values)
     assert "edgeflag_outbox_oldest_age_seconds" in values

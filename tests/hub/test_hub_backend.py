@@ -109,3 +109,41 @@ def test_hub_run_backend_refuses_direct_devices_and_admits_a_device_registered_w
     finally:
         os.kill(hub.pid, signal.SIGTERM)
         hub.wait(30)
+
+
+def test_the_hubs_broker_caps_what_one_client_can_make_it_hold(tmp_path: Path) -> None:
+    """Regression: the backend broker had no queue or packet caps (a subscriber that never read grew it to 2.4 GB)."""
+    from hub.mosquitto import BrokerLimits
+
+    b = Broker(tmp_path, limits=BrokerLimits(max_queued_messages=50, max_queued_bytes=1 << 20, max_packet_size=4096))
+    b.start()
+    try:
+        got: list[bytes] = []
+        subscribed = threading.Event()
+        sub = mqtt.Client(client_id="stays-away", clean_session=False)
+        sub.on_subscribe = lambda *a: subscribed.set()
+        sub.on_message = lambda _c, _u, m: got.append(m.payload)
+        sub.connect("127.0.0.1", b.port)
+        sub.loop_start()
+        sub.subscribe("devices/#", qos=1)
+        assert subscribed.wait(5)
+        sub.disconnect()
+        sub.loop_stop()
+        pub = mqtt.Client(client_id="talker")
+        pub.connect("127.0.0.1", b.port)
+        pub.loop_start()
+        for i in range(200):
+            pub.publish("devices/d/messages/events/", f"{i:06d}".encode(), qos=1).wait_for_publish(5)
+        lost = threading.Event()
+        pub.on_disconnect = lambda *a: lost.set()
+        pub.publish("devices/d/messages/events/", b"x" * 8192, qos=1)
+        assert lost.wait(5), "a packet over max_packet_size must cost the connection"
+        pub.loop_stop()
+        sub.on_connect = lambda *a: None
+        sub.reconnect()
+        sub.loop_start()
+        time.sleep(1.0)
+        sub.loop_stop()
+        assert 0 < len(got) <= 50 + 20, f"the offline session held {len(got)} of 200 (cap 50 + in-flight)"
+    finally:
+        b.stop()
