@@ -69,7 +69,7 @@ class SourceSection:
     client_id: str = "edgeflag-agent-source"
     ca_file: str = ""
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)  # secrets never in repr (logs, tracebacks)
     path: str = "-"
 
 
@@ -108,7 +108,7 @@ class UplinkSection:
     port: int = 1883
     client_id: str = ""
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
@@ -120,12 +120,13 @@ class UplinkSection:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     keepalive_s: int = 30
-    connection_string: str = ""
+    connection_string: str = field(default="", repr=False)
     iothub_hostname: str = ""
     device_id: str = ""
     gateway_hostname: str = ""
     dialect: str = "scoped"
-    sas_key: str = ""  # mqtt: sign a fresh SAS token per connection (IoT Hub or the hub's front end)
+    # mqtt: sign a fresh SAS token per connection (IoT Hub or the hub's front end)
+    sas_key: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import orjson
 
 from contracts.block import ReadingBlock
 from contracts.errors import ContractError
-from contracts.reading import MAX_SEQ, MAX_TS, MIN_TS, parse_ts, validate_device_id
+from contracts.reading import MAX_SEQ, MAX_TS, MIN_TS, READING_SCHEMA, parse_ts, validate_device_id
 
 REASONS = ("malformed", "wrong_type", "non_finite", "out_of_range", "bad_timestamp", "missing_channel",
            "channel_mismatch", "duplicate")
@@ -139,6 +139,13 @@ class Intake:
             raise _Reject("malformed", f"missing {exc.args[0]}") from None
         except ContractError as exc:
             raise _Reject("malformed", str(exc)) from None
+        version = obj.get("v", READING_SCHEMA)
+        if version != READING_SCHEMA or type(version) is not int:
+            raise _Reject("malformed", f"unsupported reading schema {str(version)[:20]!r} (this build reads "
+                                       f"{READING_SCHEMA})")
+        label = obj.get("label")
+        if label is not None and (type(label) is not int or label not in (0, 1)):
+            raise _Reject("wrong_type", f"label must be 0, 1 or null, got {str(label)[:20]!r}")
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             raise _Reject("wrong_type", f"seq must be a non-negative integer, got {str(seq)[:40]!r}")
         if seq > MAX_SEQ:

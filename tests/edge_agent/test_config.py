@@ -56,6 +56,11 @@ def test_environment_overrides_the_file_with_typed_values(tmp_path: Path) -> Non
 def test_secrets_are_redacted_and_bad_toml_is_named(tmp_path: Path) -> None:
     cfg = build_config({**BASE, "uplink": {"password": "hunter2"}}, environ={})
     assert "hunter2" not in str(cfg.redacted()) and "hunter2" not in repr(cfg.redacted())
+    # regression: repr() of the config itself (a traceback, a debug log) printed every secret
+    secret = build_config({**BASE, "source": {"type": "mqtt", "password": "s-pw"},
+                           "uplink": {"password": "u-pw", "sas_key": "u-key", "connection_string": "u-cs"}}, environ={})
+    assert not any(x in repr(secret) for x in ("s-pw", "u-pw", "u-key", "u-cs"))
+    assert secret.uplink.sas_key == "u-key"
     bad = tmp_path / "bad.toml"
     bad.write_text("[uplink\nport = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):

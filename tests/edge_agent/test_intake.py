@@ -108,3 +108,23 @@ def test_hostile_seq_times_and_channel_sets_are_quarantined_and_never_poison_the
     out, rejected = intake.check_blocks([vec])
     assert [r.reason for r in rejected] == ["bad_timestamp", "bad_timestamp"]
     assert out[0][0].seq.tolist() == [1, 4]
+
+
+def test_the_intake_refuses_what_the_reading_contract_refuses() -> None:
+    """Regression: the intake's fast path accepted `"v": 99` and `"label": 7`, which Reading.from_dict refuses."""
+    from contracts.errors import ContractError
+    from contracts.reading import Reading
+
+    def with_(seq: int, **extra: object) -> str:
+        return json.dumps({**json.loads(reading(seq)), **extra})
+
+    odd = [with_(1, v=99), with_(2, label=7), with_(3, label="1"), with_(4, v="1")]
+    for item in odd:
+        try:
+            Reading.from_dict(json.loads(item))
+            raise AssertionError(f"the contract accepts {item}")
+        except ContractError:
+            pass
+    blocks, rejected = Intake(required=REQ).parse([*odd, with_(5, v=1, label=1), with_(6, label=None)])
+    assert sorted(r.reason for r in rejected) == ["malformed", "malformed", "wrong_type", "wrong_type"]
+    assert [b.seq.tolist() for b, _ in blocks] == [[5, 6]]
