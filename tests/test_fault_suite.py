@@ -22,7 +22,11 @@ def test_the_fault_suite_loses_nothing_and_every_drop_is_counted(trained_small) 
                                             "outage_at_capacity", "bit_flip"}, done.stderr[-2000:]
     for x in lines:
         assert x["lost"] == 0, x
-        assert x["delivered"] + x["dropped"] == x["produced"], x
+        # only a SIGKILLed Mosquitto may lose what it acknowledged (it acks before it persists): the broker's
+        # loss, seen by the proxy; anywhere else every reading is delivered or counted as dropped
+        broker_loss = x["lost_after_broker_ack"] or 0
+        assert broker_loss == 0 or x["fault"] == "broker_kill", x
+        assert x["delivered"] + x["dropped"] + broker_loss == x["produced"], x
         if x["drop_policy"]:
             assert x["dropped"] > 0, f"{x['fault']}: the fault must make the outbox drop for this to mean anything"
         else:
