@@ -131,9 +131,14 @@ class DeviceRegistry:
         return True
 
 
+def _sas_fields(token: str) -> dict[str, str]:
+    """The `sr`, `sig`, `se` … fields of a ``SharedAccessSignature …`` token (the prefix is optional)."""
+    return dict(urllib.parse.parse_qsl(token.removeprefix("SharedAccessSignature "), keep_blank_values=True))
+
+
 def sas_expiry(token: str) -> float | None:
     """The expiry (`se`, epoch seconds) of a SAS token, None if it has none that parses."""
-    fields = dict(urllib.parse.parse_qsl(token.removeprefix("SharedAccessSignature "), keep_blank_values=True))
+    fields = _sas_fields(token)
     try:
         return float(int(fields["se"]))
     except (KeyError, ValueError):
@@ -144,7 +149,7 @@ def check_sas(token: str, device_id: str, key_b64: str, now: float | None = None
     """None if `token` is a valid, unexpired SAS token for device_id under key_b64; else the reason."""
     if not token.startswith("SharedAccessSignature "):
         return "password is not a SAS token"
-    fields = dict(urllib.parse.parse_qsl(token[len("SharedAccessSignature "):], keep_blank_values=True))
+    fields = _sas_fields(token)
     try:
         sr, sig, se = fields["sr"], fields["sig"], int(fields["se"])
     except (KeyError, ValueError):
