@@ -183,7 +183,9 @@ class GateConfig:
     With labels in the holdout: its F1 and event recall may trail the champion's by at most
     `f1_tolerance` / `event_recall_tolerance`; without a champion, F1 must reach `min_f1`.
     Without labels: its alert rate on the holdout must stay at or below `max_alert_rate` (and at most
-    `alert_rate_factor` x the champion's), and its score distribution may shift from training to the
+    `alert_rate_factor` x the champion's); it is refused only when the rate's one-sided Wilson lower bound
+    at `alert_rate_confidence` is above that limit, so a few chance alerts on a small holdout do not refuse
+    a sound model; and its score distribution may shift from training to the
     holdout by a PSI of at most `max_psi`. Always: its channels are sent by every device of the type,
     and ONNX matches scikit-learn (checked when the bundle is built).
     """
@@ -195,11 +197,14 @@ class GateConfig:
     alert_rate_factor: float = 2.0
     max_psi: float = 0.25
     min_holdout_rows: int = 200
+    alert_rate_confidence: float = 0.99
 
     def __post_init__(self) -> None:
         for k in ("f1_tolerance", "event_recall_tolerance", "min_f1", "max_alert_rate", "max_psi"):
             if not 0 <= getattr(self, k) <= 1:
                 raise ConfigError(f"gate.{k}", "must be in [0, 1]")
+        if not 0.5 <= self.alert_rate_confidence < 1:
+            raise ConfigError("gate.alert_rate_confidence", "must be in [0.5, 1)")
         if self.alert_rate_factor < 1 or self.min_holdout_rows < 1:
             raise ConfigError("gate", "alert_rate_factor must be >= 1 and min_holdout_rows >= 1")
 

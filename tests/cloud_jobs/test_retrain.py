@@ -49,6 +49,22 @@ def test_the_gate_compares_with_the_champion_and_without_labels_watches_alerts_a
     assert not verdict({**base, "psi": 0.4}, None, compatible=True, gate=gate).passed
     assert verdict(base, {**base, "alert_rate": 0.008}, compatible=True, gate=gate).passed
     assert not verdict({**base, "alert_rate": 0.019}, {**base, "alert_rate": 0.004}, compatible=True, gate=gate).passed
+    # the CI run that refused a sound model: 3 alerts against the champion's 1 on a 1,346-row holdout is chance
+    small = {"holdout_rows": 1346, "psi": 0.05}
+    assert verdict({**small, "alert_rate": 3 / 1346}, {**small, "alert_rate": 1 / 1346}, compatible=True,
+                   gate=gate).passed
+    assert not verdict({**small, "alert_rate": 12 / 1346}, {**small, "alert_rate": 1 / 1346}, compatible=True,
+                       gate=gate).passed
+
+
+def test_the_alert_rate_bound_is_a_lower_confidence_bound() -> None:
+    from cloud_jobs.retrain.gate import rate_lower_bound
+
+    assert rate_lower_bound(0.0, 1000, 0.99) == 0.0 and rate_lower_bound(0.5, 0, 0.99) == 0.0
+    assert 0.0 < rate_lower_bound(3 / 1346, 1346, 0.99) < 1 / 1346 < 3 / 1346
+    # tighter with more rows, looser with more confidence, never above the observed rate
+    assert rate_lower_bound(0.01, 100, 0.99) < rate_lower_bound(0.01, 100_000, 0.99) < 0.01
+    assert rate_lower_bound(0.01, 1000, 0.999) < rate_lower_bound(0.01, 1000, 0.9)
 
 
 @pytest.fixture(scope="module")
