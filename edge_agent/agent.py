@@ -26,25 +26,23 @@ from edge_agent import sinks as _sinks  # noqa: F401  (register sinks)
 from edge_agent import sources as _sources  # noqa: F401  (register sources)
 from edge_agent.config import AgentConfig
 from edge_agent.control import ControlPlane
-from edge_agent.errors import AgentError, ConfigError, OutboxError, UplinkError
+from edge_agent.errors import AgentError, ConfigError, OutboxError
 from edge_agent.flow import Backoff, TokenBucket
 from edge_agent.intake import Intake, Quarantine, Rejected, StreamState
 from edge_agent.logs import Throttle, event, setup_logging
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import Outbox, SqliteOutbox
-from edge_agent.packing import HEADER_ALLOWANCE, Message, ScoredBlock, build_message, context_header, segments_for_many
+from edge_agent.packing import ScoredBlock, context_header, segments_for_many
 from edge_agent.rollout import RolloutError
 from edge_agent.scoring import ScoringStage
+from edge_agent.sender import Sender
 from edge_agent.sinks.base import Sink, make_sink
 from edge_agent.sources.base import Batch, Source, make_source
-from edge_agent.staging import SendQueue
 from edge_agent.tuning import tune_allocator
 from models.bundle import Bundle, load_bundle
 from models.errors import BundleError, ModelError
 
 VERSION = "0.1.0"
-STAGE_MAX_ROWS = 8192  # rows the sender reads ahead per kind (bounds its memory with tiny rows)
-STAGE_PAGE_ROWS = 4096  # rows per outbox read at most
 
 
 def load_model(config: AgentConfig) -> Bundle:
@@ -101,11 +99,11 @@ class Agent:
         self._batch_limit = config.scoring.batch_size
         self.bucket = TokenBucket(config.uplink.rate_messages_per_s)
         self.control = ControlPlane(self)
+        self.sender = Sender(self.outbox, self.sink, config.uplink, bucket=self.bucket, metrics=self.metrics,
+                             log=self.log, on_connected=self.control.attach, on_dropped=self._count_evicted,
+                             on_error=self._set_error)
         self._threads: list[threading.Thread] = []
         self.last_error = ""
-        self._acked_ids: list[int] = []  # confirmed by the uplink, not yet deleted from the outbox
-        self._acked_readings = self._acked_messages = 0
-        self._acked_since = 0.0
         self._emitted = 0  # batches handed over by the source (source thread)
         self._processed = 0  # batches ingested (ingest thread)
         self.fatal: BaseException | None = None
@@ -362,128 +360,15 @@ class Agent:
 
     # ---- sender ----------------------------------------------------------------------------
     def _run_sender(self) -> None:
-        cfg = self.config.uplink
-        bucket = self.bucket
-        backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
-        budget = cfg.max_message_bytes - HEADER_ALLOWANCE
-        queues = {1: SendQueue(budget), 0: SendQueue(budget)}
-        inflight: dict[int, Message] = {}
-        token = 0
-        headers: dict[int, str] = {}
-        was_connected = False
-        while not self._stop_sender.is_set():
-            try:
-                if not self.sink.connected:
-                    if was_connected:
-                        event(self.log, logging.WARNING, "uplink disconnected; resending unconfirmed",
-                              unconfirmed=len(inflight))
-                        was_connected = False
-                    self.metrics.connected.set(0)
-                    self._confirm(inflight, flush=True)
-                    self._count_evicted(self.outbox.release([i for m in inflight.values() for i in m.ids]))
-                    inflight.clear()
-                    for q in queues.values():
-                        q.reset()  # unconfirmed rows are read again and resent
-                    if self.config.uplink.type == "none":
-                        self._stop_sender.wait(0.5)
-                        continue
-                    try:
-                        self.sink.connect(timeout=5.0)
-                    except UplinkError as exc:
-                        self.metrics.send_errors.inc()
-                        self.last_error = str(exc)
-                        delay = backoff.next_delay()
-                        event(self.log, logging.WARNING, "uplink connect failed", error=str(exc),
-                              retry_in_s=round(delay, 2))
-                        self._stop_sender.wait(delay)
-                        continue
-                    backoff.reset()
-                    was_connected = True
-                    self.metrics.connected.set(1)
-                    event(self.log, logging.INFO, "uplink connected", uplink=cfg.type, host=cfg.host, port=cfg.port)
-                    self.control.attach(self.sink)
-                self._confirm(inflight)
-                room = cfg.max_inflight - len(inflight)
-                sent_any = False
-                if room > 0:
-                    for kind in (1, 0):
-                        q = queues[kind]
-                        self._stage(q, kind, room)
-                        self._count_evicted(self.outbox.take_drops())  # corrupt rows, never sent
-                        if not q:
-                            continue
-                        evicted = self.outbox.evicted_upto(kind)
-                        for _ in range(room):
-                            group = q.pop(evicted)
-                            if group is None:
-                                break
-                            if not bucket.acquire(self._stop_sender):
-                                q.push_front(group)
-                                break
-                            cid = group[0].segment.context_id
-                            header = headers.get(cid) or headers.setdefault(cid, self.outbox.context(cid))
-                            msg = build_message(group, header, compress=cfg.compress)
-                            token += 1
-                            if not self.sink.send(msg, token):
-                                q.push_front(group)
-                                break
-                            inflight[token] = msg
-                            self.outbox.hold(msg.ids)
-                            sent_any = True
-                            # delete what the broker confirmed while the token bucket held us, promptly: a
-                            # kill re-sends only what is unconfirmed (or confirmed in the last ~20 ms)
-                            self._confirm(inflight)
-                        break  # anomalies first: look at normal segments only when no anomaly is pending
-                if not sent_any:
-                    self._confirm(inflight, flush=not inflight)
-                    self._wake.wait(0.002 if inflight else 0.05)
-                    self._wake.clear()
-            except OutboxError as exc:
-                self.last_error = str(exc)
-                event(self.log, logging.ERROR, "outbox read failed", error=str(exc))
-                self._stop_sender.wait(1.0)
-        try:
-            self._confirm(inflight, flush=True)
-        except OutboxError as exc:
-            self.last_error = str(exc)
+        self.sender.run(self._stop_sender, self._wake)
+
+    def _set_error(self, error: str) -> None:
+        self.last_error = error
 
     def _count_evicted(self, evicted: dict[str, int]) -> None:
         for reason, n in evicted.items():
             self.metrics.dropped.labels(reason=reason).inc(n)
         self._evictions_log.add(evicted)
-
-    def _stage(self, q: SendQueue, kind: int, room: int) -> None:
-        """Read ahead enough rows of `kind` to fill `room` messages (bounded in rows and bytes).
-
-        Rows are read in pages sized from the rows seen so far, so small rows (many devices, small
-        batches) are read in large pages and big rows (one device, big batches) in small ones.
-        """
-        want = room * q.budget
-        limit = room + 8
-        while q.bytes < want and q.rows < STAGE_MAX_ROWS:
-            before = q.bytes
-            rows = self.outbox.pending(kind, q.fetched_upto, limit)
-            q.add(rows)
-            if len(rows) < limit:
-                return
-            avg = max(1, (q.bytes - before) // len(rows))
-            limit = max(8, min(STAGE_PAGE_ROWS, (want - q.bytes) // avg + 8))
-
-    def _confirm(self, inflight: dict[int, Message], *, flush: bool = False) -> None:
-        """Collect confirmations; delete them from the outbox in batches (every 20 ms or 256 messages)."""
-        for tok in self.sink.confirmed():
-            msg = inflight.pop(tok, None)
-            if msg is not None:
-                if not self._acked_ids:
-                    self._acked_since = time.monotonic()
-                self._acked_ids += msg.ids
-                self._acked_readings += msg.readings
-                self._acked_messages += 1
-        if self._acked_ids and (flush or self._acked_messages >= 256 or time.monotonic() - self._acked_since > 0.02):
-            self.outbox.ack(self._acked_ids)
-            self.metrics.sent.inc(self._acked_readings)
-            self.metrics.messages_sent.inc(self._acked_messages)
-            self._acked_ids, self._acked_readings, self._acked_messages = [], 0, 0
 
     # ---- status ----------------------------------------------------------------------------
     def _refresh_gauges(self) -> None:

@@ -11,7 +11,9 @@ from collections.abc import Callable
 class TokenBucket:
     """`rate` tokens per second, bursts up to `capacity`. rate 0 = unlimited.
 
-    `acquire` blocks until a token is available or `stop` is set (then returns False).
+    `try_acquire` takes a token if one is there and otherwise says how long until one is (it never
+    blocks: the sender's `step()` stays testable on a fake clock); `acquire` blocks until a token is
+    available or `stop` is set (then returns False).
     """
 
     def __init__(self, rate: float, capacity: float | None = None,
@@ -31,17 +33,23 @@ class TokenBucket:
         """Allow a full burst now (an operator asked to flush)."""
         self._tokens = self.capacity
 
-    def acquire(self, stop: threading.Event | None = None, n: float = 1.0) -> bool:
+    def try_acquire(self, n: float = 1.0) -> float:
+        """Take `n` tokens and return 0.0, or take nothing and return the seconds until they are there."""
         if self.rate <= 0:
-            return True
+            return 0.0
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= n:
+            self._tokens -= n
+            return 0.0
+        return (n - self._tokens) / self.rate
+
+    def acquire(self, stop: threading.Event | None = None, n: float = 1.0) -> bool:
         while True:
-            now = self._clock()
-            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            if self._tokens >= n:
-                self._tokens -= n
+            wait = self.try_acquire(n)
+            if wait == 0.0:
                 return True
-            wait = (n - self._tokens) / self.rate
             if stop is not None:
                 if stop.wait(wait):
                     return False
