@@ -46,17 +46,23 @@ class MqttSettings:
         return self.ca_file is not None
 
 
-def make_client(settings: MqttSettings) -> Any:
-    """A configured, unconnected paho Client (MQTT 3.1.1)."""
+def make_client(settings: MqttSettings, *, client_class: Any = None, password: str | None = None,
+                reconnect_on_failure: bool = True) -> Any:
+    """A configured, unconnected paho Client (MQTT 3.1.1): every paho client in edgeflag is made here.
+
+    client_class: a paho Client subclass (e.g. `deferred_ack_client_class()`); password: overrides
+    settings.password for this connection (a freshly signed SAS token); reconnect_on_failure=False
+    leaves retry to the caller (the agent's uplink discards a dropped client with what it had in flight).
+    """
     import paho.mqtt.client as mqtt
 
     kwargs: dict[str, Any] = {"client_id": settings.client_id, "clean_session": settings.clean_session,
-                              "protocol": mqtt.MQTTv311}
+                              "protocol": mqtt.MQTTv311, "reconnect_on_failure": reconnect_on_failure}
     if hasattr(mqtt, "CallbackAPIVersion"):  # paho-mqtt >= 2
         kwargs["callback_api_version"] = mqtt.CallbackAPIVersion.VERSION1
-    client = mqtt.Client(**kwargs)
+    client = (client_class or mqtt.Client)(**kwargs)
     if settings.username is not None:
-        client.username_pw_set(settings.username, settings.password)
+        client.username_pw_set(settings.username, password if password is not None else settings.password)
     if settings.ca_file is not None:
         client.tls_set(
             ca_certs=str(settings.ca_file),

@@ -1,10 +1,11 @@
-"""The agent: source -> intake -> features + ONNX scoring -> outbox -> uplink.
+"""The agent: source -> intake -> features + ONNX scoring -> outbox -> uplink, as wiring of its parts.
 
-Three threads: the source, the ingest loop (micro-batches: it takes whatever batches have
-arrived, up to `scoring.batch_size` readings, so latency stays low at low rates and
-throughput high at high rates) and the sender (anomaly segments first, then the normal
-backlog in order, through a token bucket, with at most `uplink.max_inflight` unconfirmed
-messages). The outbox is the only hand-off between ingest and sender.
+Threads: the source (its plugin's `run`), ingest (micro-batches: whatever batches have arrived, up
+to `scoring.batch_size` readings, so latency stays low at low rates and throughput high at high
+rates; `edge_agent.ingest.IngestStage`), the sender (`edge_agent.sender.Sender`: anomalies first,
+a token bucket, at most `uplink.max_inflight` unconfirmed), status, and the control plane
+(`edge_agent.control`, which sees the agent only through its `Managed` protocol). The model in use
+lives in a `ModelSlot`; the outbox is the only hand-off between ingest and sender.
 """
 
 from __future__ import annotations
@@ -14,26 +15,22 @@ import queue
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from contracts.block import ReadingBlock
-from contracts.telemetry import ModelLineage
 from edge_agent import sinks as _sinks  # noqa: F401  (register sinks)
 from edge_agent import sources as _sources  # noqa: F401  (register sources)
 from edge_agent.config import AgentConfig
-from edge_agent.control import ControlPlane
-from edge_agent.errors import AgentError, ConfigError, OutboxError
-from edge_agent.flow import Backoff, TokenBucket
-from edge_agent.intake import Intake, Quarantine, Rejected, StreamState
+from edge_agent.control import ControlPlane, SettingsPlan, Unchanged
+from edge_agent.errors import AgentError, ConfigError
+from edge_agent.flow import TokenBucket
+from edge_agent.ingest import IngestStage
+from edge_agent.intake import Intake, Quarantine, StreamState
 from edge_agent.logs import Throttle, event, setup_logging
 from edge_agent.metrics import AgentMetrics
+from edge_agent.model_slot import ModelSlot
 from edge_agent.outbox import Outbox, SqliteOutbox
-from edge_agent.packing import ScoredBlock, context_header, segments_for_many
-from edge_agent.rollout import RolloutError
 from edge_agent.scoring import ScoringStage
 from edge_agent.sender import Sender
 from edge_agent.sinks.base import Sink, make_sink
@@ -66,23 +63,25 @@ class Agent:
         self.log = setup_logging(config.log.level)
         self.allocator_tuned = tune_allocator()
         self.clock = clock
-        self.bundle = load_model(config)
-        self.stage = ScoringStage(self.bundle, threads=config.scoring.threads)
+        bundle = load_model(config)
+        self.slot = ModelSlot(bundle, ScoringStage(bundle, threads=config.scoring.threads))
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = outbox or SqliteOutbox(config.state_dir / "outbox.db", config.outbox.max_bytes,
                                              synchronous=config.outbox.synchronous)
-        self.intake = Intake(required=self.bundle.spec.channels, min_value=config.scoring.min_value,
-                             max_value=config.scoring.max_value,
-                             streams={d: StreamState(b, s) for d, (b, s) in self.outbox.streams().items()})
-        self.quarantine = Quarantine(config.state_dir / "quarantine.jsonl")
         self.metrics = AgentMetrics()
         salvaged = getattr(self.outbox, "salvaged", None)
         if salvaged is not None:  # the file was corrupt: moved aside, a fresh one started (see SqliteOutbox)
             event(self.log, logging.ERROR, "outbox was corrupt; moved aside and salvaged", **salvaged)
         self._evictions_log = Throttle(self.log, logging.WARNING, "outbox full: evicted readings")
         self._quarantine_log = Throttle(self.log, logging.WARNING, "readings quarantined (see quarantine.jsonl)")
-        self.metrics.model.info({"name": self.bundle.manifest.name, "version": str(self.bundle.manifest.version),
-                                 "sha256": self.bundle.manifest.sha256})
+        self._model_info(bundle)
+        intake = Intake(required=bundle.spec.channels, min_value=config.scoring.min_value,
+                        max_value=config.scoring.max_value,
+                        streams={d: StreamState(b, s) for d, (b, s) in self.outbox.streams().items()})
+        self.ingest = IngestStage(self.slot, intake, self.outbox, Quarantine(config.state_dir / "quarantine.jsonl"),
+                                  self.metrics, self.log, max_message_bytes=config.uplink.max_message_bytes,
+                                  clock=clock, on_model=self._model_in_use, on_dropped=self._count_evicted,
+                                  on_quarantined=self._quarantine_log.add, on_error=self._set_error)
         self.sink = sink or make_sink(config.uplink)
         self.source = source or make_source(config.source, self.outbox.checkpoint(), config.scoring.batch_size)
         self._queue: queue.Queue[Batch] = queue.Queue(maxsize=16)
@@ -91,14 +90,10 @@ class Agent:
         self._stop_sender = threading.Event()
         self._wake = threading.Event()
         self._source_done = threading.Event()
-        self._contexts: dict[tuple[str, ...], int] = {}
-        self._swap_lock = threading.Lock()
-        self._pending: tuple[Bundle, ScoringStage] | None = None
-        self._previous: tuple[Bundle, ScoringStage] | None = None
-        self._threshold_override: float | None = None
         self._batch_limit = config.scoring.batch_size
         self.bucket = TokenBucket(config.uplink.rate_messages_per_s)
-        self.control = ControlPlane(self)
+        trusted = Path(config.model.trusted_key) if config.model.trusted_key else None
+        self.control = ControlPlane(self, state_dir=config.state_dir, trusted_key=trusted)
         self.sender = Sender(self.outbox, self.sink, config.uplink, bucket=self.bucket, metrics=self.metrics,
                              log=self.log, on_connected=self.control.attach, on_dropped=self._count_evicted,
                              on_error=self._set_error)
@@ -117,7 +112,7 @@ class Agent:
             t = threading.Thread(target=self._guard(name, target), name=f"edgeflag-{name}", daemon=True)
             t.start()
             self._threads.append(t)
-        event(self.log, logging.INFO, "agent started", version=VERSION, model=self.bundle.label,
+        event(self.log, logging.INFO, "agent started", version=VERSION, model=self.slot.bundle.label,
               source=self.config.source.type, uplink=self.config.uplink.type, config=self.config.redacted(),
               allocator_tuned=self.allocator_tuned)
 
@@ -229,134 +224,38 @@ class Agent:
                     break
                 batches.append(b)
                 n += len(b)
-            self._ingest_with_retry(batches)
+            self.ingest.ingest_with_retry(batches, self._stop_sender)
             self._processed += len(batches)
-
-    def _ingest_with_retry(self, batches: list[Batch]) -> None:
-        backoff: Backoff | None = None  # created on the first failure only (seeding a Random is not free)
-        while True:
-            snapshot = {d: StreamState(s.boot_id, s.last_seq, s.channels) for d, s in self.intake.streams.items()}
-            try:
-                self.ingest(batches)
-                return
-            except OutboxError as exc:  # disk full, I/O error: keep the batch, keep trying, never ack
-                self.intake.streams = snapshot
-                self.last_error = str(exc)
-                event(self.log, logging.ERROR, "outbox write failed; retrying", error=str(exc))
-                backoff = backoff or Backoff(0.2, 5.0)
-                if self._stop_sender.wait(backoff.next_delay()):
-                    return
-
-    def ingest(self, batches: list[Batch]) -> None:
-        """Validate, score and store one micro-batch; acknowledge its sources once durable."""
-        self._maybe_swap()
-        t0 = time.perf_counter()
-        accepted: list[tuple[ReadingBlock, str]] = []
-        rejected: list[Rejected] = []
-        checkpoint: dict[str, str] = {}
-        total = 0
-        for b in batches:
-            total += len(b)
-            if b.blocks:
-                acc, rej = self.intake.check_blocks(b.blocks)
-                accepted += acc
-                rejected += rej
-            if b.raw:
-                acc, rej = self.intake.parse(b.raw)
-                accepted += acc
-                rejected += rej
-            checkpoint.update(b.checkpoint)
-        segments = []
-        flagged = scored = 0
-        if accepted:
-            ts = time.perf_counter()
-            results = self.stage.score_many([blk for blk, _ in accepted])
-            self.metrics.batch_seconds.observe(time.perf_counter() - ts)
-            items = [ScoredBlock(blk, res.scores, res.flags, boot, self._context(blk.channels))
-                     for (blk, boot), res in zip(accepted, results, strict=True)]
-            segments = segments_for_many(items, max_message_bytes=self.config.uplink.max_message_bytes,
-                                         stored_at=self.clock())
-            flagged = sum(int(r.flags.sum()) for r in results)
-            scored = sum(len(blk) for blk, _ in accepted)
-        touched = {blk.device_id for blk, _ in accepted}
-        streams = {d: (self.intake.streams[d].boot_id, self.intake.streams[d].last_seq) for d in touched}
-        evicted = self.outbox.append(segments, streams=streams, checkpoint=checkpoint)
-        for b in batches:
-            if b.ack is not None:
-                b.ack()
-        self.quarantine.add(rejected)
-        m = self.metrics
-        m.readings_in.inc(total)
-        m.scored.inc(scored)
-        m.flagged.inc(flagged)
-        quarantined = Counter(r.reason for r in rejected)
-        for reason, n in quarantined.items():
-            m.quarantined.labels(reason=reason).inc(n)
-        self._count_evicted(evicted)
-        self._quarantine_log.add(quarantined)
-        m.observe_batch(time.perf_counter() - t0)
-        self._wake.set()
-
-    def _context(self, channels: tuple[str, ...]) -> int:
-        cid = self._contexts.get(channels)
-        if cid is None:
-            cid = self._contexts[channels] = self.outbox.context_id(context_header(self.lineage(), channels))
-        return cid
+            self._wake.set()
 
     # ---- control plane hooks ---------------------------------------------------------------
-    def lineage(self) -> ModelLineage:
-        """The model lineage every message carries: the bundle's, with the effective threshold."""
-        lin = self.bundle.lineage
-        return replace(lin, threshold=self.stage.threshold)
+    def _model_info(self, bundle: Bundle) -> None:
+        m = bundle.manifest
+        self.metrics.model.info({"name": m.name, "version": str(m.version), "sha256": m.sha256})
 
-    def apply_settings(self, plan: dict[str, Any]) -> None:
-        """Apply a validated control-plane plan (see edge_agent.control). Model swaps happen between batches."""
-        if "model" in plan and plan["model"] is not None:
-            with self._swap_lock:
-                self._pending = plan["model"]
-        if "threshold" in plan:
-            self._threshold_override = plan["threshold"]
-            with self._swap_lock:
-                if self._pending is None:
-                    self._pending = (self.bundle, self.stage)  # same model, new threshold: re-key contexts
-        if "batch_size" in plan:
-            self._batch_limit = plan["batch_size"]
-        if "send_rate" in plan:
-            self.bucket.set_rate(plan["send_rate"])
-        if "log_level" in plan:
-            self.log.setLevel(plan["log_level"].upper())
-
-    def _maybe_swap(self) -> None:
-        with self._swap_lock:
-            pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        bundle, stage = pending
-        if stage is not self.stage:
-            stage.adopt_state(self.stage)
-            self._previous = (self.bundle, self.stage)
-        self.bundle, self.stage = bundle, stage
-        self.stage.threshold = (self._threshold_override if self._threshold_override is not None
-                                else float(bundle.manifest.threshold))
-        self._contexts.clear()
-        self.intake.required = bundle.spec.channels
-        self.metrics.model.info({"name": bundle.manifest.name, "version": str(bundle.manifest.version),
-                                 "sha256": bundle.manifest.sha256})
-        event(self.log, logging.INFO, "model in use", model=bundle.label, threshold=self.stage.threshold)
+    def _model_in_use(self, bundle: Bundle) -> None:
+        self._model_info(bundle)
         self.control.request_report()  # report what is now in effect
 
-    def rollback_model(self) -> Bundle:
-        """Go back to the model used before the last swap (between batches)."""
-        with self._swap_lock:
-            if self._previous is None:
-                raise RolloutError("no previous model to roll back to")
-            self._pending, self._previous = self._previous, None
-            return self._pending[0]
+    def apply_settings(self, plan: SettingsPlan) -> None:
+        """Apply a validated control-plane plan; model and threshold changes take effect between batches."""
+        if not isinstance(plan.model, Unchanged):
+            self.slot.offer(*plan.model)
+        if not isinstance(plan.threshold, Unchanged):
+            self.slot.set_threshold(plan.threshold)
+        if not isinstance(plan.batch_size, Unchanged):
+            self._batch_limit = plan.batch_size
+        if not isinstance(plan.send_rate, Unchanged):
+            self.bucket.set_rate(plan.send_rate)
+        if not isinstance(plan.log_level, Unchanged):
+            self.log.setLevel(plan.log_level.upper())
 
-    def flush_now(self) -> None:
-        """Send what is pending without waiting for the token bucket to refill."""
+    def flush_now(self) -> dict[str, int]:
+        """Send what is pending without waiting for the token bucket to refill; returns what is pending."""
         self.bucket.fill()
         self._wake.set()
+        st = self.outbox.stats()
+        return {"pending_readings": st.readings, "pending_segments": st.segments}
 
     # ---- sender ----------------------------------------------------------------------------
     def _run_sender(self) -> None:
@@ -392,14 +291,14 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         """What `get_status` reports: agent version, model, counters, outbox, last error."""
-        m = self.bundle.manifest
+        m = self.slot.bundle.manifest
         snap = self.metrics.snapshot()
         snap["dropped_total"] = self.outbox.drops()
         return {"agent_version": VERSION,
                 "model": {"name": m.name, "version": m.version, "sha256": m.sha256,
-                          "threshold": self.stage.threshold},
+                          "threshold": self.slot.threshold},
                 "config": {"batch_size": self._batch_limit, "send_rate": self.bucket.rate,
                            "log_level": logging.getLevelName(self.log.level).lower(),
-                           "threshold": self.stage.threshold},
+                           "threshold": self.slot.threshold},
                 "last_error": self.last_error,
                 "outbox_disk_full": bool(getattr(self.outbox, "disk_full", False)), **snap}

@@ -24,18 +24,20 @@ import logging
 import math
 import queue
 import threading
+from dataclasses import dataclass, fields
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from contracts.errors import ContractError
 from contracts.jsonsafe import check_depth
 from edge_agent.errors import UplinkError
 from edge_agent.logs import event
+from edge_agent.model_slot import ModelSlot
 from edge_agent.rollout import RolloutError, parse_spec, prepare
+from edge_agent.scoring import ScoringStage
 from edge_agent.sinks.base import Controllable
-
-if TYPE_CHECKING:
-    from edge_agent.agent import Agent
+from models.bundle import Bundle
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 KNOWN = ("threshold", "batch_size", "send_rate", "log_level", "model")
@@ -45,9 +47,46 @@ class PatchError(ValueError):
     """Raised when a desired patch is invalid (nothing of it is applied)."""
 
 
+class Unchanged(Enum):
+    UNCHANGED = 0
+
+
+UNCHANGED = Unchanged.UNCHANGED
+
+
+@dataclass(frozen=True)
+class SettingsPlan:
+    """A validated desired patch: each field is a new value, or UNCHANGED (threshold None = the bundle's)."""
+
+    threshold: float | Unchanged | None = UNCHANGED
+    batch_size: int | Unchanged = UNCHANGED
+    send_rate: float | Unchanged = UNCHANGED
+    log_level: str | Unchanged = UNCHANGED
+    model: tuple[Bundle, ScoringStage] | Unchanged = UNCHANGED  # a prepared (verified, canaried) model
+
+    def keys(self) -> list[str]:
+        """The settings this plan changes."""
+        return [f.name for f in fields(self) if getattr(self, f.name) is not UNCHANGED]
+
+
+class Managed(Protocol):
+    """What the control plane needs from the agent it runs in (the agent satisfies it; tests may fake it)."""
+
+    log: logging.Logger
+    slot: ModelSlot
+
+    def apply_settings(self, plan: SettingsPlan) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def flush_now(self) -> dict[str, int]: ...
+
+
 class ControlPlane:
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Managed, *, state_dir: Path, trusted_key: Path | None = None) -> None:
         self.agent = agent
+        self.state_dir = state_dir
+        self.trusted_key = trusted_key
         self.desired_version: int | None = None
         self.control_status: dict[str, Any] = {}
         self.rollout_status: dict[str, Any] = {}
@@ -117,15 +156,15 @@ class ControlPlane:
             self.report()
             return
         self.agent.apply_settings(plan)
-        if "model" in plan and plan["model"] is not None:
-            bundle = plan["model"][0]
+        if isinstance(plan.model, tuple):
+            bundle = plan.model[0]
             self.rollout_status = {"status": "ok", "version": bundle.manifest.version, "sha256": bundle.manifest.sha256}
         self.desired_version = version
         self.control_status = {"desired_version": version, "status": "applied", "error": ""}
-        event(self.agent.log, logging.INFO, "desired patch applied", version=version, keys=sorted(plan))
+        event(self.agent.log, logging.INFO, "desired patch applied", version=version, keys=plan.keys())
         self.report()
 
-    def validate(self, body: dict[str, Any]) -> dict[str, Any]:
+    def validate(self, body: dict[str, Any]) -> SettingsPlan:
         """Check every key; prepare a rollout (fetch, verify, canary). Raises without side effects."""
         unknown = sorted(set(body) - set(KNOWN))
         if unknown:
@@ -153,14 +192,13 @@ class ControlPlane:
             plan["log_level"] = lv
         if body.get("model") is not None:
             version, _url, sha = parse_spec(body["model"])
-            current = self.agent.bundle.manifest
+            slot = self.agent.slot
+            current = slot.bundle.manifest
             if (version, sha) != (current.version, current.sha256):
-                cfg = self.agent.config
-                trusted = Path(cfg.model.trusted_key) if cfg.model.trusted_key else None
-                stage = self.agent.stage
-                plan["model"] = prepare(body["model"], cfg.state_dir, trusted_key=trusted, current=stage,
-                                        canary=stage.recent)
-        return plan
+                stage = slot.stage
+                plan["model"] = prepare(body["model"], self.state_dir, trusted_key=self.trusted_key,
+                                        current=stage, canary=stage.recent)
+        return SettingsPlan(**plan)
 
     # -- methods ---------------------------------------------------------------------------------
     def method(self, name: str, payload: Any) -> tuple[int, Any]:
@@ -181,19 +219,17 @@ class ControlPlane:
         if name == "get_status":
             return 200, agent.status()
         if name == "flush":
-            agent.flush_now()
-            st = agent.outbox.stats()
-            return 200, {"pending_readings": st.readings, "pending_segments": st.segments}
+            return 200, agent.flush_now()
         if name == "set_log_level":
             level = (payload or {}).get("level") if isinstance(payload, dict) else payload
             if not isinstance(level, str) or level not in LOG_LEVELS:
                 return 400, {"error": f"level must be one of {', '.join(LOG_LEVELS)}"}
-            agent.apply_settings({"log_level": level})
+            agent.apply_settings(SettingsPlan(log_level=level))
             self._jobs.put(("report", None))
             return 200, {"log_level": level}
         if name == "rollback_model":
             try:
-                bundle = agent.rollback_model()
+                bundle = agent.slot.rollback()
             except RolloutError as exc:
                 return 409, {"error": str(exc)}
             self.rollout_status = {"status": "rolled_back", "version": bundle.manifest.version,

@@ -19,11 +19,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from contracts.errors import ContractError
-from contracts.mqtt import MqttSettings, deferred_ack_client_class
+from contracts.mqtt import MqttSettings, deferred_ack_client_class, make_client
 from contracts.telemetry import MAX_MESSAGE_BYTES
 from contracts.topics import TELEMETRY_FILTER, parse_telemetry_topic
 from hub.bronze import BronzeFormat, BronzeWriter, Landed
@@ -46,15 +47,9 @@ class HubIngest:
         self.connected = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
-        import paho.mqtt.client as mqtt
-
         s = self.settings
-        client = deferred_ack_client_class()(client_id=self.client_id, clean_session=False, protocol=mqtt.MQTTv311)
-        if s.username:
-            client.username_pw_set(s.username, s.password)
-        if s.ca_file:
-            client.tls_set(ca_certs=str(s.ca_file), certfile=str(s.cert_file) if s.cert_file else None,
-                           keyfile=str(s.key_file) if s.key_file else None)
+        client = make_client(replace(s, client_id=self.client_id, clean_session=False),
+                             client_class=deferred_ack_client_class())
         pending: list[tuple[Landed | None, int, int]] = []  # None: refused, acknowledged unlanded
         lock = threading.Lock()
 

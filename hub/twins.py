@@ -34,11 +34,18 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 from contracts.errors import ContractError
 from contracts.jsonsafe import MAX_CONTROL_BYTES, check_depth, loads, loads_object
-from contracts.topics import valid_rid
+from contracts.mqtt import MqttSettings, make_client
+from contracts.topics import (
+    SERVICE_CONTROL_FILTERS,
+    desired_patch_topic,
+    method_request_topic,
+    parse_control_topic,
+    twin_response_topic,
+    valid_rid,
+)
 from hub.frontend import SCOPE
 from hub.statefile import write_private
 
@@ -118,19 +125,16 @@ class TwinService:
         the hub's own service, under a client id of its own so neither takes the other's session over."""
         import os
 
-        import paho.mqtt.client as mqtt
-
         self.store = TwinStore(state / "twins")
         self._waiting: dict[str, tuple[str, threading.Event, dict[str, Any]]] = {}  # rid -> device, ...
         self.errors = 0
         self._lock = threading.Lock()
         self.connected = threading.Event()
         cid = "edgeflag-hub-twins" if serve else f"edgeflag-hub-ctl-{os.getpid()}-{next(_CONTROL_IDS)}"
-        c = self.client = mqtt.Client(client_id=cid, clean_session=True)
-        c.username_pw_set(HUB_USER, password)
-        topics = [(f"{SCOPE}/+/methods/res/#", 1)]
-        if serve:
-            topics += [(f"{SCOPE}/+/twin/GET/#", 1), (f"{SCOPE}/+/twin/PATCH/properties/reported/#", 1)]
+        c = self.client = make_client(MqttSettings(host=host, port=port, client_id=cid, username=HUB_USER,
+                                                   password=password))
+        filters = SERVICE_CONTROL_FILTERS if serve else tuple(f for f in SERVICE_CONTROL_FILTERS if "methods" in f)
+        topics = [(f"{SCOPE}/+/{f}", 1) for f in filters]
 
         def on_connect(cl: Any, _u: Any, _f: Any, rc: int) -> None:
             cl.subscribe(topics)
@@ -167,36 +171,35 @@ class TwinService:
         parts = msg.topic.split("/")
         if len(parts) < 5 or "/".join(parts[:2]) != SCOPE:
             return
-        device, rest = parts[2], "/".join(parts[3:])
-        path, _, query = rest.partition("?")
-        q = dict(parse_qsl(query))
-        rid = q.get("$rid", "")
-        base = f"{SCOPE}/{device}"
+        device = parts[2]
+        topic = parse_control_topic("/".join(parts[3:]))
+        rid = topic.rid
+        base = f"{SCOPE}/{device}/"
         if not valid_rid(rid):
             self.errors += 1
             log.warning("dropped a request from %.128s with an unusable $rid %.40r", device, rid)
             return
-        if path.startswith("twin/GET"):
+        if topic.kind == "twin_get":
             twin = self.store.get(device)
-            self.client.publish(f"{base}/twin/res/200/?$rid={rid}", json.dumps(twin), qos=1)
-        elif path.startswith("twin/PATCH/properties/reported"):
+            self.client.publish(base + twin_response_topic(200, rid), json.dumps(twin), qos=1)
+        elif topic.kind == "reported":
             try:
                 patch = loads_object(msg.payload or b"{}", what="reported")
                 twin = self.store.update(device, "reported", patch)
             except ContractError as exc:
                 self.errors += 1
-                self.client.publish(f"{base}/twin/res/400/?$rid={rid}", json.dumps({"error": str(exc)}), qos=1)
+                self.client.publish(base + twin_response_topic(400, rid), json.dumps({"error": str(exc)}), qos=1)
                 return
             v = twin["reported"]["$version"]
-            self.client.publish(f"{base}/twin/res/204/?$rid={rid}&$version={v}", b"", qos=1)
-        elif path.startswith("methods/res/"):
+            self.client.publish(base + twin_response_topic(204, rid, v), b"", qos=1)
+        elif topic.kind == "method_res":
             with self._lock:
                 waiter = self._waiting.get(rid)
             if waiter is None or waiter[0] != device:  # late, unknown, or another device answering
                 self.errors += waiter is not None
                 return
             try:
-                status = int(path.split("/")[2])
+                status = int(topic.arg)
                 payload = loads(msg.payload or b"null", what="method response")
             except (ValueError, IndexError) as exc:  # ContractError is a ValueError
                 status, payload = 502, {"error": f"device {device} answered unusably: {exc}"}
@@ -210,7 +213,7 @@ class TwinService:
         """Merge and push a desired patch; ContractError (nothing stored or sent) if it breaks the limits."""
         twin = self.store.update(device, "desired", patch)
         v = twin["desired"]["$version"]
-        self.client.publish(f"{SCOPE}/{device}/twin/PATCH/properties/desired/?$version={v}",
+        self.client.publish(f"{SCOPE}/{device}/" + desired_patch_topic(v),
                             json.dumps({**patch, "$version": v}), qos=1)
         return twin
 
@@ -220,7 +223,8 @@ class TwinService:
         with self._lock:
             self._waiting[rid] = done
         try:
-            self.client.publish(f"{SCOPE}/{device}/methods/POST/{method}/?$rid={rid}", json.dumps(payload), qos=1)
+            self.client.publish(f"{SCOPE}/{device}/" + method_request_topic(method, rid), json.dumps(payload),
+                                qos=1)
             if not done[1].wait(timeout):
                 return 504, {"error": f"device {device} did not answer {method} within {timeout:g}s"}
             return int(done[2]["status"]), done[2]["payload"]

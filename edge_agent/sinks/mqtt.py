@@ -15,16 +15,24 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 import paho.mqtt.client as mqtt
 
 from contracts.errors import ContractError
 from contracts.jsonsafe import MAX_CONTROL_BYTES, loads, loads_object
-from contracts.mqtt import MqttSettings, sas_token
-from contracts.topics import telemetry_topic, valid_rid
+from contracts.mqtt import MqttSettings, make_client, sas_token
+from contracts.topics import (
+    DEVICE_CONTROL_FILTERS,
+    method_response_topic,
+    parse_control_topic,
+    reported_patch_topic,
+    telemetry_topic,
+    twin_get_topic,
+    valid_rid,
+)
 from edge_agent.errors import UplinkError
 from edge_agent.packing import Message
 from edge_agent.sinks.base import Controllable, DesiredHandler, MethodHandler, Sink, register
@@ -60,7 +68,8 @@ class MqttSink(Sink, Controllable):
     def set_control_handlers(self, on_desired: DesiredHandler, on_method: MethodHandler) -> None:
         self._on_desired, self._on_method = on_desired, on_method
 
-    def _request(self, topic: str, payload: bytes, timeout: float) -> tuple[int, bytes]:
+    def _request(self, topic: Callable[[str], str], payload: bytes, timeout: float) -> tuple[int, bytes]:
+        """Publish a twin request (its topic built for a fresh $rid) and wait for the twin/res reply."""
         if not self.connected:
             raise UplinkError("not connected")
         self._rid += 1
@@ -68,7 +77,7 @@ class MqttSink(Sink, Controllable):
         waiter: tuple[threading.Event, dict[str, Any]] = (threading.Event(), {})
         self._replies[rid] = waiter
         try:
-            self._client.publish(f"{topic}?$rid={rid}", payload, qos=1)
+            self._client.publish(self.control_prefix + topic(rid), payload, qos=1)
             if not waiter[0].wait(timeout):
                 raise UplinkError(f"no twin response within {timeout:g}s")
             return int(waiter[1]["status"]), bytes(waiter[1]["payload"])
@@ -76,7 +85,7 @@ class MqttSink(Sink, Controllable):
             self._replies.pop(rid, None)
 
     def get_twin(self, timeout: float) -> dict[str, Any]:
-        status, body = self._request(f"{self.control_prefix}twin/GET/", b"", timeout)
+        status, body = self._request(twin_get_topic, b"", timeout)
         if status != 200:
             raise UplinkError(f"twin GET answered {status}")
         try:
@@ -86,39 +95,36 @@ class MqttSink(Sink, Controllable):
         return twin
 
     def patch_reported(self, patch: dict[str, Any], timeout: float) -> None:
-        status, _ = self._request(f"{self.control_prefix}twin/PATCH/properties/reported/",
-                                  json.dumps(patch).encode(), timeout)
+        status, _ = self._request(reported_patch_topic, json.dumps(patch).encode(), timeout)
         if status not in (200, 204):
             raise UplinkError(f"reported patch answered {status}")
 
     def _on_control(self, client: Any, msg: Any) -> None:
         prefix = self.control_prefix
-        rest, _, query = msg.topic[len(prefix):].partition("?")
-        q = dict(parse_qsl(query))
-        if rest.startswith("twin/res/"):
-            waiter = self._replies.get(q.get("$rid", ""))
+        topic = parse_control_topic(msg.topic[len(prefix):])
+        if topic.kind == "twin_res":
+            waiter = self._replies.get(topic.rid)
             if waiter:
-                waiter[1].update(status=int(rest.split("/")[2]), payload=msg.payload)
+                waiter[1].update(status=int(topic.arg), payload=msg.payload)
                 waiter[0].set()
-        elif rest.startswith("twin/PATCH/properties/desired") and self._on_desired:
+        elif topic.kind == "desired" and self._on_desired:
             try:
                 patch: dict[str, Any] = loads_object(msg.payload or b"{}", what="desired patch")
             except ContractError as exc:
                 patch = {"$invalid": str(exc)}  # the control plane rejects and reports it
             self._on_desired(patch)
-        elif rest.startswith("methods/POST/") and self._on_method:
-            rid = q.get("$rid", "")
+        elif topic.kind == "method" and self._on_method:
+            rid, name = topic.rid, topic.arg
             if not valid_rid(rid):
                 self.last_error = f"method request with an unusable $rid {rid[:40]!r} ignored"
                 return
-            name = rest.split("/")[2]
             try:
                 payload = loads(msg.payload, what="method payload") if msg.payload else None
             except ContractError as exc:
                 status, body = 400, {"error": str(exc)}
             else:
                 status, body = self._on_method(name, payload)
-            client.publish(f"{prefix}methods/res/{status}/?$rid={rid}", json.dumps(body), qos=1)
+            client.publish(prefix + method_response_topic(status, rid), json.dumps(body), qos=1)
 
     def settings(self) -> MqttSettings:
         c = self.config
@@ -137,13 +143,7 @@ class MqttSink(Sink, Controllable):
     def connect(self, timeout: float) -> None:
         self.close()
         s = self.settings()
-        client = mqtt.Client(client_id=s.client_id, clean_session=True, protocol=mqtt.MQTTv311,
-                             reconnect_on_failure=False)
-        if s.username is not None:
-            client.username_pw_set(s.username, self._password())
-        if s.ca_file is not None:
-            client.tls_set(ca_certs=str(s.ca_file), certfile=str(s.cert_file) if s.cert_file else None,
-                           keyfile=str(s.key_file) if s.key_file else None)
+        client = make_client(s, password=self._password(), reconnect_on_failure=False)
         client.max_inflight_messages_set(max(20, self.config.max_inflight))
         client.max_queued_messages_set(0)
         result: dict[str, int] = {}
@@ -185,8 +185,7 @@ class MqttSink(Sink, Controllable):
         net.start()
         self._client, self._net = client, net
         if connack.wait(timeout) and result.get("rc") == 0:
-            client.subscribe([(f"{prefix}twin/res/#", 1), (f"{prefix}twin/PATCH/properties/desired/#", 1),
-                              (f"{prefix}methods/POST/#", 1)])
+            client.subscribe([(prefix + f, 1) for f in DEVICE_CONTROL_FILTERS])
         if not connack.is_set() or result.get("rc") != 0:
             rc = result.get("rc")
             self.close()

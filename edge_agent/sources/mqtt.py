@@ -16,9 +16,7 @@ import threading
 import time
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
-from contracts.mqtt import MqttSettings, deferred_ack_client_class
+from contracts.mqtt import MqttSettings, deferred_ack_client_class, make_client
 from contracts.topics import sensor_filter
 from edge_agent.sources.base import Batch, Emit, Source, register
 
@@ -30,12 +28,7 @@ class MqttSource(Source):
         settings = MqttSettings(host=c.host, port=c.port, client_id=c.client_id, username=c.username or None,
                                 password=c.password or None, ca_file=None if not c.ca_file else _path(c.ca_file),
                                 clean_session=False)
-        client = deferred_ack_client_class()(client_id=settings.client_id, clean_session=False,
-                                             protocol=mqtt.MQTTv311)
-        if settings.username:
-            client.username_pw_set(settings.username, settings.password)
-        if settings.ca_file:
-            client.tls_set(ca_certs=str(settings.ca_file))
+        client = make_client(settings, client_class=deferred_ack_client_class())
         pending: list[tuple[bytes, int, int]] = []
         lock = threading.Lock()
 

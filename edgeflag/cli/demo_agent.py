@@ -16,7 +16,9 @@ class _Receiver:
 
     def __init__(self, port: int) -> None:
         import orjson
-        import paho.mqtt.client as mqtt
+
+        from contracts.mqtt import MqttSettings, make_client
+        from contracts.topics import TELEMETRY_FILTER
 
         self.keys: set[tuple[str, str, int]] = set()
         self.anomalous: set[tuple[str, str, int]] = set()  # distinct, like keys (a resend is not a new one)
@@ -34,8 +36,8 @@ class _Receiver:
                         self.anomalous.add(key)
                 self.received += len(m["readings"])
 
-        self.client = mqtt.Client(client_id="edgeflag-demo-cloud", clean_session=False)
-        self.client.on_connect = lambda c, u, f, rc: c.subscribe("devices/+/messages/events/#", qos=1)
+        self.client = make_client(MqttSettings(port=port, client_id="edgeflag-demo-cloud", clean_session=False))
+        self.client.on_connect = lambda c, u, f, rc: c.subscribe(TELEMETRY_FILTER, qos=1)
         self.client.on_subscribe = lambda *a: ready.set()
         self.client.on_message = on_message
         self.client.reconnect_delay_set(0.1, 1.0)

@@ -17,6 +17,7 @@ from contracts.topics import telemetry_topic
 from hub.bronze import read_bronze
 from hub.certs import make_ca, make_device, make_server
 from hub.hub import Hub, HubConfig
+from tests.edge_agent.helpers import wait_for
 
 
 def test_certs_chain_to_the_ca_and_name_the_hosts_and_devices(tmp_path: Path) -> None:
@@ -136,11 +137,12 @@ def test_retained_telemetry_lands_once_not_at_every_hub_restart(tmp_path: Path, 
     pub.loop_start()
     body = {"v": 1, "device_id": "dev-0001", "boot_id": "b", "readings": [{"seq": 1}]}
     pub.publish("devices/dev-0001/messages/events/", json.dumps(body), qos=1, retain=True).wait_for_publish(5)
-    time.sleep(0.5)
+    wait_for(lambda: hub.ingest is not None and hub.ingest.landed >= 1, 10, "the retained message landed")
     hub.stop()
     for _ in range(2):  # two restarts: the broker replays the retained message to each new subscription
         hub = run_hub()
-        time.sleep(0.5)
+        wait_for(lambda h=hub: h.ingest is not None and h.ingest.retained_replays >= 1, 10, "the replay")
+        time.sleep(0.3)  # a second copy, if any, would come now
         replays = hub.ingest.retained_replays if hub.ingest else 0
         hub.stop()
     pub.publish("devices/dev-0001/messages/events/", b"", qos=1, retain=True).wait_for_publish(5)  # clear it
