@@ -54,6 +54,32 @@ def load_model(config: AgentConfig) -> Bundle:
         raise ConfigError("model.bundle", str(exc)) from None
 
 
+class SourceSlot:
+    """One configured source, its name, its checkpoint namespace and its counts.
+
+    With several sources each one's checkpoint keys are stored as ``<name>/<key>``, so two sources of
+    one type (two JSONL backfills) never overwrite each other's position; a single [source] keeps
+    its keys unprefixed (the outbox of an existing agent resumes where it was)."""
+
+    def __init__(self, source: Source, label: str, prefix: str, metrics: AgentMetrics) -> None:
+        self.source, self.label, self.prefix = source, label, prefix
+        self.component = metrics.component("source", label, source.name)
+
+    @staticmethod
+    def view(checkpoint: dict[str, str], label: str, scoped: bool) -> dict[str, str]:
+        """The part of the outbox's checkpoint that belongs to one source (its keys without the prefix)."""
+        if not scoped:
+            return dict(checkpoint)
+        prefix = f"{label}/"
+        return {k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix)}
+
+    def prepare(self, batch: Batch) -> None:
+        """Count a batch and put its checkpoint keys in this source's namespace."""
+        self.component.received(len(batch))
+        if self.prefix and batch.checkpoint:
+            batch.checkpoint = {self.prefix + k: v for k, v in batch.checkpoint.items()}
+
+
 class Agent:
     """One agent process. `start()`, then `stop()` (or `run()` until SIGTERM/SIGINT)."""
 
@@ -83,13 +109,24 @@ class Agent:
                                   clock=clock, on_model=self._model_in_use, on_dropped=self._count_evicted,
                                   on_quarantined=self._quarantine_log.add, on_error=self._set_error)
         self.sink = sink or make_sink(config.uplink)
-        self.source = source or make_source(config.source, self.outbox.checkpoint(), config.scoring.batch_size)
+        self.outbox_component = self.metrics.component("buffer", "outbox", type(self.outbox).__name__.lower())
+        checkpoint = self.outbox.checkpoint()
+        if source is not None:
+            self.sources = [SourceSlot(source, source.config.label, "", self.metrics)]
+        else:
+            scoped = len(config.sources) > 1  # one [source] keeps its checkpoint keys unprefixed, as before
+            self.sources = [SourceSlot(make_source(c, SourceSlot.view(checkpoint, c.label, scoped),
+                                                   config.scoring.batch_size),
+                                       c.label, f"{c.label}/" if scoped else "", self.metrics)
+                            for c in config.sources]
         self._queue: queue.Queue[Batch] = queue.Queue(maxsize=16)
         self._stop_source = threading.Event()
         self._stop_ingest = threading.Event()
         self._stop_sender = threading.Event()
         self._wake = threading.Event()
         self._source_done = threading.Event()
+        self._sources_running = len(self.sources)
+        self._sources_lock = threading.Lock()
         self._batch_limit = config.scoring.batch_size
         self.bucket = TokenBucket(config.uplink.rate_messages_per_s)
         trusted = Path(config.model.trusted_key) if config.model.trusted_key else None
@@ -107,13 +144,15 @@ class Agent:
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
-        for name, target in (("source", self._run_source), ("ingest", self._run_ingest),
-                             ("sender", self._run_sender), ("status", self._run_status)):
+        bodies = [(f"source-{s.label}", lambda s=s: self._run_source(s)) for s in self.sources]
+        for name, target in (*bodies, ("ingest", self._run_ingest), ("sender", self._run_sender),
+                             ("status", self._run_status)):
             t = threading.Thread(target=self._guard(name, target), name=f"edgeflag-{name}", daemon=True)
             t.start()
             self._threads.append(t)
         event(self.log, logging.INFO, "agent started", version=VERSION, model=self.slot.bundle.label,
-              source=self.config.source.type, uplink=self.config.uplink.type, config=self.config.redacted(),
+              sources=[f"{s.label}:{s.source.name}" for s in self.sources], uplink=self.config.uplink.type,
+              config=self.config.redacted(),
               allocator_tuned=self.allocator_tuned)
 
     def _guard(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
@@ -135,7 +174,8 @@ class Agent:
         """Stop reading, store what was read, try to deliver the outbox for `flush_timeout` s, exit."""
         self._stop_source.set()
         self._stop_ingest.set()
-        self._join("edgeflag-source", 5)
+        for s in self.sources:
+            self._join(f"edgeflag-source-{s.label}", 5)
         self._join("edgeflag-ingest", 30)
         deadline = time.monotonic() + flush_timeout
         sender = next((t for t in self._threads if t.name == "edgeflag-sender"), None)
@@ -184,27 +224,34 @@ class Agent:
         return (self._source_done.is_set() and self._processed == self._emitted
                 and self.outbox.stats().segments == 0)
 
-    # ---- source ----------------------------------------------------------------------------
-    def _emit(self, batch: Batch) -> bool:
-        while not self._stop_source.is_set():
-            try:
-                self._queue.put(batch, timeout=0.1)
-                self._emitted += 1
-                return True
-            except queue.Full:
-                continue
-        return False
+    # ---- sources ---------------------------------------------------------------------------
+    def _run_source(self, slot: SourceSlot) -> None:
+        def emit(batch: Batch) -> bool:
+            slot.prepare(batch)
+            while not self._stop_source.is_set():
+                try:
+                    self._queue.put(batch, timeout=0.1)
+                    with self._sources_lock:
+                        self._emitted += 1
+                    slot.component.sent(len(batch))
+                    return True
+                except queue.Full:
+                    continue
+            return False
 
-    def _run_source(self) -> None:
         try:
-            self.source.run(self._emit, self._stop_source)
+            slot.source.run(emit, self._stop_source)
         except (AgentError, OSError) as exc:
-            self.last_error = f"source: {exc}"
-            event(self.log, logging.ERROR, "source failed", error=str(exc))
+            self.last_error = f"source {slot.label}: {exc}"
+            slot.component.error(type(exc).__name__)
+            event(self.log, logging.ERROR, "source failed", source=slot.label, error=str(exc))
             self.fatal = exc
         finally:
-            self.source.close()
-            self._source_done.set()
+            slot.source.close()
+            with self._sources_lock:
+                self._sources_running -= 1
+                if self._sources_running == 0:
+                    self._source_done.set()
 
     # ---- ingest ----------------------------------------------------------------------------
     def _run_ingest(self) -> None:
@@ -267,6 +314,7 @@ class Agent:
     def _count_evicted(self, evicted: dict[str, int]) -> None:
         for reason, n in evicted.items():
             self.metrics.dropped.labels(reason=reason).inc(n)
+        self.outbox_component.discarded(evicted)
         self._evictions_log.add(evicted)
 
     # ---- status ----------------------------------------------------------------------------

@@ -244,7 +244,8 @@ class ControlPlane:
         return {
             "agent_version": s["agent_version"], "model": s["model"], "config": s["config"],
             "outbox": s["outbox"], "dropped": s["dropped_total"], "quarantined": s["quarantined"],
-            "last_error": s["last_error"], "control": self.control_status, "model_rollout": self.rollout_status,
+            "last_error": s["last_error"], "components": s["components"], "control": self.control_status,
+            "model_rollout": self.rollout_status,
         }
 
     def report(self) -> None:

@@ -45,6 +45,7 @@ class IngestStage:
         self._on_model, self._on_dropped = on_model, on_dropped
         self._on_quarantined, self._on_error = on_quarantined, on_error
         self._contexts: dict[tuple[str, ...], int] = {}
+        self.component = metrics.component("transform", "score", "onnx")
 
     def ingest_with_retry(self, batches: list[Batch], stop: threading.Event) -> bool:
         """`ingest`, retried with backoff while the outbox fails; False when `stop` is set first."""
@@ -56,6 +57,7 @@ class IngestStage:
                 return True
             except OutboxError as exc:  # disk full, I/O error: keep the batch, keep trying, never ack
                 self.intake.streams = snapshot
+                self.component.error("outbox_write")
                 self._on_error(str(exc))
                 event(self.log, logging.ERROR, "outbox write failed; retrying", error=str(exc))
                 backoff = backoff or Backoff(0.2, 5.0)
@@ -106,6 +108,9 @@ class IngestStage:
         quarantined = Counter(r.reason for r in rejected)
         for reason, n in quarantined.items():
             m.quarantined.labels(reason=reason).inc(n)
+        self.component.received(total)
+        self.component.sent(scored)
+        self.component.discarded(quarantined)
         if evicted:
             self._on_dropped(evicted)
         if quarantined:

@@ -3,6 +3,17 @@
 Counters count readings unless named `messages`. Every reading that enters is, eventually,
 exactly one of: sent (acked by the uplink), quarantined (by reason), dropped (evicted, by
 reason), or still in the outbox.
+
+Per component (Vector's convention): every source, the scoring stage (transform), the outbox
+(buffer) and the uplink (sink) count, in readings, `received`, `sent`, `discarded` by reason and
+`errors` by type, as
+``edgeflag_component_{received,sent,discarded}_events_total`` and ``edgeflag_component_errors_total``
+labelled ``component_kind`` (source, transform, buffer, sink), ``component_id`` and ``component_type``,
+and under the same names in `status()["components"]` (logs, `get_status`, reported properties).
+A source's received = sent = readings it handed over; the stage's received = readings in, sent =
+readings stored, discarded = quarantined; the outbox counts discarded = evicted or corrupt (what it
+received and sent are the stage's sent and the uplink's sent); the uplink's received = readings put in messages (a
+message sent again after a disconnect counts again), sent = readings confirmed, errors by type.
 """
 
 from __future__ import annotations
@@ -13,10 +24,65 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
+COMPONENT_LABELS = ("component_kind", "component_id", "component_type")
+
+
+class Component:
+    """One source, stage or sink's counts (thread-safe); see the module docstring for the names."""
+
+    def __init__(self, metrics: AgentMetrics, kind: str, cid: str, ctype: str) -> None:
+        self.kind, self.id, self.type = kind, cid, ctype
+        self._m = metrics
+        self._labels = {"component_kind": kind, "component_id": cid, "component_type": ctype}
+        self._received = metrics.component_received.labels(**self._labels)
+        self._sent = metrics.component_sent.labels(**self._labels)
+        self._lock = threading.Lock()
+        self.counts: dict[str, Any] = {"received": 0, "sent": 0, "discarded": {}, "errors": {}}
+
+    def received(self, n: int) -> None:
+        if n:
+            self._received.inc(n)
+            with self._lock:
+                self.counts["received"] += n
+
+    def sent(self, n: int) -> None:
+        if n:
+            self._sent.inc(n)
+            with self._lock:
+                self.counts["sent"] += n
+
+    def discarded(self, by_reason: dict[str, int]) -> None:
+        for reason, n in by_reason.items():
+            if n:
+                self._m.component_discarded.labels(**self._labels, reason=reason).inc(n)
+                with self._lock:
+                    self.counts["discarded"][reason] = self.counts["discarded"].get(reason, 0) + n
+
+    def error(self, error_type: str) -> None:
+        self._m.component_errors.labels(**self._labels, error_type=error_type).inc()
+        with self._lock:
+            self.counts["errors"][error_type] = self.counts["errors"].get(error_type, 0) + 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            c = self.counts
+            return {"kind": self.kind, "type": self.type, "received": c["received"], "sent": c["sent"],
+                    "discarded": dict(c["discarded"]), "errors": dict(c["errors"])}
+
 
 class AgentMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self.component_received = Counter("edgeflag_component_received_events", "Readings a component received",
+                                          COMPONENT_LABELS, registry=r)
+        self.component_sent = Counter("edgeflag_component_sent_events", "Readings a component passed on",
+                                      COMPONENT_LABELS, registry=r)
+        self.component_discarded = Counter("edgeflag_component_discarded_events",
+                                           "Readings a component discarded, by reason", (*COMPONENT_LABELS, "reason"),
+                                           registry=r)
+        self.component_errors = Counter("edgeflag_component_errors", "Errors in a component, by type",
+                                        (*COMPONENT_LABELS, "error_type"), registry=r)
+        self.components: dict[str, Component] = {}
         self.readings_in = Counter("edgeflag_readings_in", "Readings received from the source", registry=r)
         self.scored = Counter("edgeflag_readings_scored", "Readings scored", registry=r)
         self.flagged = Counter("edgeflag_readings_flagged", "Readings flagged anomalous", registry=r)
@@ -40,6 +106,13 @@ class AgentMetrics:
         self._server: Any = None
         self._lock = threading.Lock()
         self.batch_ms: list[float] = []  # recent batch durations, for status/benchmarks
+
+    def component(self, kind: str, cid: str, ctype: str) -> Component:
+        """The counts of one component (made once per kind and id)."""
+        key = f"{kind}/{cid}"
+        if key not in self.components:
+            self.components[key] = Component(self, kind, cid, ctype)
+        return self.components[key]
 
     def observe_batch(self, seconds: float) -> None:
         """Record one whole micro-batch's ingest time (validation, scoring, outbox commit) for status and
@@ -81,4 +154,5 @@ class AgentMetrics:
                        "bytes": int(self.outbox_bytes._value.get()),
                        "oldest_age_s": round(self.oldest_age._value.get(), 3)},
             "connected": bool(self.connected._value.get()), "time": time.time(),
+            "components": {k: c.snapshot() for k, c in list(self.components.items())},
         }

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edge_agent.config import UplinkSection
+from edge_agent.config import UplinkConfig
 from edge_agent.errors import OutboxError, UplinkError
 from edge_agent.flow import Backoff, TokenBucket
 from edge_agent.logs import event
@@ -53,7 +53,7 @@ class SenderCounts:
 
 
 class Sender:
-    def __init__(self, outbox: Outbox, sink: Sink, config: UplinkSection, *, bucket: TokenBucket,
+    def __init__(self, outbox: Outbox, sink: Sink, config: UplinkConfig, *, bucket: TokenBucket,
                  metrics: AgentMetrics, log: logging.Logger,
                  on_connected: Callable[[Sink], None] = lambda _s: None,
                  on_dropped: Callable[[dict[str, int]], None] = lambda _d: None,
@@ -67,6 +67,7 @@ class Sender:
         self.queues = {1: SendQueue(budget), 0: SendQueue(budget)}
         self.inflight: dict[int, Message] = {}
         self.counts = SenderCounts()
+        self.component = metrics.component("sink", "uplink", config.type)
         self._token = 0
         self._headers: dict[int, str] = {}
         self._was_connected = False
@@ -82,6 +83,7 @@ class Sender:
             try:
                 wait = self.step()
             except OutboxError as exc:
+                self.component.error("outbox_read")
                 self._error(f"outbox read failed: {exc}", str(exc))
                 wait = 1.0
             if wait > 0:
@@ -134,6 +136,7 @@ class Sender:
                 q.push_front(group)
                 break
             self.inflight[self._token] = msg
+            self.component.received(msg.readings)
             self.outbox.hold(msg.ids)
             sent += 1
             self._confirm()  # delete what was confirmed meanwhile, promptly
@@ -164,6 +167,7 @@ class Sender:
             self.sink.connect(timeout=5.0)
         except UplinkError as exc:
             self.metrics.send_errors.inc()
+            self.component.error("connect")
             delay = self.backoff.next_delay()
             self._retry_at = self.clock() + delay
             self._error("uplink connect failed", str(exc), retry_in_s=round(delay, 2))
@@ -172,8 +176,7 @@ class Sender:
         self._was_connected = True
         self.counts.connects += 1
         self.metrics.connected.set(1)
-        event(self.log, logging.INFO, "uplink connected", uplink=self.config.type, host=self.config.host,
-              port=self.config.port)
+        event(self.log, logging.INFO, "uplink connected", uplink=self.config.type, endpoint=self.config.endpoint)
         self._on_connected(self.sink)
         return 0.0
 
@@ -222,5 +225,6 @@ class Sender:
             self.metrics.sent.inc(self._acked_readings)
             self.metrics.messages_sent.inc(self._acked_messages)
             self.counts.readings_sent += self._acked_readings
+            self.component.sent(self._acked_readings)
             self.counts.messages_sent += self._acked_messages
             self._acked_ids, self._acked_readings, self._acked_messages = [], 0, 0

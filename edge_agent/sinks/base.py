@@ -13,15 +13,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from edge_agent.config import UplinkSection
+from edge_agent.config import UplinkConfig
 from edge_agent.packing import Message
 from edge_agent.plugins import Registry
 
 
 class Sink(ABC):
     name: ClassVar[str]
+    Config: ClassVar[type[UplinkConfig]]  # the plugin's own settings, tagged with its name
 
-    def __init__(self, config: UplinkSection) -> None:
+    def __init__(self, config: UplinkConfig) -> None:
         self.config = config
 
     @abstractmethod
@@ -48,7 +49,7 @@ SINKS: Registry[Sink] = Registry("uplink.type", "uplink")
 register = SINKS.register
 
 
-def make_sink(config: UplinkSection) -> Sink:
+def make_sink(config: UplinkConfig) -> Sink:
     return SINKS.get(config.type)(config)
 
 

@@ -26,9 +26,51 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from edge_agent.config import UplinkConfig, check
 from edge_agent.errors import UplinkError
 from edge_agent.packing import Message
 from edge_agent.sinks.base import Controllable, DesiredHandler, MethodHandler, Sink, register
+
+
+class IoTHubUplinkConfig(UplinkConfig, tag="iothub", frozen=True, forbid_unknown_fields=True):
+    """type = "iothub": Azure IoT Hub through the azure-iot-device SDK.
+
+    Identity: `connection_string` (``HostName=…;DeviceId=…;SharedAccessKey=…`` and, behind a gateway,
+    ``;GatewayHostName=…``), or X.509: `cert_file` + `key_file` + `iothub_hostname` + `device_id`
+    (+ `gateway_hostname`). `ca_file`: the certificate to verify the server with (a gateway's, or the
+    local hub's). One of the two identities is required: without it the agent could only retry forever.
+    """
+
+    connection_string: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    iothub_hostname: str = ""
+    device_id: str = ""
+    gateway_hostname: str = ""
+    keepalive_s: int = 30
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        x509 = (self.cert_file, self.key_file, self.iothub_hostname, self.device_id)
+        if self.connection_string:
+            fields = dict(p.split("=", 1) for p in self.connection_string.split(";") if "=" in p)
+            missing = [k for k in ("HostName", "DeviceId") if not fields.get(k)]
+            check(not missing, "connection_string", f"lacks {', '.join(missing)}")
+            check(not any(x509), "cert_file", "set connection_string or the X.509 identity, not both")
+        else:
+            check(all(x509), "connection_string",
+                  "required, or the X.509 identity: cert_file, key_file, iothub_hostname and device_id")
+        check(self.keepalive_s >= 1, "keepalive_s", "must be >= 1")
+
+    @property
+    def endpoint(self) -> str:
+        if self.gateway_hostname:
+            return self.gateway_hostname
+        if self.connection_string:
+            fields = dict(p.split("=", 1) for p in self.connection_string.split(";") if "=" in p)
+            return fields.get("GatewayHostName") or fields.get("HostName", "")
+        return self.iothub_hostname
 
 
 def _redact(text: str) -> str:
@@ -39,6 +81,9 @@ def _redact(text: str) -> str:
 
 @register("iothub")
 class IoTHubSink(Sink, Controllable):
+    Config = IoTHubUplinkConfig
+    config: IoTHubUplinkConfig
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from edge_agent.config import UplinkConfig
 from edge_agent.packing import Message
 from edge_agent.sinks.base import Sink, register
+
+
+class NoneUplinkConfig(UplinkConfig, tag="none", frozen=True, forbid_unknown_fields=True):
+    """type = "none": no uplink; everything stays in the outbox."""
 
 
 @register("none")
 class NullSink(Sink):
     """Never connects: readings stay in the outbox (useful offline, and in tests)."""
+
+    Config = NoneUplinkConfig
 
     def connect(self, timeout: float) -> None:
         from edge_agent.errors import UplinkError

@@ -33,14 +33,59 @@ from contracts.topics import (
     twin_get_topic,
     valid_rid,
 )
+from edge_agent.config import UplinkConfig, check
 from edge_agent.errors import UplinkError
 from edge_agent.packing import Message
 from edge_agent.sinks.base import Controllable, DesiredHandler, MethodHandler, Sink, register
 from edge_agent.sinks.netloop import NetworkLoop
 
 
+class MqttUplinkConfig(UplinkConfig, tag="mqtt", frozen=True, forbid_unknown_fields=True):
+    """type = "mqtt": any MQTT broker at `host`:`port`, IoT Hub's topic layout, QoS `qos`.
+
+    TLS when `ca_file` is set; X.509 client authentication with `cert_file` + `key_file`. `sas_key`: sign
+    a fresh IoT Hub SAS token per connection as the password (needs `username`, `iothub_hostname` and
+    `device_id` or `client_id`). `dialect`: "scoped" (control topics under ``edgeflag/iothub/<device>/``,
+    for a plain broker with ACLs) or "iothub" (``$iothub/…``, IoT Hub and the hub's front end).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = ""
+    username: str = ""
+    password: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    qos: int = 1
+    keepalive_s: int = 30
+    dialect: str = "scoped"
+    device_id: str = ""
+    iothub_hostname: str = ""
+    sas_key: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(1 <= self.port <= 65535, "port", "must be a TCP port")
+        check(self.qos in (0, 1), "qos", "must be 0 or 1")
+        check(self.dialect in ("scoped", "iothub"), "dialect", "must be scoped or iothub")
+        check(bool(self.cert_file) == bool(self.key_file), "cert_file", "cert_file and key_file go together")
+        if self.sas_key:
+            check(bool(self.username), "username", "required with sas_key (the token is the password)")
+            check(bool(self.iothub_hostname), "iothub_hostname", "required with sas_key (the token names it)")
+            check(bool(self.device_id or self.client_id), "device_id", "required with sas_key")
+            check(not self.password, "password", "set sas_key or password, not both")
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
 @register("mqtt")
 class MqttSink(Sink, Controllable):
+    Config = MqttUplinkConfig
+    config: MqttUplinkConfig
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._client: Any = None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from contracts.block import ReadingBlock
-from edge_agent.config import SourceSection
+from edge_agent.config import SourceConfig
 from edge_agent.plugins import Registry
 
 
@@ -40,8 +40,9 @@ class Source(ABC):
     """One source of readings. `run` blocks until `stop` is set or the source is exhausted."""
 
     name: ClassVar[str]
+    Config: ClassVar[type[SourceConfig]]  # the plugin's own settings, tagged with its name
 
-    def __init__(self, config: SourceSection, checkpoint: dict[str, str], batch_size: int) -> None:
+    def __init__(self, config: SourceConfig, checkpoint: dict[str, str], batch_size: int) -> None:
         self.config = config
         self.checkpoint = checkpoint
         self.batch_size = batch_size
@@ -58,5 +59,5 @@ SOURCES: Registry[Source] = Registry("source.type", "source")
 register = SOURCES.register
 
 
-def make_source(config: SourceSection, checkpoint: dict[str, str], batch_size: int) -> Source:
+def make_source(config: SourceConfig, checkpoint: dict[str, str], batch_size: int) -> Source:
     return SOURCES.get(config.type)(config, checkpoint, batch_size)

@@ -12,12 +12,25 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
+from edge_agent.config import SourceConfig, check
 from edge_agent.errors import ConfigError
 from edge_agent.sources.base import Batch, Emit, Source, register
 
 
+class JsonlSourceConfig(SourceConfig, tag="jsonl", frozen=True, forbid_unknown_fields=True):
+    """type = "jsonl": Reading-contract JSON lines from `path` ("-" = stdin)."""
+
+    path: str = "-"
+
+    def __post_init__(self) -> None:
+        check(bool(self.path), "path", "required: a file, or - for stdin")
+
+
 @register("jsonl")
 class JsonlSource(Source):
+    Config = JsonlSourceConfig
+    config: JsonlSourceConfig
+
     def run(self, emit: Emit, stop: threading.Event) -> None:
         path = self.config.path
         fh: BinaryIO

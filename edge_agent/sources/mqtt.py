@@ -18,11 +18,34 @@ from typing import Any
 
 from contracts.mqtt import MqttSettings, deferred_ack_client_class, make_client
 from contracts.topics import sensor_filter
+from edge_agent.config import SourceConfig, check
 from edge_agent.sources.base import Batch, Emit, Source, register
+
+
+class MqttSourceConfig(SourceConfig, tag="mqtt", frozen=True, forbid_unknown_fields=True):
+    """type = "mqtt": readings on ``{topic_prefix}/{device_id}`` from the broker at `host`:`port`
+    (TLS when `ca_file` is set), under the persistent session `client_id` (unique per source)."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    topic_prefix: str = "edgeflag/sensors"
+    client_id: str = "edgeflag-agent-source"
+    ca_file: str = ""
+    username: str = ""
+    password: str = ""
+
+    def __post_init__(self) -> None:
+        check(1 <= self.port <= 65535, "port", "must be a TCP port")
+        check(bool(self.client_id), "client_id", "required: the broker keeps readings for this session")
+        check(bool(self.topic_prefix) and not any(c in self.topic_prefix for c in "+#"), "topic_prefix",
+              "must be a topic without wildcards")
 
 
 @register("mqtt")
 class MqttSource(Source):
+    Config = MqttSourceConfig
+    config: MqttSourceConfig
+
     def run(self, emit: Emit, stop: threading.Event) -> None:
         c = self.config
         settings = MqttSettings(host=c.host, port=c.port, client_id=c.client_id, username=c.username or None,

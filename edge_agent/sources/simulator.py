@@ -9,12 +9,33 @@ from __future__ import annotations
 import threading
 import time
 
+from edge_agent.config import SourceConfig, check
 from edge_agent.sources.base import Batch, Emit, Source, register
 from simulators import Fleet, FleetConfig
 
 
+class SimulatorSourceConfig(SourceConfig, tag="simulator", frozen=True, forbid_unknown_fields=True):
+    """type = "simulator": `devices` simulated sensors (deterministic for `seed`); `rate` readings/s in
+    all (0 = as fast as possible); `readings` per device (0 = forever); `anomaly_rate` of injected faults."""
+
+    devices: int = 5
+    seed: int = 0
+    rate: float = 0.0
+    readings: int = 0
+    anomaly_rate: float = 0.004
+
+    def __post_init__(self) -> None:
+        check(self.devices >= 1, "devices", "must be >= 1")
+        check(self.rate >= 0, "rate", "must be >= 0")
+        check(self.readings >= 0, "readings", "must be >= 0 (0 = forever)")
+        check(0 <= self.anomaly_rate <= 1, "anomaly_rate", "must be in [0, 1]")
+
+
 @register("simulator")
 class SimulatorSource(Source):
+    Config = SimulatorSourceConfig
+    config: SimulatorSourceConfig
+
     def run(self, emit: Emit, stop: threading.Event) -> None:
         cfg = self.config
         fleet = Fleet(FleetConfig(devices=cfg.devices, seed=cfg.seed, anomaly_rate=cfg.anomaly_rate))

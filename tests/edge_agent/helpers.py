@@ -50,7 +50,10 @@ def agent_config(state: Path, bundle: Path, port: int, **sections: dict[str, Any
         "log": {"level": "warning"},
     }
     for k, v in sections.items():
-        cfg.setdefault(k, {}).update(v)
+        if "type" in v and v["type"] != cfg.get(k, {}).get("type"):
+            cfg[k] = dict(v)  # another plugin: its own keys only
+        else:
+            cfg.setdefault(k, {}).update(v)
     return cfg
 
 

@@ -6,9 +6,8 @@ import time
 
 from broker import Broker
 
-from edge_agent.config import UplinkSection
 from edge_agent.packing import Message
-from edge_agent.sinks.mqtt import MqttSink
+from edge_agent.sinks.mqtt import MqttSink, MqttUplinkConfig
 from edge_agent.sinks.netloop import NetworkLoop
 
 
@@ -37,7 +36,7 @@ def test_a_burst_of_publishes_wakes_the_network_thread_a_few_times_and_all_are_a
         original(self)
 
     monkeypatch.setattr(NetworkLoop, "wake", counting)  # type: ignore[attr-defined]
-    sink = MqttSink(UplinkSection(port=broker.port, client_id="burst", max_inflight=1000))
+    sink = MqttSink(MqttUplinkConfig(port=broker.port, client_id="burst", max_inflight=1000))
     sink.connect(timeout=5)
     try:
         wakes = 0
@@ -50,7 +49,7 @@ def test_a_burst_of_publishes_wakes_the_network_thread_a_few_times_and_all_are_a
 
 
 def test_keepalive_pings_keep_an_idle_connection_open(broker: Broker) -> None:
-    sink = MqttSink(UplinkSection(port=broker.port, client_id="idle", keepalive_s=1))
+    sink = MqttSink(MqttUplinkConfig(port=broker.port, client_id="idle", keepalive_s=1))
     sink.connect(timeout=5)
     seen: list[str] = []
     sink._client.on_log = lambda _c, _u, _level, text: seen.append(text)
@@ -65,7 +64,7 @@ def test_keepalive_pings_keep_an_idle_connection_open(broker: Broker) -> None:
 
 
 def test_a_broker_that_goes_away_is_noticed(broker: Broker) -> None:
-    sink = MqttSink(UplinkSection(port=broker.port, client_id="gone"))
+    sink = MqttSink(MqttUplinkConfig(port=broker.port, client_id="gone"))
     sink.connect(timeout=5)
     broker.stop()
     deadline = time.monotonic() + 10

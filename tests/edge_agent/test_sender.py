@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from contracts.telemetry import ModelLineage
-from edge_agent.config import UplinkSection
 from edge_agent.flow import Backoff, TokenBucket
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import MemoryOutbox
 from edge_agent.packing import context_header, segments_for
 from edge_agent.sender import ACK_BATCH_S, Sender
 from edge_agent.sinks.memory import ListSink
+from edge_agent.sinks.mqtt import MqttUplinkConfig
 from simulators import Fleet, FleetConfig
 
 LINEAGE = ModelLineage("pump", 1, "a" * 64, "b" * 64, 0.5)
@@ -40,7 +40,7 @@ def make(readings: int = 600, *, rate: float = 0.0, max_inflight: int = 8,
         scores = np.random.default_rng(i).random(len(block))
         ob.append(segments_for(block, scores, scores > 0.95, boot_id="boot", context_id=cid,
                                max_message_bytes=1024))
-    cfg = UplinkSection(type="list", max_message_bytes=1024, max_inflight=max_inflight,
+    cfg = MqttUplinkConfig(max_message_bytes=1024, max_inflight=max_inflight,
                         rate_messages_per_s=rate)
     sink = ListSink(cfg, confirm=confirm)
     sender = Sender(ob, sink, cfg, bucket=TokenBucket(rate, clock=clock), metrics=AgentMetrics(),

@@ -15,9 +15,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from broker import Broker
 
-from edge_agent.config import UplinkSection
 from edge_agent.packing import Message
-from edge_agent.sinks.mqtt import MqttSink
+from edge_agent.sinks.mqtt import MqttSink, MqttUplinkConfig
 from hub.backend import BackendAuth
 from hub.bronze import read_bronze
 from hub.mosquitto import free_loopback_address, free_port
@@ -84,7 +83,7 @@ def test_hub_run_backend_refuses_direct_devices_and_admits_a_device_registered_w
         r = subprocess.run([sys.executable, "-m", "edgeflag", "hub", "device", *common, "dev-late"],
                            cwd=ROOT, capture_output=True, text=True, check=True)
         key = r.stdout.strip().split("SharedAccessKey=")[1].split(";")[0]
-        sink = MqttSink(UplinkSection(host=host, port=8883, ca_file=str(state / "pki" / "ca.pem"),
+        sink = MqttSink(MqttUplinkConfig(host=host, port=8883, ca_file=str(state / "pki" / "ca.pem"),
                                       client_id="dev-late", device_id="dev-late", sas_key=key,
                                       username=f"{HUB}/dev-late/?api-version=2021-04-12", iothub_hostname=HUB,
                                       dialect="iothub"))
