@@ -12,10 +12,11 @@ and never influence scoring.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from contracts.errors import ContractError
 
@@ -67,6 +68,86 @@ def validate_device_id(device_id: object) -> str:
     if not set(device_id) <= _ALLOWED_ID_CHARS:
         raise ContractError("device_id", f"has characters outside [A-Za-z0-9-.:_]: {device_id!r}")
     return device_id
+
+
+class ReadingError(ContractError):
+    """A reading the contract refuses. `kind` is the quarantine reason: malformed, wrong_type,
+    out_of_range, bad_timestamp or non_finite."""
+
+    def __init__(self, kind: str, field: str, reason: str) -> None:
+        super().__init__(field, reason)
+        self.kind = kind
+
+
+class DecodedReading(NamedTuple):
+    device_id: str
+    ts: datetime
+    seq: int
+    channels: tuple[str, ...]
+    values: list[float]
+    label: int | None
+    fault: str | None
+
+
+def decode_reading(obj: Any, known_ids: set[str] | None = None) -> DecodedReading:
+    """Check a reading's JSON form (a parsed object) against the contract: the one decoder of the
+    agent's intake and `Reading.from_dict` alike. Raises ReadingError naming the field and the kind.
+
+    `known_ids`: device ids already validated (the intake's cache; valid ids are added to it)."""
+    if not isinstance(obj, Mapping):
+        raise ReadingError("malformed", "", f"a reading must be a JSON object, got {type(obj).__name__}")
+    version = obj.get("v", READING_SCHEMA)
+    if version != READING_SCHEMA or type(version) is not int:
+        raise ReadingError("malformed", "v", f"unsupported reading schema {str(version)[:20]!r} "
+                                             f"(this build reads {READING_SCHEMA})")
+    for key in ("device_id", "ts", "seq", "values"):
+        if key not in obj:
+            raise ReadingError("malformed", key, "missing")
+    dev = obj["device_id"]
+    if known_ids is None or type(dev) is not str or dev not in known_ids:
+        try:
+            validate_device_id(dev)
+        except ContractError as exc:
+            raise ReadingError("malformed", exc.field, exc.reason) from None
+        if known_ids is not None and len(known_ids) < 100_000:
+            known_ids.add(dev)
+    try:
+        ts = parse_ts(obj["ts"])
+    except ContractError as exc:
+        raise ReadingError("malformed", exc.field, exc.reason) from None
+    seq = obj["seq"]
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise ReadingError("wrong_type", "seq", f"must be a non-negative integer, got {str(seq)[:40]!r}")
+    if seq > MAX_SEQ:
+        raise ReadingError("out_of_range", "seq", f"{str(seq)[:40]} above 2**63-1")
+    if not MIN_TS <= ts.timestamp() < MAX_TS:
+        raise ReadingError("bad_timestamp", "ts", f"{str(obj['ts'])[:40]} outside 2000-01-01..2100-01-01 UTC")
+    label = obj.get("label")
+    if label is not None and (type(label) is not int or label not in (0, 1)):
+        raise ReadingError("wrong_type", "label", f"must be 0, 1 or null, got {str(label)[:20]!r}")
+    fault = obj.get("fault")
+    if fault is not None and not isinstance(fault, str):
+        raise ReadingError("wrong_type", "fault", "must be a string or null")
+    values = obj["values"]
+    if not isinstance(values, Mapping):
+        raise ReadingError("malformed", "values", "must be an object of channel name to number")
+    if not values:
+        raise ReadingError("malformed", "values", "no channel values")
+    chans = tuple(values)
+    vals = []
+    for c in chans:
+        v = values[c]
+        t = type(v)
+        if t is not float and t is not int and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+            raise ReadingError("wrong_type", f"values.{c}", f"must be a number, got {t.__name__}")
+        try:
+            f = float(v)
+        except OverflowError:  # an int beyond float range
+            raise ReadingError("out_of_range", f"values.{c}", f"{str(v)[:40]} beyond a 64-bit float") from None
+        if not math.isfinite(f):
+            raise ReadingError("non_finite", f"values.{c}", f"must be finite, got {v}")
+        vals.append(f)
+    return DecodedReading(dev, ts, seq, chans, vals, label, fault)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,27 +206,7 @@ class Reading:
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> Reading:
-        """Build a Reading from its JSON form, raising ContractError naming the bad field."""
-        if not isinstance(obj, Mapping):
-            raise ContractError("", f"a reading must be a JSON object, got {type(obj).__name__}")
-        version = obj.get("v", READING_SCHEMA)
-        if version != READING_SCHEMA:
-            raise ContractError("v", f"unsupported reading schema {version!r} (this build reads {READING_SCHEMA})")
-        for key in ("device_id", "ts", "seq", "values"):
-            if key not in obj:
-                raise ContractError(key, "missing")
-        values = obj["values"]
-        if not isinstance(values, Mapping):
-            raise ContractError("values", "must be an object of channel name to number")
-        label = obj.get("label")
-        fault = obj.get("fault")
-        if fault is not None and not isinstance(fault, str):
-            raise ContractError("fault", "must be a string or null")
-        return cls(
-            device_id=obj["device_id"],
-            ts=parse_ts(obj["ts"]),
-            seq=obj["seq"],
-            values=dict(values),
-            label=label,
-            fault=fault,
-        )
+        """Build a Reading from its JSON form (`decode_reading`), raising ContractError naming the bad field."""
+        d = decode_reading(obj)
+        return cls(device_id=d.device_id, ts=d.ts, seq=d.seq, values=dict(obj["values"]), label=d.label,
+                   fault=d.fault)

@@ -11,7 +11,6 @@ lives in a `ModelSlot`; the outbox is the only hand-off between ingest and sende
 from __future__ import annotations
 
 import logging
-import queue
 import signal
 import threading
 import time
@@ -23,7 +22,7 @@ from edge_agent import sinks as _sinks  # noqa: F401  (register sinks)
 from edge_agent import sources as _sources  # noqa: F401  (register sources)
 from edge_agent.config import AgentConfig
 from edge_agent.control import ControlPlane, SettingsPlan, Unchanged
-from edge_agent.errors import AgentError, ConfigError
+from edge_agent.errors import ConfigError
 from edge_agent.flow import TokenBucket
 from edge_agent.ingest import IngestStage
 from edge_agent.intake import Intake, Quarantine, StreamState
@@ -31,10 +30,11 @@ from edge_agent.logs import Throttle, event, setup_logging
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_slot import ModelSlot
 from edge_agent.outbox import Outbox, SqliteOutbox
+from edge_agent.pump import SourcePump, SourceSlot
 from edge_agent.scoring import ScoringStage
 from edge_agent.sender import Sender
 from edge_agent.sinks.base import Sink, make_sink
-from edge_agent.sources.base import Batch, Source, make_source
+from edge_agent.sources.base import Source
 from edge_agent.tuning import tune_allocator
 from models.bundle import Bundle, load_bundle
 from models.errors import BundleError, ModelError
@@ -52,32 +52,6 @@ def load_model(config: AgentConfig) -> Bundle:
         return load_bundle(path, trusted_key=trusted)
     except (BundleError, ModelError) as exc:
         raise ConfigError("model.bundle", str(exc)) from None
-
-
-class SourceSlot:
-    """One configured source, its name, its checkpoint namespace and its counts.
-
-    With several sources each one's checkpoint keys are stored as ``<name>/<key>``, so two sources of
-    one type (two JSONL backfills) never overwrite each other's position; a single [source] keeps
-    its keys unprefixed (the outbox of an existing agent resumes where it was)."""
-
-    def __init__(self, source: Source, label: str, prefix: str, metrics: AgentMetrics) -> None:
-        self.source, self.label, self.prefix = source, label, prefix
-        self.component = metrics.component("source", label, source.name)
-
-    @staticmethod
-    def view(checkpoint: dict[str, str], label: str, scoped: bool) -> dict[str, str]:
-        """The part of the outbox's checkpoint that belongs to one source (its keys without the prefix)."""
-        if not scoped:
-            return dict(checkpoint)
-        prefix = f"{label}/"
-        return {k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix)}
-
-    def prepare(self, batch: Batch) -> None:
-        """Count a batch and put its checkpoint keys in this source's namespace."""
-        self.component.received(len(batch))
-        if self.prefix and batch.checkpoint:
-            batch.checkpoint = {self.prefix + k: v for k, v in batch.checkpoint.items()}
 
 
 class Agent:
@@ -110,23 +84,15 @@ class Agent:
                                   on_quarantined=self._quarantine_log.add, on_error=self._set_error)
         self.sink = sink or make_sink(config.uplink)
         self.outbox_component = self.metrics.component("buffer", "outbox", type(self.outbox).__name__.lower())
-        checkpoint = self.outbox.checkpoint()
         if source is not None:
-            self.sources = [SourceSlot(source, source.config.label, "", self.metrics)]
+            self.pump = SourcePump([SourceSlot(source, source.config.label, "", self.metrics)], self.log,
+                                   self._source_failed)
         else:
-            scoped = len(config.sources) > 1  # one [source] keeps its checkpoint keys unprefixed, as before
-            self.sources = [SourceSlot(make_source(c, SourceSlot.view(checkpoint, c.label, scoped),
-                                                   config.scoring.batch_size),
-                                       c.label, f"{c.label}/" if scoped else "", self.metrics)
-                            for c in config.sources]
-        self._queue: queue.Queue[Batch] = queue.Queue(maxsize=16)
-        self._stop_source = threading.Event()
+            self.pump = SourcePump.from_config(config.sources, self.outbox.checkpoint(), config.scoring.batch_size,
+                                               self.metrics, self.log, self._source_failed)
         self._stop_ingest = threading.Event()
         self._stop_sender = threading.Event()
         self._wake = threading.Event()
-        self._source_done = threading.Event()
-        self._sources_running = len(self.sources)
-        self._sources_lock = threading.Lock()
         self._batch_limit = config.scoring.batch_size
         self.bucket = TokenBucket(config.uplink.rate_messages_per_s)
         trusted = Path(config.model.trusted_key) if config.model.trusted_key else None
@@ -136,7 +102,6 @@ class Agent:
                              on_error=self._set_error)
         self._threads: list[threading.Thread] = []
         self.last_error = ""
-        self._emitted = 0  # batches handed over by the source (source thread)
         self._processed = 0  # batches ingested (ingest thread)
         self.fatal: BaseException | None = None
         self._refresh_gauges()
@@ -144,16 +109,14 @@ class Agent:
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
-        bodies = [(f"source-{s.label}", lambda s=s: self._run_source(s)) for s in self.sources]
-        for name, target in (*bodies, ("ingest", self._run_ingest), ("sender", self._run_sender),
+        for name, target in (*self.pump.bodies(), ("ingest", self._run_ingest), ("sender", self._run_sender),
                              ("status", self._run_status)):
             t = threading.Thread(target=self._guard(name, target), name=f"edgeflag-{name}", daemon=True)
             t.start()
             self._threads.append(t)
         event(self.log, logging.INFO, "agent started", version=VERSION, model=self.slot.bundle.label,
-              sources=[f"{s.label}:{s.source.name}" for s in self.sources], uplink=self.config.uplink.type,
-              config=self.config.redacted(),
-              allocator_tuned=self.allocator_tuned)
+              sources=[f"{s.label}:{s.source.name}" for s in self.pump.slots], uplink=self.config.uplink.type,
+              config=self.config.redacted(), allocator_tuned=self.allocator_tuned)
 
     def _guard(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
         """Run a thread body; an unexpected exception makes the agent exit non-zero (systemd restarts it
@@ -172,9 +135,9 @@ class Agent:
 
     def stop(self, flush_timeout: float = 10.0) -> None:
         """Stop reading, store what was read, try to deliver the outbox for `flush_timeout` s, exit."""
-        self._stop_source.set()
+        self.pump.stop.set()
         self._stop_ingest.set()
-        for s in self.sources:
+        for s in self.pump.slots:
             self._join(f"edgeflag-source-{s.label}", 5)
         self._join("edgeflag-ingest", 30)
         deadline = time.monotonic() + flush_timeout
@@ -221,56 +184,21 @@ class Agent:
 
     def drained(self) -> bool:
         """The source is exhausted, every batch it produced was ingested, and the outbox is empty."""
-        return (self._source_done.is_set() and self._processed == self._emitted
-                and self.outbox.stats().segments == 0)
+        return self.pump.done.is_set() and self._processed == self.pump.emitted and self.outbox.stats().segments == 0
 
-    # ---- sources ---------------------------------------------------------------------------
-    def _run_source(self, slot: SourceSlot) -> None:
-        def emit(batch: Batch) -> bool:
-            slot.prepare(batch)
-            while not self._stop_source.is_set():
-                try:
-                    self._queue.put(batch, timeout=0.1)
-                    with self._sources_lock:
-                        self._emitted += 1
-                    slot.component.sent(len(batch))
-                    return True
-                except queue.Full:
-                    continue
-            return False
+    # ---- sources and ingest ----------------------------------------------------------------
+    def _source_failed(self, error: str, exc: BaseException) -> None:
+        self.last_error = error
+        self.fatal = exc
 
-        try:
-            slot.source.run(emit, self._stop_source)
-        except (AgentError, OSError) as exc:
-            self.last_error = f"source {slot.label}: {exc}"
-            slot.component.error(type(exc).__name__)
-            event(self.log, logging.ERROR, "source failed", source=slot.label, error=str(exc))
-            self.fatal = exc
-        finally:
-            slot.source.close()
-            with self._sources_lock:
-                self._sources_running -= 1
-                if self._sources_running == 0:
-                    self._source_done.set()
-
-    # ---- ingest ----------------------------------------------------------------------------
     def _run_ingest(self) -> None:
+        pump = self.pump
         while True:
-            limit = self._batch_limit
-            try:
-                first = self._queue.get(timeout=0.05)
-            except queue.Empty:
-                if self._stop_ingest.is_set() or (self._source_done.is_set() and self._stop_source.is_set()):
+            batches = pump.take(self._batch_limit, 0.05)
+            if not batches:
+                if self._stop_ingest.is_set() or (pump.done.is_set() and pump.stop.is_set()):
                     return
                 continue
-            batches, n = [first], len(first)
-            while n < limit:
-                try:
-                    b = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                batches.append(b)
-                n += len(b)
             self.ingest.ingest_with_retry(batches, self._stop_sender)
             self._processed += len(batches)
             self._wake.set()

@@ -18,8 +18,6 @@ raise out of `parse` or `check_blocks`.
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import threading
 import uuid
 from collections import Counter
@@ -32,8 +30,7 @@ import numpy as np
 import orjson
 
 from contracts.block import ReadingBlock
-from contracts.errors import ContractError
-from contracts.reading import MAX_SEQ, MAX_TS, MIN_TS, READING_SCHEMA, parse_ts, validate_device_id
+from contracts.reading import MAX_TS, MIN_TS, ReadingError, decode_reading
 
 REASONS = ("malformed", "wrong_type", "non_finite", "out_of_range", "bad_timestamp", "missing_channel",
            "channel_mismatch", "duplicate")
@@ -125,52 +122,18 @@ class Intake:
                     obj = json.loads(raw)
                 except (ValueError, UnicodeDecodeError) as exc:
                     raise _Reject("malformed", f"not JSON: {exc}") from None
-        if not isinstance(obj, dict):
-            raise _Reject("malformed", "not a JSON object")
         try:
-            dev = obj["device_id"]
-            if type(dev) is not str or dev not in self._known_ids:
-                validate_device_id(dev)
-                if len(self._known_ids) < 100_000:
-                    self._known_ids.add(dev)
-            ts = parse_ts(obj["ts"]).timestamp()
-            seq, values = obj["seq"], obj["values"]
-        except KeyError as exc:
-            raise _Reject("malformed", f"missing {exc.args[0]}") from None
-        except ContractError as exc:
-            raise _Reject("malformed", str(exc)) from None
-        version = obj.get("v", READING_SCHEMA)
-        if version != READING_SCHEMA or type(version) is not int:
-            raise _Reject("malformed", f"unsupported reading schema {str(version)[:20]!r} (this build reads "
-                                       f"{READING_SCHEMA})")
-        label = obj.get("label")
-        if label is not None and (type(label) is not int or label not in (0, 1)):
-            raise _Reject("wrong_type", f"label must be 0, 1 or null, got {str(label)[:20]!r}")
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise _Reject("wrong_type", f"seq must be a non-negative integer, got {str(seq)[:40]!r}")
-        if seq > MAX_SEQ:
-            raise _Reject("out_of_range", f"seq {str(seq)[:40]} above 2**63-1")
-        if not MIN_TS <= ts < MAX_TS:
-            raise _Reject("bad_timestamp", f"ts {str(obj['ts'])[:40]} outside 2000-01-01..2100-01-01 UTC")
-        if not isinstance(values, dict):
-            raise _Reject("malformed", "values must be an object")
-        missing = [c for c in self.required if c not in values]
+            d = decode_reading(obj, self._known_ids)
+        except ReadingError as exc:
+            raise _Reject(exc.kind, str(exc)) from None
+        missing = [c for c in self.required if c not in d.channels]
         if missing:
             raise _Reject("missing_channel", f"missing {', '.join(missing)}")
-        chans = tuple(values)
-        vals = []
         lo, hi = self.min_value, self.max_value
-        for c in chans:
-            v = values[c]
-            t = type(v)
-            if t is not float and t is not int and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
-                raise _Reject("wrong_type", f"values.{c} must be a number, got {t.__name__}")
-            if not lo <= v <= hi:  # also false for NaN
-                if t is not int and not math.isfinite(v):  # (an int can be too large for isfinite)
-                    raise _Reject("non_finite", f"values.{c} is {v}")
+        for c, v in zip(d.channels, d.values, strict=True):
+            if not lo <= v <= hi:
                 raise _Reject("out_of_range", f"values.{c}={str(v)[:40]} outside [{lo}, {hi}]")
-            vals.append(float(v))
-        return dev, ts, seq, chans, vals
+        return d.device_id, d.ts.timestamp(), d.seq, d.channels, d.values
 
     def check_blocks(self, blocks: Sequence[ReadingBlock]) -> tuple[list[tuple[ReadingBlock, str]], list[Rejected]]:
         """Vectorised checks (channels, finite, range, seq order). Returns (block, boot_id) pairs and rejects.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,24 @@ def test_the_intake_accounts_for_every_reading_and_never_raises(items: list[byte
     blocks, rejected = intake.parse(items)
     assert sum(len(b) for b, _ in blocks) + len(rejected) == len(items)
     assert all(r.reason for r in rejected)
+
+
+@FAST
+@given(reading_fields)
+def test_the_intake_and_the_contract_accept_and_refuse_the_same_readings(obj: dict[str, Any]) -> None:
+    """One decoder: a reading the agent would store is one Reading.from_dict accepts, and the reverse
+    (before this, the intake had its own copy and accepted "v": 99 and "label": 7)."""
+    from contracts.reading import Reading
+    from edge_agent.intake import Intake
+
+    intake = Intake(required=(), min_value=-math.inf, max_value=math.inf)
+    blocks, rejected = intake.parse([obj])
+    try:
+        Reading.from_dict(obj)
+    except ContractError:
+        assert rejected and not blocks, obj
+    else:
+        assert blocks and not rejected, (obj, rejected)
 
 
 @FAST

@@ -117,7 +117,7 @@ def test_an_outage_longer_than_the_outbox_evicts_normal_readings_first_and_count
     agent.log.addHandler(handler)
     agent.start()
     wait_for(lambda: agent.metrics.snapshot()["readings_in"] == 12000, 60, "the stream to be read")
-    wait_for(lambda: agent._queue.empty(), 10, "ingest")
+    wait_for(lambda: agent.pump.queue.empty(), 10, "ingest")
     held = agent.outbox.stats()
     assert held.bytes <= cap
     snap = agent.metrics.snapshot()

@@ -25,14 +25,14 @@ def test_a_restarted_jsonl_source_continues_after_the_stored_offset(tmp_path: Pa
         JsonlWriter(fh).write([b.slice(0, 200) for b in blocks.values()])
     first = Agent(_cfg(tmp_path, trained_small[0], {"type": "jsonl", "path": str(data)}))  # type: ignore[arg-type]
     first.start()
-    wait_for(lambda: first._source_done.is_set() and first._processed == first._emitted, 20, "the first file")
+    wait_for(lambda: first.pump.done.is_set() and first._processed == first.pump.emitted, 20, "the first file")
     assert first.outbox.stats().readings == 400
     first.stop(flush_timeout=0)
     with data.open("a") as fh:  # more lines arrive while the agent is down
         JsonlWriter(fh).write([b.slice(200, 400) for b in blocks.values()])
     second = Agent(_cfg(tmp_path, trained_small[0], {"type": "jsonl", "path": str(data)}))  # type: ignore[arg-type]
     second.start()
-    wait_for(lambda: second._source_done.is_set() and second._processed == second._emitted, 20, "the rest")
+    wait_for(lambda: second.pump.done.is_set() and second._processed == second.pump.emitted, 20, "the rest")
     snap = second.metrics.snapshot()
     assert snap["readings_in"] == 400 and snap["quarantined"] == {}, "only the new lines are read"
     assert second.outbox.stats().readings == 800
@@ -43,11 +43,11 @@ def test_a_restarted_simulator_source_continues_its_stream(tmp_path: Path, train
     src = {"type": "simulator", "devices": 2, "readings": 300, "seed": 4}
     first = Agent(_cfg(tmp_path, trained_small[0], src))  # type: ignore[arg-type]
     first.start()
-    wait_for(lambda: first._source_done.is_set() and first._processed == first._emitted, 20, "the first run")
+    wait_for(lambda: first.pump.done.is_set() and first._processed == first.pump.emitted, 20, "the first run")
     first.stop(flush_timeout=0)
     second = Agent(_cfg(tmp_path, trained_small[0], {**src, "readings": 500}))  # type: ignore[arg-type]
     second.start()
-    wait_for(lambda: second._source_done.is_set() and second._processed == second._emitted, 20, "the rest")
+    wait_for(lambda: second.pump.done.is_set() and second._processed == second.pump.emitted, 20, "the rest")
     snap = second.metrics.snapshot()
     assert snap["readings_in"] == 400 and snap["quarantined"] == {}
     assert {d: s for d, (_, s) in second.outbox.streams().items()} == {"dev-0001": 499, "dev-0002": 499}

@@ -260,7 +260,9 @@ def test_removing_a_device_or_changing_its_key_closes_its_open_connections(tight
 
 def test_a_connection_is_closed_when_its_sas_token_expires(tight_hub: Hub) -> None:
     """Regression: a token's expiry was checked only at CONNECT; the connection outlived it for good."""
-    c, state = tight_hub.device("dev-a", sas_token(HUB, "dev-a", tight_hub.keys["dev-a"], ttl_s=1.5), keepalive=60)
+    # keep-alive 1 s: the client pings, so only the token's expiry can end it (with 60 s, the tight hub's 1 s
+    # keep-alive cap cut the silent connection at 1.5 s, racing the token's expiry)
+    c, state = tight_hub.device("dev-a", sas_token(HUB, "dev-a", tight_hub.keys["dev-a"], ttl_s=1.5), keepalive=1)
     assert state["rc"] == 0
     assert not state["disconnected"].wait(0.3)
     assert state["disconnected"].wait(4), "the connection must end at the token's expiry"
