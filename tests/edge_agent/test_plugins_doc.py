@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import tomllib
+from prometheus_client import generate_latest
 
 from contracts.block import ReadingBlock
 from edge_agent.agent import Agent
@@ -82,6 +83,7 @@ def test_the_pages_source_uplink_and_config_run_in_an_agent(plugins: None, tmp_p
         wait_for(agent.drained, 60, "the agent to send everything")
         checkpoint = agent.outbox.checkpoint()
         components = agent.status()["components"]
+        exposition = generate_latest(agent.metrics.registry).decode()
     finally:
         agent.stop()
     got = readings_by_device(tmp_path / "messages.jsonl")
@@ -91,6 +93,11 @@ def test_the_pages_source_uplink_and_config_run_in_an_agent(plugins: None, tmp_p
     assert checkpoint["line-3/csv.rows"] == "300" and checkpoint["sim/simulator.next"] == "300"
     assert components["source/line-3"]["received"] == 300 and components["source/sim"]["received"] == 600
     assert components["transform/score"]["sent"] == 900 and components["sink/uplink"]["sent"] == 900
+    # the same counts under Vector's names in Prometheus
+    assert ('edgeflag_component_received_events_total{component_id="line-3",component_kind="source",'
+            'component_type="csv"} 300.0') in exposition
+    assert ('edgeflag_component_sent_events_total{component_id="uplink",component_kind="sink",'
+            'component_type="file"} 900.0') in exposition
 
     # a restart resumes each source from its own checkpoint: nothing is read or sent twice
     again = Agent(build_config(raw, environ={}))
