@@ -18,13 +18,11 @@ reconnects with its own backoff. A message is confirmed only when the SDK's
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 from collections import deque
-from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.config import UplinkConfig, check
 from edge_agent.errors import UplinkError
@@ -73,6 +71,10 @@ class IoTHubUplinkConfig(UplinkConfig, tag="iothub", frozen=True, forbid_unknown
         return self.iothub_hostname
 
 
+if TYPE_CHECKING:  # asyncio is imported when an iothub uplink connects: an mqtt agent never pays for it (~1 MB)
+    import asyncio
+    from concurrent.futures import Future
+
 def _redact(text: str) -> str:
     import re
 
@@ -119,6 +121,8 @@ class IoTHubSink(Sink, Controllable):
                 return
             status, body = self._on_method(request.name, request.payload)
             response = MethodResponse.create_from_method_request(request, status, body)
+            import asyncio
+
             asyncio.run_coroutine_threadsafe(client.send_method_response(response), loop)
 
         client.on_twin_desired_properties_patch_received = on_patch
@@ -142,6 +146,8 @@ class IoTHubSink(Sink, Controllable):
             raise UplinkError(f"patch_reported failed: {_redact(str(exc))}") from None
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        import asyncio
+
         if self._loop is None:
             loop = asyncio.new_event_loop()
             self._thread = threading.Thread(target=loop.run_forever, name="edgeflag-iothub", daemon=True)
@@ -150,6 +156,8 @@ class IoTHubSink(Sink, Controllable):
         return self._loop
 
     def _run(self, coro: Any, timeout: float) -> Any:
+        import asyncio
+
         fut = asyncio.run_coroutine_threadsafe(coro, self._ensure_loop())
         try:
             return fut.result(timeout)
@@ -210,6 +218,8 @@ class IoTHubSink(Sink, Controllable):
         msg = SdkMessage(message.payload, content_encoding=props.get("$.ce", "utf-8"),  # type: ignore[no-untyped-call]
                          content_type=props.get("$.ct", "application/json"))
         msg.custom_properties = {k: v for k, v in props.items() if not k.startswith("$.")}
+        import asyncio
+
         fut: Future[None] = asyncio.run_coroutine_threadsafe(self._client.send_message(msg), self._ensure_loop())
         client = self._client
 
