@@ -25,7 +25,10 @@ def register(sub: Any) -> None:
                         description="Compute features, fit StandardScaler + IsolationForest, calibrate the "
                         "threshold, export ONNX (fused tree-ensemble form by default), check ONNX/scikit-learn "
                         "parity and store the bundle as the next version in the registry.")
-    t.add_argument("--data", type=Path, required=True, help="readings file (.jsonl or .csv)")
+    t.add_argument("--data", type=Path, required=True,
+                   help="readings: .jsonl (Reading contract), the simulator's .csv, "
+                        "or a plain timestamp,<channels…> .csv")
+    _plain_csv_args(t)
     t.add_argument("--out", type=Path, required=True, help="registry directory")
     t.add_argument("--name", default="edgeflag", help="model name (usually the device type)")
     t.add_argument("--trees", type=positive_int, default=100, help="IsolationForest n_estimators")
@@ -46,6 +49,7 @@ def register(sub: Any) -> None:
     e = msub.add_parser("eval", help="score labelled readings and report detection quality", formatter_class=fmt)
     e.add_argument("bundle", type=Path, help="bundle directory, or a registry (latest version)")
     e.add_argument("--data", type=Path, required=True, help="labelled readings file (.jsonl or .csv)")
+    _plain_csv_args(e)
     e.add_argument("--name", help="model name, when the registry holds several")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     e.set_defaults(handler=eval_cmd)
@@ -63,6 +67,11 @@ def register(sub: Any) -> None:
     ls = msub.add_parser("list", help="list the models and versions in a registry", formatter_class=fmt)
     ls.add_argument("registry", type=Path)
     ls.set_defaults(handler=list_cmd)
+
+
+def _plain_csv_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device-id", help="a plain timestamp,<channels…> CSV: whose readings these are")
+    p.add_argument("--tz", help="a plain CSV with naive timestamps: the IANA zone they were taken in (e.g. UTC)")
 
 
 def _resolve(ref: Path, name: str | None) -> Path:
@@ -85,7 +94,7 @@ def train_cmd(args: argparse.Namespace) -> int:
     if not 0 < args.target_fpr < 0.5:
         raise CliError("--target-fpr must be in (0, 0.5)")
     with console.status("loading readings") as status:
-        blocks = load_blocks(args.data)
+        blocks = load_blocks(args.data, device_id=args.device_id, tz=args.tz)
         config = TrainConfig(name=args.name, n_estimators=args.trees, max_samples=args.max_samples,
                              seed=args.seed, target_fpr=args.target_fpr, form=args.form)
         try:
@@ -143,7 +152,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise CliError(f"eval needs the 'train' extra (pip install 'edgeflag[train]'): {exc}") from None
     bundle = _load(_resolve(args.bundle, args.name))
-    blocks = load_blocks(args.data)
+    blocks = load_blocks(args.data, device_id=args.device_id, tz=args.tz)
     try:
         report = evaluate(bundle, blocks)
     except ModelError as exc:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,31 @@ def test_simulate_device_types_and_a_fleet_fault(tmp_path: Path) -> None:
         assert r.returncode == 2 and msg in r.stderr, (bad, r.stderr)
     r = edgeflag("simulate", "--devices", "2", "--duration", "60", "--types", "chiller", "--out", "c.csv", cwd=tmp_path)
     assert r.returncode == 0 and (tmp_path / "c.csv").read_text().split("\n")[0].startswith("device_id,ts,seq,")
+
+
+def test_a_plain_csv_of_your_own_trains_with_a_device_id_and_a_time_zone(tmp_path: Path) -> None:
+    """`timestamp,<channels…>` with naive local times: --device-id names the device, --tz places the times,
+    seq is the row's position; without them the error says what to add."""
+    from contracts.files import load_blocks
+    from simulators import Fleet, FleetConfig
+
+    block = Fleet(FleetConfig(devices=1, seed=3)).generate(700)["dev-0001"]
+    rows = ["timestamp," + ",".join(block.channels)]
+    for ts, values in zip(block.ts, block.values, strict=True):
+        local = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(ts) + 3600))  # UTC+1, written naive
+        rows.append(f"{local}," + ",".join(f"{v:.4f}" for v in values))
+    data = tmp_path / "press.csv"
+    data.write_text("\n".join(rows) + "\n")
+
+    r = edgeflag("model", "train", "--data", str(data), "--out", str(tmp_path / "r"))
+    assert r.returncode != 0 and "--device-id" in r.stderr and "Traceback" not in r.stderr
+    r = edgeflag("model", "train", "--data", str(data), "--out", str(tmp_path / "r"), "--device-id", "press-7")
+    assert r.returncode != 0 and "--tz" in r.stderr
+    blocks = load_blocks(data, device_id="press-7", tz="Etc/GMT-1")  # UTC+1 (POSIX sign)
+    got = blocks["press-7"]
+    assert got.seq.tolist() == list(range(700)) and got.channels == block.channels
+    assert abs(float(got.ts[0]) - float(block.ts[0])) < 1.0, "naive local times placed by --tz"
+    r = edgeflag("model", "train", "--data", str(data), "--out", str(tmp_path / "r"), "--device-id", "press-7",
+                 "--tz", "Etc/GMT-1", "--trees", "20", "--name", "press")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "r" / "press" / "v0001" / "manifest.json").exists()
