@@ -96,10 +96,13 @@ class Registry:
         _fsync_dir(self.root / name)
 
     def resolve(self, ref: Path | str, name: str | None = None) -> Path:
-        """A bundle directory from a path to a bundle, or a registry root (latest of `name`)."""
+        """A bundle directory from a path to a bundle, a model's directory in a registry
+        (``registry/<name>``: its latest version), or a registry root (latest of `name`)."""
         p = Path(ref)
         if (p / MANIFEST_FILE).exists():
             return p
+        if not name and p.name and Registry(p.parent).versions(p.name):
+            return Registry(p.parent).latest(p.name)
         reg = Registry(p)
         names = reg.names()
         if name:

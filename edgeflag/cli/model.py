@@ -41,21 +41,23 @@ def register(sub: Any) -> None:
     t.set_defaults(handler=train_cmd)
 
     v = msub.add_parser("verify", help="verify a bundle (exit 1 if it is rejected)", formatter_class=fmt)
-    v.add_argument("bundle", type=Path, help="bundle directory, or a registry (latest version)")
+    v.add_argument("bundle", type=Path, help="a bundle directory, registry/<name> or a registry (latest version)")
     v.add_argument("--name", help="model name, when the registry holds several")
     v.add_argument("--trusted-key", type=Path, help="Ed25519 public key (PEM) the manifest must be signed with")
     v.set_defaults(handler=verify_cmd)
 
     e = msub.add_parser("eval", help="score labelled readings and report detection quality", formatter_class=fmt)
-    e.add_argument("bundle", type=Path, help="bundle directory, or a registry (latest version)")
-    e.add_argument("--data", type=Path, required=True, help="labelled readings file (.jsonl or .csv)")
+    e.add_argument("bundle", type=Path, help="a bundle directory, registry/<name> or a registry (latest version)")
+    e.add_argument("--data", type=Path, required=True,
+                   help="readings (.jsonl or .csv); with labels: precision, recall, F1, AUCs, events caught; "
+                        "without: alert rate per device and the score distribution")
     _plain_csv_args(e)
     e.add_argument("--name", help="model name, when the registry holds several")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     e.set_defaults(handler=eval_cmd)
 
     i = msub.add_parser("inspect", help="show a bundle's manifest", formatter_class=fmt)
-    i.add_argument("bundle", type=Path, help="bundle directory, or a registry (latest version)")
+    i.add_argument("bundle", type=Path, help="a bundle directory, registry/<name> or a registry (latest version)")
     i.add_argument("--name", help="model name, when the registry holds several")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(handler=inspect_cmd)
@@ -148,11 +150,13 @@ def _load(path: Path) -> Any:
 
 def eval_cmd(args: argparse.Namespace) -> int:
     try:
-        from models.training.evaluate import evaluate
+        from models.training.evaluate import describe, evaluate
     except ImportError as exc:
         raise CliError(f"eval needs the 'train' extra (pip install 'edgeflag[train]'): {exc}") from None
     bundle = _load(_resolve(args.bundle, args.name))
     blocks = load_blocks(args.data, device_id=args.device_id, tz=args.tz)
+    if not any(b.labels is not None for b in blocks.values()):
+        return _describe(args, bundle, describe(bundle, blocks))
     try:
         report = evaluate(bundle, blocks)
     except ModelError as exc:
@@ -179,6 +183,25 @@ def eval_cmd(args: argparse.Namespace) -> int:
     console.print(table)
     console.print("Per type: that type's readings plus all normal readings (every false positive counts "
                   "against every type). Events caught: faults with at least one flagged reading.")
+    return 0
+
+
+def _describe(args: argparse.Namespace, bundle: Any, report: Any) -> int:
+    """`model eval` on unlabelled data: alert rate overall and per device, and the score distribution."""
+    if args.json:
+        print(json.dumps({"bundle": str(bundle.path), "model": bundle.label, **report.to_dict()}))
+        return 0
+    table = Table(title=f"{bundle.label} on {args.data.name} (no labels; threshold {report.threshold:.4f})")
+    for col in ("device", "rows", "flagged", "alert rate"):
+        table.add_column(col, justify="left" if col == "device" else "right", no_wrap=True, min_width=len(col))
+    for device, (rows, flagged) in report.by_device.items():
+        table.add_row(device, f"{rows:,}", f"{flagged:,}", f"{flagged / rows:.4%}" if rows else "-")
+    table.add_row("all", f"{report.rows:,}", f"{report.flagged:,}", f"{report.alert_rate:.4%}")
+    console.print(table)
+    q = report.score_quantiles
+    console.print("Scores: " + ", ".join(f"{k} {v:.4f}" for k, v in q.items())
+                  + f". An alert is a score >= {report.threshold:.4f}; without labels, precision and recall "
+                  "cannot be measured.")
     return 0
 
 

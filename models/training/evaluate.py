@@ -68,6 +68,39 @@ class EvalReport:
                 "by_type": {k: v.to_dict() for k, v in self.by_type.items()}}
 
 
+@dataclass(frozen=True)
+class AlertReport:
+    """What a bundle does on unlabelled data: how often it alerts, per device, and its score distribution."""
+
+    threshold: float
+    rows: int
+    flagged: int
+    by_device: dict[str, tuple[int, int]]  # device -> (rows, flagged)
+    score_quantiles: dict[str, float]  # "p50", "p90", "p99", "p99.9", "max"
+
+    @property
+    def alert_rate(self) -> float:
+        return self.flagged / self.rows if self.rows else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "labelled": False, "rows": self.rows, "flagged": self.flagged,
+                "alert_rate": round(self.alert_rate, 6), "score_quantiles": self.score_quantiles,
+                "by_device": {d: {"rows": r, "flagged": f, "alert_rate": round(f / r, 6) if r else 0.0}
+                              for d, (r, f) in self.by_device.items()}}
+
+
+def describe(bundle: Bundle, blocks: Mapping[str, ReadingBlock]) -> AlertReport:
+    """Score readings without labels: the alert rate (overall and per device) and where the scores lie."""
+    scores, table = score_blocks(bundle, blocks)
+    thr = float(bundle.manifest.threshold)
+    flagged = scores >= thr
+    devices = np.asarray(table.devices, dtype=object)
+    by_device = {str(d): (int((devices == d).sum()), int(flagged[devices == d].sum())) for d in sorted(set(devices))}
+    qs = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p99.9": 0.999, "max": 1.0}
+    quantiles = {k: round(float(np.quantile(scores, q)), 6) for k, q in qs.items()} if len(scores) else {}
+    return AlertReport(thr, len(scores), int(flagged.sum()), by_device, quantiles)
+
+
 def score_blocks(bundle: Bundle, blocks: Mapping[str, ReadingBlock]) -> tuple[np.ndarray, Any]:
     table = feature_table(blocks, bundle.spec)
     return OnnxScorer(bundle).score(table.x), table

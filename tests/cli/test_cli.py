@@ -176,3 +176,17 @@ def test_a_plain_csv_of_your_own_trains_with_a_device_id_and_a_time_zone(tmp_pat
                  "--tz", "Etc/GMT-1", "--trees", "20", "--name", "press")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "r" / "press" / "v0001" / "manifest.json").exists()
+    # eval without labels, on the registry's model directory: alert rate per device and the score distribution
+    r = edgeflag("model", "eval", str(tmp_path / "r" / "press"), "--data", str(data), "--device-id", "press-7",
+                 "--tz", "Etc/GMT-1", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["model"].startswith("press v1") and out["labelled"] is False
+    assert out["by_device"]["press-7"]["rows"] == out["rows"]
+    assert 0 <= out["alert_rate"] < 0.05 and out["flagged"] == out["by_device"]["press-7"]["flagged"]
+    q = out["score_quantiles"]
+    assert q["p50"] <= q["p90"] <= q["p99"] <= q["p99.9"] <= q["max"]
+    r = edgeflag("model", "eval", str(tmp_path / "r" / "press"), "--data", str(data), "--device-id", "press-7",
+                 "--tz", "Etc/GMT-1")
+    text = " ".join(r.stdout.split())  # rich wraps to the terminal's width
+    assert r.returncode == 0 and "alert rate" in text and "no labels" in text, r.stdout + r.stderr
