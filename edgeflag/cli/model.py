@@ -30,13 +30,16 @@ def register(sub: Any) -> None:
                         "or a plain timestamp,<channels…> .csv")
     _plain_csv_args(t)
     t.add_argument("--out", type=Path, required=True, help="registry directory")
-    t.add_argument("--name", default="edgeflag", help="model name (usually the device type)")
-    t.add_argument("--trees", type=positive_int, default=100, help="IsolationForest n_estimators")
-    t.add_argument("--max-samples", type=positive_int, default=256, help="IsolationForest max_samples")
-    t.add_argument("--target-fpr", type=float, default=0.0005,
+    from models.training.trainer import TrainConfig  # no scikit-learn at import: the defaults, one place
+
+    d = TrainConfig()
+    t.add_argument("--name", default=d.name, help="model name (usually the device type)")
+    t.add_argument("--trees", type=positive_int, default=d.n_estimators, help="IsolationForest n_estimators")
+    t.add_argument("--max-samples", type=positive_int, default=d.max_samples, help="IsolationForest max_samples")
+    t.add_argument("--target-fpr", type=float, default=d.target_fpr,
                    help="fraction of clean normal training readings allowed above the threshold")
-    t.add_argument("--seed", type=int, default=0, help="random_state of the forest")
-    t.add_argument("--form", choices=("fused", "skl2onnx"), default="fused", help="ONNX form to write")
+    t.add_argument("--seed", type=int, default=d.seed, help="random_state of the forest")
+    t.add_argument("--form", choices=("fused", "skl2onnx"), default=d.form, help="ONNX form to write")
     t.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM) to sign the manifest")
     t.set_defaults(handler=train_cmd)
 

@@ -190,3 +190,17 @@ def test_a_plain_csv_of_your_own_trains_with_a_device_id_and_a_time_zone(tmp_pat
                  "--tz", "Etc/GMT-1")
     text = " ".join(r.stdout.split())  # rich wraps to the terminal's width
     assert r.returncode == 0 and "alert rate" in text and "no labels" in text, r.stdout + r.stderr
+
+
+def test_the_train_command_has_the_python_apis_defaults() -> None:
+    import argparse
+
+    from edgeflag.cli.model import register
+    from models.training.trainer import TrainConfig
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["model", "train", "--data", "d.jsonl", "--out", "r"])
+    d = TrainConfig()
+    assert (args.name, args.trees, args.max_samples, args.target_fpr, args.seed, args.form) == (
+        d.name, d.n_estimators, d.max_samples, d.target_fpr, d.seed, d.form)
