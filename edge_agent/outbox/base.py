@@ -33,6 +33,10 @@ class Segment(NamedTuple):
         return 1 if self.anomalies else 0
 
 
+#: the reason an evicted reading is counted under, by segment kind (0 normal, 1 anomaly)
+EVICTION_REASONS = ("outbox_full_normal", "outbox_full_anomaly")
+
+
 class StoredSegment(NamedTuple):
     """A segment and its outbox id."""
 

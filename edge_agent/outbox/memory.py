@@ -6,7 +6,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
-from edge_agent.outbox.base import Outbox, OutboxStats, Segment, StoredSegment, cost
+from edge_agent.outbox.base import EVICTION_REASONS, Outbox, OutboxStats, Segment, StoredSegment, cost
 
 
 class MemoryOutbox(Outbox):
@@ -43,7 +43,7 @@ class MemoryOutbox(Outbox):
 
     def _evict(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for kind, reason in ((0, "outbox_full_normal"), (1, "outbox_full_anomaly")):
+        for kind, reason in enumerate(EVICTION_REASONS):
             if self._bytes <= self.max_bytes:
                 break
             for rid in [i for i, s in self._rows.items() if s.kind == kind and i not in self._held]:
@@ -83,7 +83,7 @@ class MemoryOutbox(Outbox):
                 if s is not None and i <= self._evicted_upto[s.kind]:
                     del self._rows[i]
                     self._bytes -= cost(s)
-                    reason = ("outbox_full_normal", "outbox_full_anomaly")[s.kind]
+                    reason = EVICTION_REASONS[s.kind]
                     out[reason] = out.get(reason, 0) + s.n
             for k, v in out.items():
                 self._drops[k] = self._drops.get(k, 0) + v

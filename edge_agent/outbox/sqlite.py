@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from edge_agent.errors import OutboxError
-from edge_agent.outbox.base import ROW_OVERHEAD, Outbox, OutboxStats, Segment, StoredSegment
+from edge_agent.outbox.base import EVICTION_REASONS, ROW_OVERHEAD, Outbox, OutboxStats, Segment, StoredSegment
 
 FORMAT = "2"
 CORRUPT = "corrupt_row"
@@ -365,7 +365,7 @@ class SqliteOutbox(Outbox):
     def _evict(self, total: _Totals, evicted: dict[str, int], marks: dict[int, int], *, bound: int) -> _Totals:
         """Delete the oldest normal segments, then the oldest anomaly segments, until under `bound`."""
         counted: dict[str, int] = {}
-        for kind, reason in ((0, "outbox_full_normal"), (1, "outbox_full_anomaly")):
+        for kind, reason in enumerate(EVICTION_REASONS):
             after = 0
             while total.bytes > bound:
                 batch = self._db.execute(
@@ -424,7 +424,7 @@ class SqliteOutbox(Outbox):
             if not doomed:
                 return evicted
             for r in doomed:
-                reason = ("outbox_full_normal", "outbox_full_anomaly")[r[1]]
+                reason = EVICTION_REASONS[r[1]]
                 evicted[reason] = evicted.get(reason, 0) + r[2]
             try:
                 self._db.execute("BEGIN IMMEDIATE")
