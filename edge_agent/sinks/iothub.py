@@ -52,7 +52,7 @@ class IoTHubUplinkConfig(UplinkConfig, tag="iothub", frozen=True, forbid_unknown
         super().__post_init__()
         x509 = (self.cert_file, self.key_file, self.iothub_hostname, self.device_id)
         if self.connection_string:
-            fields = dict(p.split("=", 1) for p in self.connection_string.split(";") if "=" in p)
+            fields = self.connection_fields
             missing = [k for k in ("HostName", "DeviceId") if not fields.get(k)]
             check(not missing, "connection_string", f"lacks {', '.join(missing)}")
             check(not any(x509), "cert_file", "set connection_string or the X.509 identity, not both")
@@ -66,9 +66,14 @@ class IoTHubUplinkConfig(UplinkConfig, tag="iothub", frozen=True, forbid_unknown
         if self.gateway_hostname:
             return self.gateway_hostname
         if self.connection_string:
-            fields = dict(p.split("=", 1) for p in self.connection_string.split(";") if "=" in p)
+            fields = self.connection_fields
             return fields.get("GatewayHostName") or fields.get("HostName", "")
         return self.iothub_hostname
+
+    @property
+    def connection_fields(self) -> dict[str, str]:
+        """The connection string's ``Key=value`` fields (HostName, DeviceId, SharedAccessKey, GatewayHostName)."""
+        return dict(p.split("=", 1) for p in self.connection_string.split(";") if "=" in p)
 
 
 if TYPE_CHECKING:  # asyncio is imported when an iothub uplink connects: an mqtt agent never pays for it (~1 MB)
