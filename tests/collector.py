@@ -2,12 +2,15 @@
 records every reading's dedup key. Prints one JSON line with counts when told to stop.
 
 usage: python tests/collector.py PORT OUTFILE [CLIENT_ID]   (stop with SIGTERM)
-Writes OUTFILE as JSON: {"messages": m, "readings": r, "keys": [[device, boot, seq, anomaly], ...]}
+Writes OUTFILE as JSON: {"messages": m, "readings": r, "keys": [[device, boot, seq, anomaly], ...]},
+and while it runs OUTFILE.count: the readings received so far (rewritten every 0.1 s), so a test can
+wait until the broker has handed over everything before it stops the collector.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -48,7 +51,12 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(0.1):
+        with lock:
+            n = counts["readings"]
+        with open(out + ".count.tmp", "w") as fh:
+            fh.write(str(n))
+        os.replace(out + ".count.tmp", out + ".count")
     c.loop_stop()
     with lock, open(out, "w") as fh:
         json.dump({**counts, "keys": keys}, fh)

@@ -27,8 +27,25 @@ class Collector:
         line = self.proc.stdout.readline().strip()
         assert line == "ready", f"collector did not start: {line!r}"
 
-    def finish(self) -> dict[str, Any]:
-        time.sleep(0.3)
+    def received(self) -> int:
+        """Readings received so far (the collector rewrites the count every 0.1 s)."""
+        try:
+            return int(self.out.with_name(self.out.name + ".count").read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def finish(self, quiet_s: float = 1.0, timeout: float = 20.0) -> dict[str, Any]:
+        """Stop once nothing new has arrived for `quiet_s`: the broker may still be handing over its queue
+        for this session (after a broker restart, the collector reconnects up to 1 s late)."""
+        last, since = -1, time.monotonic()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            n = self.received()
+            if n != last:
+                last, since = n, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                break
+            time.sleep(0.05)
         self.proc.terminate()
         self.proc.wait(30)
         data: dict[str, Any] = json.loads(self.out.read_text())
