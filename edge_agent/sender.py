@@ -20,7 +20,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from edge_agent.config import UplinkConfig
 from edge_agent.errors import OutboxError, UplinkError
@@ -41,17 +40,6 @@ INFLIGHT_WAIT_S = 0.002  # nothing to send, confirmations expected soon
 NO_UPLINK_WAIT_S = 0.5  # uplink.type = none
 
 
-@dataclass
-class SenderCounts:
-    """What the sender did (also in the metrics): readings and messages confirmed, connects, errors."""
-
-    readings_sent: int = 0
-    messages_sent: int = 0
-    connects: int = 0
-    errors: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-
-
 class Sender:
     def __init__(self, outbox: Outbox, sink: Sink, config: UplinkConfig, *, bucket: TokenBucket,
                  metrics: AgentMetrics, log: logging.Logger,
@@ -66,7 +54,6 @@ class Sender:
         budget = config.max_message_bytes - HEADER_ALLOWANCE
         self.queues = {1: SendQueue(budget), 0: SendQueue(budget)}
         self.inflight: dict[int, Message] = {}
-        self.counts = SenderCounts()
         self.component = metrics.component("sink", "uplink", config.type)
         self._token = 0
         self._headers: dict[int, str] = {}
@@ -174,22 +161,18 @@ class Sender:
             return max(delay, 1e-3)
         self.backoff.reset()
         self._was_connected = True
-        self.counts.connects += 1
         self.metrics.connected.set(1)
         event(self.log, logging.INFO, "uplink connected", uplink=self.config.type, endpoint=self.config.endpoint)
         self._on_connected(self.sink)
         return 0.0
 
     def _error(self, message: str, error: str, **fields: object) -> None:
-        self.counts.errors += 1
         self._on_error(error)
         event(self.log, logging.WARNING, message, error=error, **fields)
 
     # ---- outbox --------------------------------------------------------------------------------
     def _dropped(self, evicted: dict[str, int]) -> None:
         if evicted:
-            for reason, n in evicted.items():
-                self.counts.dropped[reason] = self.counts.dropped.get(reason, 0) + n
             self._on_dropped(evicted)
 
     def _stage(self, q: SendQueue, kind: int, room: int) -> None:
@@ -224,7 +207,5 @@ class Sender:
             self.outbox.ack(self._acked_ids)
             self.metrics.sent.inc(self._acked_readings)
             self.metrics.messages_sent.inc(self._acked_messages)
-            self.counts.readings_sent += self._acked_readings
             self.component.sent(self._acked_readings)
-            self.counts.messages_sent += self._acked_messages
             self._acked_ids, self._acked_readings, self._acked_messages = [], 0, 0

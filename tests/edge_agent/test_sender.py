@@ -73,7 +73,7 @@ def test_every_reading_is_sent_once_anomalies_first_and_leaves_the_outbox_only_w
     assert len(got) == 600 and set(got.values()) == {1}, "each reading exactly once"
     kinds = [m.anomalies > 0 for m in sink.messages]
     assert kinds == sorted(kinds, reverse=True), "every anomaly message before the normal backlog"
-    assert sender.counts.readings_sent == 600 and ob.stats().readings == 0
+    assert sender.component.snapshot()["sent"] == 600 and ob.stats().readings == 0
     assert all(len(m.payload) <= 1024 for m in sink.messages)
 
 
@@ -94,10 +94,10 @@ def test_unconfirmed_messages_are_sent_again_after_a_disconnect_and_nothing_is_l
     sink.up = False
     wait = sender.step()
     assert wait == 0.5 and not sender.inflight, "released; the connect failed and backs off"
-    assert sender.counts.errors == 1 and ob.stats().readings == 600
+    assert sender.component.snapshot()["errors"] == {"connect": 1} and ob.stats().readings == 600
     clock.t += 0.1
     assert sender.step() == pytest.approx(0.4), "still backing off: no connect attempt before the delay"
-    assert sender.counts.errors == 1
+    assert sender.component.snapshot()["errors"] == {"connect": 1}
     sink.up, sink.confirm = True, True
     clock.t += 0.5
     drain(sender, clock)
