@@ -73,8 +73,10 @@ def valid_rid(rid: str) -> bool:
 
 #: what a device subscribes to under its control prefix: twin replies, desired patches, method calls
 DEVICE_CONTROL_FILTERS = ("twin/res/#", "twin/PATCH/properties/desired/#", "methods/POST/#")
+#: what a service that invokes methods subscribes to under each device's prefix: the devices' replies
+METHOD_RESPONSE_FILTER = "methods/res/#"
 #: what the twin service subscribes to under each device's prefix: twin requests and method replies
-SERVICE_CONTROL_FILTERS = ("twin/GET/#", "twin/PATCH/properties/reported/#", "methods/res/#")
+SERVICE_CONTROL_FILTERS = ("twin/GET/#", "twin/PATCH/properties/reported/#", METHOD_RESPONSE_FILTER)
 
 
 def twin_get_topic(rid: str) -> str:

@@ -39,6 +39,7 @@ from contracts.errors import ContractError
 from contracts.jsonsafe import MAX_CONTROL_BYTES, check_depth, loads, loads_object
 from contracts.mqtt import MqttSettings, make_client
 from contracts.topics import (
+    METHOD_RESPONSE_FILTER,
     SERVICE_CONTROL_FILTERS,
     desired_patch_topic,
     method_request_topic,
@@ -133,7 +134,7 @@ class TwinService:
         cid = "edgeflag-hub-twins" if serve else f"edgeflag-hub-ctl-{os.getpid()}-{next(_CONTROL_IDS)}"
         c = self.client = make_client(MqttSettings(host=host, port=port, client_id=cid, username=HUB_USER,
                                                    password=password))
-        filters = SERVICE_CONTROL_FILTERS if serve else tuple(f for f in SERVICE_CONTROL_FILTERS if "methods" in f)
+        filters = SERVICE_CONTROL_FILTERS if serve else (METHOD_RESPONSE_FILTER,)
         topics = [(f"{SCOPE}/+/{f}", 1) for f in filters]
 
         def on_connect(cl: Any, _u: Any, _f: Any, rc: int) -> None:
