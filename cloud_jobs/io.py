@@ -158,9 +158,13 @@ def parquet_rows(directory: Path) -> int:
 
 
 def write_batch(df: Any, path: str, fmt: TableFormat, batch_id: int, app_id: str) -> bool:
-    """Append one micro-batch to a table exactly once; False if this batch had already landed."""
+    """Append one micro-batch to a table exactly once; False if this batch had already landed. Either
+    format gets a ``batch_id`` column (Parquet: the partition directory; Delta: a column)."""
     if fmt is TableFormat.DELTA:
-        df.write.format("delta").mode("append").options(**delta_write_options(app_id, batch_id)).save(path)
+        from pyspark.sql import functions as F
+
+        (df.withColumn("batch_id", F.lit(batch_id)).write.format("delta").mode("append")
+         .options(**delta_write_options(app_id, batch_id)).save(path))
         return True
     final = Path(path) / f"batch_id={batch_id}"
     if final.exists():
@@ -175,3 +179,91 @@ def write_batch(df: Any, path: str, fmt: TableFormat, batch_id: int, app_id: str
     with contextlib.suppress(OSError):
         staging.parent.rmdir()  # only when no other batch is being staged
     return True
+
+
+def read_batch(spark: Any, path: str, schema: Any, fmt: TableFormat, batch_id: int) -> Any:
+    """The rows one micro-batch wrote to a table (empty if it wrote none), without the batch_id column."""
+    from pyspark.sql import functions as F
+
+    if fmt is TableFormat.DELTA:
+        return spark.read.format("delta").load(path).where(F.col("batch_id") == batch_id).drop("batch_id")
+    d = Path(path) / f"batch_id={batch_id}"
+    return spark.read.schema(schema).parquet(str(d)) if d.exists() else spark.createDataFrame([], schema)
+
+
+def batch_max_ms(spark: Any, path: str, fmt: TableFormat, batch_id: int, column: str) -> int | None:
+    """The largest value of timestamp `column` in one micro-batch of a table, in epoch ms (None: no rows).
+    Parquet: read from the batch's files alone, with no Spark job."""
+    if fmt is TableFormat.DELTA:
+        from pyspark.sql import functions as F
+
+        rows = (spark.read.format("delta").load(path).where(F.col("batch_id") == batch_id)
+                .agg(F.max(F.unix_millis(column))).first())
+        return None if rows is None or rows[0] is None else int(rows[0])
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    best: int | None = None
+    for f in (Path(path) / f"batch_id={batch_id}").glob("*.parquet"):
+        col = pq.read_table(f, columns=[column])[column]
+        if len(col) and col.null_count < len(col):
+            v = pc.max(col.cast("timestamp[ms]")).value
+            best = v if best is None else max(best, v)
+    return best
+
+
+def batch_rows(spark: Any, path: str, fmt: TableFormat, batch_id: int) -> int:
+    """Rows one micro-batch wrote to a table (Parquet: from the file footers, no Spark job)."""
+    if fmt is TableFormat.DELTA:
+        from pyspark.sql import functions as F
+
+        return int(spark.read.format("delta").load(path).where(F.col("batch_id") == batch_id).count())
+    return parquet_rows(Path(path) / f"batch_id={batch_id}")
+
+
+class PaneStore:
+    """The gold stage's state between micro-batches, under the checkpoint: the kept panes of batch N
+    (Parquet, ``batch_id=<N>/``, written by `write_batch`) and the largest event time seen up to N
+    (``_meta/<N>.json``, written after the panes, so a batch with meta is whole).
+
+    A batch reads the newest state before its own id, so a batch Spark replays after a crash starts
+    from the same state as its first attempt and writes the same outputs; states older than that one
+    are deleted as new ones land. Always Parquet and JSON: it is the job's checkpoint, not a table.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+        self.meta = self.root / "_meta"
+
+    def _ids(self) -> list[int]:
+        if not self.meta.exists():
+            return []
+        return sorted(int(p.stem) for p in self.meta.glob("*.json") if p.stem.isdigit())
+
+    def previous(self, batch_id: int) -> tuple[int | None, int | None]:
+        """(id, largest event time in epoch ms) of the newest state before `batch_id`, or (None, None)."""
+        import json
+
+        ids = [i for i in self._ids() if i < batch_id]
+        if not ids:
+            return None, None
+        return ids[-1], int(json.loads((self.meta / f"{ids[-1]}.json").read_text())["max_event_ms"])
+
+    def read(self, spark: Any, state_id: int | None, schema: Any) -> Any:
+        if state_id is None:
+            return spark.createDataFrame([], schema)
+        return read_batch(spark, str(self.root), schema, TableFormat.PARQUET, state_id)
+
+    def commit(self, panes: Any, batch_id: int, max_event_ms: int, previous_id: int | None) -> None:
+        import json
+        import shutil
+
+        write_batch(panes, str(self.root), TableFormat.PARQUET, batch_id, "edgeflag-panes")
+        self.meta.mkdir(parents=True, exist_ok=True)
+        tmp = self.meta / f".{batch_id}.json.tmp"
+        tmp.write_text(json.dumps({"max_event_ms": max_event_ms}))
+        os.replace(tmp, self.meta / f"{batch_id}.json")
+        for old in self._ids():
+            if previous_id is not None and old < previous_id:
+                shutil.rmtree(self.root / f"batch_id={old}", ignore_errors=True)
+                (self.meta / f"{old}.json").unlink(missing_ok=True)

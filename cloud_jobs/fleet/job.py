@@ -1,21 +1,25 @@
-"""The fleet aggregation job: `main(config)` wires the transforms to the I/O and runs the queries.
+"""The fleet aggregation job: `main(config)` wires the transforms to the I/O and runs the query.
 
-Two streaming stages, each with its own checkpoint under ``<checkpoint>/``:
+One streaming query (checkpoint ``<checkpoint>/silver``): input -> parse -> dedup within the watermark
+-> foreachBatch, which for each micro-batch
 
-1. ``silver``: input -> parse -> dedup within the watermark -> foreachBatch: silver and quarantine
-   tables (one idempotent write each per micro-batch).
-2. ``gold_<w>`` for every window spec: silver (file stream) -> event-time windows per device and
-   channel (append mode: a window is emitted once, when the watermark passes its end) ->
-   foreachBatch: gold_device_<w>, gold_fleet_<w>, and for the first spec the incident tracker.
+1. writes the silver and quarantine tables (one idempotent write);
+2. turns the batch's silver rows into panes (`cloud_jobs.fleet.panes`), merges them with the panes
+   kept from the batches before (``<checkpoint>/panes``), advances the watermark (largest event time
+   seen minus ``watermark_s``) and emits every window that the watermark closed: gold_device_<w>,
+   gold_fleet_<w>, and for the first spec the incident tracker.
 
-``trigger=available-now`` runs stage 1 to the end of the input, then each gold stage to the end of
-silver, and returns (a scheduled job; the cluster is off in between). ``processing-time=…`` runs all
-stages together until stopped. Same code, same checkpoints: a job can switch between the two.
+A window is emitted by the micro-batch whose data closes it, with no second query re-reading silver
+and no extra no-data batch (measured in docs/benchmarks.md; it was two chained streaming stages).
 
-How the last windows of an available-now run close: a window is final when the watermark (the
-largest event time seen, minus ``watermark_s``) passes its end. Windows newer than that stay in the
-checkpointed state and are emitted by the next run, once newer data moves the watermark; no window
-is emitted twice and none is lost (tests/cloud_jobs/test_fleet_job.py runs several scheduled runs).
+``trigger=available-now`` runs the query to the end of the input and returns (a scheduled job; the
+cluster is off in between). ``processing-time=…`` runs it until stopped. Same code, same checkpoint:
+a job can switch between the two.
+
+How the last windows of an available-now run close: a window is final when the watermark passes its
+end. Windows newer than that stay in the kept panes and are emitted by the next run, once newer data
+moves the watermark; no window is emitted twice and none is lost (tests/cloud_jobs/test_fleet_job.py
+runs several scheduled runs).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from cloud_jobs import io
-from cloud_jobs.config import AggregateConfig, InputFormat
+from cloud_jobs.config import AggregateConfig, InputFormat, WindowSpec
+from cloud_jobs.fleet import panes as P
 from cloud_jobs.fleet import transforms as T
 from cloud_jobs.fleet.incidents import IncidentLog, TypeWindow
 from cloud_jobs.fleet.parse import Envelope
@@ -54,7 +59,7 @@ class BatchStats:
     rows_in: int = 0
     readings: int = 0
     quarantined: int = 0
-    late: int = 0            # Spark's numRowsDroppedByWatermark (silver: whole messages; gold: readings)
+    late: int = 0            # Spark's numRowsDroppedByWatermark: whole messages behind the watermark
     late_readings: int = 0   # readings of partly late messages, dropped by the dedup operator
     windows: int = 0
     incidents: int = 0
@@ -127,11 +132,13 @@ def _listen(spark: Any, progress: _Progress) -> Any:
     return listener
 
 
-def _silver_query(spark: Any, cfg: AggregateConfig, progress: _Progress) -> Any:
+def _query(spark: Any, cfg: AggregateConfig, progress: _Progress, incidents: IncidentLog,
+           report: JobReport) -> Any:
     import pyarrow.compute as pc
 
     raw = io.read_input(spark, cfg.input, streaming=True)
     deduped = T.dedup(T.parse(raw, ENVELOPES[cfg.input.format]), cfg.watermark_s)
+    gold = _Gold(spark, cfg, incidents, report)
 
     def write(batch: Any, batch_id: int) -> None:
         import pyarrow.parquet as pq
@@ -146,63 +153,82 @@ def _silver_query(spark: Any, cfg: AggregateConfig, progress: _Progress) -> Any:
         if "late" in written:
             st.late_readings = sum(int(pc.sum(pq.read_table(f, columns=["late"])["late"]).as_py() or 0)
                                    for f in written["late"].glob("*.parquet"))
+        gold.step(batch_id, st)
 
     return (deduped.writeStream.queryName("silver").foreachBatch(write)
             .option("checkpointLocation", f"{cfg.checkpoint_root}/silver")
             .trigger(**cfg.trigger.spark_args()).start())
 
 
-def _gold_query(spark: Any, cfg: AggregateConfig, index: int, progress: _Progress,
-                incidents: IncidentLog | None, report: JobReport) -> Any:
-    spec = cfg.windows[index]
-    name = f"gold_{spec.name}"
-    silver_schema = _silver_schema(spark, cfg)
-    src = io.read_table(spark, cfg.table("silver"), silver_schema, cfg.table_format, streaming=True)
-    windows = T.device_windows(src, spec, cfg.watermark_s)
-    rate = cfg.incidents.device_anomaly_rate
+class _Gold:
+    """The gold stage of one micro-batch: panes in, closed windows out (see the module docstring)."""
 
-    def write(batch: Any, batch_id: int) -> None:
-        batch.persist()
+    def __init__(self, spark: Any, cfg: AggregateConfig, incidents: IncidentLog, report: JobReport) -> None:
+        from pyspark.sql.types import StructType
+
+        self.spark, self.cfg, self.incidents, self.report = spark, cfg, incidents, report
+        self.store = io.PaneStore(f"{cfg.checkpoint_root}/panes")
+        self.granule = P.granule_s(cfg.windows)
+        self.silver_schema = StructType.fromDDL(T.SILVER_DDL.removesuffix(", batch_id int"))
+        self.pane_schema = StructType.fromDDL(P.PANE_DDL)
+
+    def step(self, batch_id: int, st: BatchStats) -> None:
+        cfg = self.cfg
+        newest = io.batch_max_ms(self.spark, cfg.table("silver"), cfg.table_format, batch_id, "event_time")
+        if newest is None:
+            return  # no readings: the watermark stays, nothing closes
+        silver = io.read_batch(self.spark, cfg.table("silver"), self.silver_schema, cfg.table_format, batch_id)
+        prev_id, prev_max = self.store.previous(batch_id)
+        max_ms = newest if prev_max is None else max(prev_max, newest)
+        kept = self.store.read(self.spark, prev_id, self.pane_schema)
+        merged = P.merge(kept.unionByName(P.panes(silver, self.granule))).persist()
         try:
-            st = progress.stats(name, batch_id)
-            st.windows = batch.count()
-            if st.windows:
-                io.write_batch(batch, cfg.table(f"gold_device_{spec.name}"), cfg.table_format, batch_id,
-                               f"edgeflag-{name}-device")
-                io.write_batch(T.fleet_windows(batch, rate), cfg.table(f"gold_fleet_{spec.name}"), cfg.table_format,
-                               batch_id, f"edgeflag-{name}-fleet")
-            if incidents is not None:
-                rows = T.type_windows(batch, rate).collect() if st.windows else []
-                def table(events: list[dict[str, Any]]) -> None:
-                    df = spark.createDataFrame([{k: ev.get(k) for k in INCIDENT_COLUMNS} for ev in events],
-                                               INCIDENT_DDL)
-                    io.write_batch(df, cfg.table("incidents"), cfg.table_format, batch_id, "edgeflag-incidents")
-
-                events = incidents.process(batch_id, [
-                    TypeWindow(_utc(r["start_ms"]), _utc(r["end_ms"]), r["device_type"], r["devices_reporting"],
-                               tuple(d for d in r["anomalous_devices"] if d)) for r in rows], table)
-                if events:
-                    st.incidents = len(events)
-                    report.incident_events.extend(events)
-                    for ev in events:
-                        log.warning("fleet incident %s %s: %s, %d devices (%s)", ev["incident_id"], ev["event"],
-                                    ev["device_type"], len(ev["devices"]), ", ".join(ev["devices"][:8]))
+            before = None if prev_max is None else prev_max - cfg.watermark_s * 1000
+            after = max_ms - cfg.watermark_s * 1000
+            if before != after:
+                for i, spec in enumerate(cfg.windows):
+                    closed = P.windows(merged, spec, before, after).persist()
+                    try:
+                        st.windows += self._emit(closed, spec, batch_id, st if i == 0 else None)
+                    finally:
+                        closed.unpersist()
+            self.store.commit(P.still_needed(merged, cfg.windows, after), batch_id, max_ms, prev_id)
         finally:
-            batch.unpersist()
+            merged.unpersist()
 
-    return (windows.writeStream.queryName(name).outputMode("append").foreachBatch(write)
-            .option("checkpointLocation", f"{cfg.checkpoint_root}/{name}")
-            .trigger(**cfg.trigger.spark_args()).start())
+    def _emit(self, closed: Any, spec: WindowSpec, batch_id: int, st: BatchStats | None) -> int:
+        """Writes the closed windows of one spec (every table, even when empty: one Spark job fewer than
+        asking first) and, for the incident spec, feeds the tracker; returns the window rows."""
+        cfg, rate = self.cfg, self.cfg.incidents.device_anomaly_rate
+        device_table = cfg.table(f"gold_device_{spec.name}")
+        io.write_batch(closed, device_table, cfg.table_format, batch_id, f"edgeflag-gold_{spec.name}-device")
+        n = io.batch_rows(self.spark, device_table, cfg.table_format, batch_id)
+        if n:
+            io.write_batch(T.fleet_windows(closed, rate), cfg.table(f"gold_fleet_{spec.name}"), cfg.table_format,
+                           batch_id, f"edgeflag-gold_{spec.name}-fleet")
+        if st is None:
+            return n
+        rows = T.type_windows(closed, rate).collect() if n else []
+
+        def table(events: list[dict[str, Any]]) -> None:
+            df = self.spark.createDataFrame([{k: ev.get(k) for k in INCIDENT_COLUMNS} for ev in events],
+                                            INCIDENT_DDL)
+            io.write_batch(df, cfg.table("incidents"), cfg.table_format, batch_id, "edgeflag-incidents")
+
+        events = self.incidents.process(batch_id, [
+            TypeWindow(_utc(r["start_ms"]), _utc(r["end_ms"]), r["device_type"], r["devices_reporting"],
+                       tuple(d for d in r["anomalous_devices"] if d)) for r in rows], table)
+        if events:
+            st.incidents = len(events)
+            self.report.incident_events.extend(events)
+            for ev in events:
+                log.warning("fleet incident %s %s: %s, %d devices (%s)", ev["incident_id"], ev["event"],
+                            ev["device_type"], len(ev["devices"]), ", ".join(ev["devices"][:8]))
+        return n
 
 
 def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-
-
-def _silver_schema(spark: Any, cfg: AggregateConfig) -> Any:
-    from pyspark.sql.types import StructType
-
-    return StructType.fromDDL(T.SILVER_DDL)
 
 
 def main(config: AggregateConfig, *, spark: Any = None, on_batch: Callable[[BatchStats], None] | None = None,
@@ -216,24 +242,18 @@ def main(config: AggregateConfig, *, spark: Any = None, on_batch: Callable[[Batc
     listener = _listen(spark, progress)
     incidents = IncidentLog(Path(config.out), config.incidents)
     try:
+        query = _query(spark, config, progress, incidents, report)
         if config.trigger.available_now:
-            _silver_query(spark, config, progress).awaitTermination()
-            for i in range(len(config.windows)):
-                _gold_query(spark, config, i, progress, incidents if i == 0 else None, report).awaitTermination()
+            query.awaitTermination()
         else:
-            queries = [_silver_query(spark, config, progress)] + [
-                _gold_query(spark, config, i, progress, incidents if i == 0 else None, report)
-                for i in range(len(config.windows))]
             stop = stop or threading.Event()
             while not stop.wait(0.5):
-                for q in queries:
-                    if not q.isActive:
-                        exc = q.exception()
-                        stop.set()
-                        if exc is not None:
-                            raise RuntimeError(f"query {q.name} failed: {exc}")
-            for q in queries:
-                q.stop()
+                if not query.isActive:
+                    exc = query.exception()
+                    stop.set()
+                    if exc is not None:
+                        raise RuntimeError(f"query {query.name} failed: {exc}")
+            query.stop()
         time.sleep(0.2)  # the listener's last progress events
     finally:
         spark.streams.removeListener(listener)
