@@ -21,6 +21,16 @@ clipped to [-clip, clip]. Warm-up: while a device has fewer than `long_window` p
 readings only its complete blocks are used, and before it has `short_window` previous
 readings all its features are 0 ("no evidence").
 
+Algorithms are a registry keyed by ``spec.algo`` (`ALGORITHMS`), so older bundles keep loading:
+
+* ``robust-blocks-v1``: the four features above.
+* ``robust-blocks-v2``: those four, then ``max_step_sq`` (the largest ``(|x - x_prev| / dscale)²``
+  over channels: a rate of change against short-term noise), ``max_stuck_frac`` (the longest run,
+  over channels, of readings equal to the one before, capped at `long_window`, as a fraction of it:
+  a stuck sensor), and one ``base_z_<channel>`` per channel: ``(x - level) / spread`` against a
+  baseline learned in training (the spec's `level` and `spread`), signed. A level that lasts fills
+  the rolling windows and stops looking abnormal to them; against the baseline it stays visible.
+
 Guarantee: features depend only on the reading and the `long_window` readings before
 it, and are bitwise identical whether computed one reading at a time
 (`StreamingFeatures.update` with one row), in micro-batches of any size, or over a
@@ -33,8 +43,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -43,7 +53,9 @@ import numpy as np
 from models.errors import FeatureError
 
 FEATURE_ALGO = "robust-blocks-v1"
+FEATURE_ALGO_V2 = "robust-blocks-v2"
 FEATURE_NAMES = ("max_z_long_sq", "max_shift_sq", "max_ratio", "min_ratio")
+V2_EXTRA_NAMES = ("max_step_sq", "max_stuck_frac")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +68,8 @@ class FeatureSpec:
         short_window: readings per block.
         blocks: blocks in the long window (long_window = blocks * short_window).
         clip: every feature is clipped to [-clip, clip].
+        algo: the feature algorithm (a key of `ALGORITHMS`).
+        level / spread: per-channel baseline learned in training (``robust-blocks-v2`` only).
     """
 
     channels: tuple[str, ...]
@@ -64,6 +78,8 @@ class FeatureSpec:
     blocks: int = 12
     clip: float = 2500.0
     algo: str = FEATURE_ALGO
+    level: tuple[float, ...] | None = None
+    spread: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.channels:
@@ -74,8 +90,14 @@ class FeatureSpec:
             raise FeatureError("feature spec needs one positive noise floor per channel")
         if self.short_window < 2 or self.blocks < 3:
             raise FeatureError("need short_window >= 2 and blocks >= 3")
-        if self.algo != FEATURE_ALGO:
-            raise FeatureError(f"unknown feature algorithm {self.algo!r}; this build computes {FEATURE_ALGO!r}")
+        if self.algo not in ALGORITHMS:
+            raise FeatureError(f"unknown feature algorithm {self.algo!r}; this build computes "
+                               f"{', '.join(sorted(ALGORITHMS))}")
+        if self.algo == FEATURE_ALGO_V2:
+            c = len(self.channels)
+            if (self.level is None or self.spread is None or len(self.level) != c or len(self.spread) != c
+                    or not all(v > 0 for v in self.spread) or not all(np.isfinite(self.level))):
+                raise FeatureError(f"{FEATURE_ALGO_V2} needs a finite level and a positive spread per channel")
 
     @property
     def long_window(self) -> int:
@@ -83,32 +105,64 @@ class FeatureSpec:
 
     @property
     def names(self) -> tuple[str, ...]:
+        if self.algo == FEATURE_ALGO_V2:
+            return FEATURE_NAMES + V2_EXTRA_NAMES + tuple(f"base_z_{c}" for c in self.channels)
         return FEATURE_NAMES
 
     @property
     def n_features(self) -> int:
-        return len(FEATURE_NAMES)
+        return len(self.names)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"algo": self.algo, "channels": list(self.channels), "floors": list(self.floors),
-                "short_window": self.short_window, "blocks": self.blocks, "clip": self.clip}
+        out: dict[str, Any] = {"algo": self.algo, "channels": list(self.channels), "floors": list(self.floors),
+                               "short_window": self.short_window, "blocks": self.blocks, "clip": self.clip}
+        if self.level is not None and self.spread is not None:  # v1 specs keep their old dict (and hash)
+            out["level"], out["spread"] = list(self.level), list(self.spread)
+        return out
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> FeatureSpec:
         try:
             return cls(channels=tuple(obj["channels"]), floors=tuple(float(f) for f in obj["floors"]),
                        short_window=int(obj["short_window"]), blocks=int(obj["blocks"]),
-                       clip=float(obj["clip"]), algo=str(obj["algo"]))
+                       clip=float(obj["clip"]), algo=str(obj["algo"]),
+                       level=tuple(float(v) for v in obj["level"]) if "level" in obj else None,
+                       spread=tuple(float(v) for v in obj["spread"]) if "spread" in obj else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise FeatureError(f"bad feature spec: {exc!r}") from None
 
     @classmethod
     def fit(cls, channels: Sequence[str], streams: Iterable[np.ndarray], *, floor_fraction: float = 0.1,
-            **kwargs: Any) -> FeatureSpec:
+            algo: str = FEATURE_ALGO, **kwargs: Any) -> FeatureSpec:
         """Spec whose floors are `floor_fraction` x each channel's noise sd, estimated robustly
-        (median over streams of 1.4826·MAD(first differences)/√2) from training streams (n, C)."""
+        (median over streams of 1.4826·MAD(first differences)/√2) from training streams (n, C).
+
+        The floor never falls below half the channel's resolution (its smallest non-zero step seen)
+        nor 1e-6 of its typical magnitude, so a quantised or constant channel does not drive the
+        features to their clip. ``robust-blocks-v2`` also learns each channel's baseline: level =
+        median of the streams' medians, spread = 1.4826·MAD of all readings (between-device
+        differences included), at least 10 floors."""
+        streams = [np.asarray(v, dtype=np.float64) for v in streams]
         est = [e for e in (stream_noise(v) for v in streams) if e is not None]
-        return cls.from_noise(channels, est, floor_fraction=floor_fraction, **kwargs)
+        spec = cls.from_noise(channels, est, floor_fraction=floor_fraction, algo=FEATURE_ALGO, **kwargs)
+        usable = [v for v in streams if len(v)]
+        if not usable:
+            return spec
+        allv = np.vstack(usable)
+        steps = np.abs(np.diff(allv, axis=0)) if len(allv) > 1 else np.zeros((0, allv.shape[1]))
+        floors = []
+        for c, f in enumerate(spec.floors):
+            pos = steps[:, c][steps[:, c] > 0]
+            quantum = 0.5 * float(pos.min()) if len(pos) else 0.0
+            magnitude = 1e-6 * max(float(np.median(np.abs(allv[:, c]))), 1.0)
+            floors.append(max(f, quantum, magnitude))
+        spec = replace(spec, floors=tuple(floors))
+        if algo == FEATURE_ALGO:
+            return spec
+        level = np.median(np.vstack([np.median(v, axis=0) for v in usable]), axis=0)
+        spread = 1.4826 * np.median(np.abs(allv - level), axis=0)
+        spread = np.maximum(spread, 10 * np.asarray(floors))
+        return replace(spec, algo=algo, level=tuple(float(v) for v in level), spread=tuple(float(v) for v in spread))
 
     @classmethod
     def from_noise(cls, channels: Sequence[str], estimates: Sequence[np.ndarray], *, floor_fraction: float = 0.1,
@@ -223,7 +277,59 @@ def _window_features(spec: FeatureSpec, padded: np.ndarray) -> np.ndarray:
 
 
 def _features_many(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Features for several streams at once; each item is [previous L rows; new rows] of one device.
+    """Features for several streams at once, by the spec's algorithm (each item: [previous L rows;
+    new rows] of one device)."""
+    return ALGORITHMS[spec.algo](spec, padded)
+
+
+def _features_v2(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``robust-blocks-v2``: v1's features, then step, stuck and baseline features (module docstring).
+
+    Each extra feature of a reading reads only that reading, the one before it and, for the stuck
+    run, at most the `long_window` before: the run is counted within the padded window and capped at
+    `long_window`, so it does not depend on how much history a call holds."""
+    assert spec.level is not None and spec.spread is not None
+    base = _features_v1(spec, padded)
+    L = spec.long_window
+    level, spread = np.asarray(spec.level)[:, None], np.asarray(spec.spread)[:, None]
+    out = []
+    for pad, feats in zip(padded, base, strict=True):
+        n = len(pad) - L
+        if n <= 0:
+            out.append(np.zeros((0, spec.n_features)))
+            continue
+        p = pad.T  # (C, L + n)
+        cur, prev = p[:, L:], p[:, L - 1 : -1]
+        changed = ~(p[:, 1:] == p[:, :-1])  # NaN (no history) counts as a change
+        idx = np.arange(1, p.shape[1])
+        last_change = np.maximum.accumulate(np.where(changed, idx, 0), axis=1)
+        run = np.minimum(idx - last_change, L)[:, L - 1 :]  # readings equal to the one before, up to x
+        with np.errstate(invalid="ignore"):
+            dscale = _dscale(p, spec)  # NaN until S + 1 readings: no evidence, step 0
+            step = np.abs(cur - prev) / np.where(np.isfinite(dscale), dscale, 1.0)
+        step = np.where(np.isfinite(step) & np.isfinite(dscale), step, 0.0)
+        extra = np.empty((n, 2 + p.shape[0]))
+        extra[:, 0] = np.square(step.max(axis=0))
+        extra[:, 1] = run.max(axis=0) / L
+        extra[:, 2:] = ((cur - level) / spread).T
+        np.clip(extra, -spec.clip, spec.clip, out=extra)
+        out.append(np.hstack([feats, extra]))
+    return out
+
+
+def _dscale(p: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """v1's short-term noise scale of each new reading of one padded stream (C, L + n), same operations."""
+    L, S = spec.long_window, spec.short_window
+    m = p.shape[1] - L
+    diffs = np.abs(np.diff(p, axis=1))
+    floor = np.asarray(spec.floors)[:, None]
+    med = _median_of([diffs[:, L - S + j : L - S + j + m] for j in range(S)])
+    out: np.ndarray = med * (1.4826 / np.sqrt(2.0)) + floor
+    return out
+
+
+def _features_v1(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``robust-blocks-v1`` for several streams at once; each item is [previous L rows; new rows] of one device.
 
     The streams are laid end to end (channel-major) and every statistic of a reading is
     taken only from that reading's own window, by the same sequence of float operations
@@ -240,7 +346,7 @@ def _features_many(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.n
     counts = [len(p) - L for p in padded]
     total_new = sum(counts)
     if total_new <= 0:
-        return [np.zeros((max(c, 0), len(FEATURE_NAMES))) for c in counts]
+        return [np.zeros((max(c, 0), spec.n_features)) for c in counts]
     floor = np.asarray(spec.floors)[:, None]
     p = np.ascontiguousarray(np.concatenate(padded, axis=0).T)  # (C, total): channel-major
     m = p.shape[1] - L  # candidate rows: row i stands for reading L + i of the concatenation
@@ -286,6 +392,12 @@ def _features_many(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.n
                                          w_smed[:, sel])
     np.clip(out, -spec.clip, spec.clip, out=out)
     return np.split(out, np.cumsum(counts)[:-1])
+
+
+ALGORITHMS: dict[str, Callable[[FeatureSpec, Sequence[np.ndarray]], list[np.ndarray]]] = {
+    FEATURE_ALGO: _features_v1,
+    FEATURE_ALGO_V2: _features_v2,
+}
 
 
 def _summary(cur: np.ndarray, centre: np.ndarray, scale: np.ndarray, dscale: np.ndarray,

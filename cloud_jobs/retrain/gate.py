@@ -9,9 +9,7 @@ whether it passes and every reason it does not. Pure numpy; runs on an executor 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -38,12 +36,9 @@ def rate_lower_bound(rate: float, n: int, confidence: float) -> float:
     The alert rate of a good model on a holdout of a few thousand rows is a handful of alerts: 3 alerts
     instead of 1 triples the rate by chance. The gate refuses only when even this bound is above its limit.
     """
-    if n <= 0:
-        return 0.0
-    z = NormalDist().inv_cdf(confidence)
-    centre = rate + z * z / (2 * n)
-    spread = z * math.sqrt(max(rate * (1 - rate), 0.0) / n + z * z / (4 * n * n))
-    return max(0.0, (centre - spread) / (1 + z * z / n))
+    from models.training.threshold import wilson_interval
+
+    return wilson_interval(rate, n, confidence)[0]
 
 
 def events(devices: np.ndarray, faults: np.ndarray) -> list[tuple[int, int]]:

@@ -40,6 +40,12 @@ def register(sub: Any) -> None:
                    help="fraction of clean normal training readings allowed above the threshold")
     t.add_argument("--seed", type=int, default=d.seed, help="random_state of the forest")
     t.add_argument("--form", choices=("fused", "skl2onnx"), default=d.form, help="ONNX form to write")
+    from models.features import ALGORITHMS
+
+    t.add_argument("--features", choices=sorted(ALGORITHMS), default=d.features,
+                   help="feature algorithm (robust-blocks-v2 adds baseline, step and stuck features)")
+    t.add_argument("--holdout", type=float, default=d.holdout_fraction,
+                   help="last fraction of each device's readings held out to measure the false-alarm rate")
     t.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM) to sign the manifest")
     t.set_defaults(handler=train_cmd)
 
@@ -100,9 +106,10 @@ def train_cmd(args: argparse.Namespace) -> int:
         raise CliError("--target-fpr must be in (0, 0.5)")
     with console.status("loading readings") as status:
         blocks = load_blocks(args.data, device_id=args.device_id, tz=args.tz)
-        config = TrainConfig(name=args.name, n_estimators=args.trees, max_samples=args.max_samples,
-                             seed=args.seed, target_fpr=args.target_fpr, form=args.form)
         try:
+            config = TrainConfig(name=args.name, n_estimators=args.trees, max_samples=args.max_samples,
+                                 seed=args.seed, target_fpr=args.target_fpr, form=args.form,
+                                 features=args.features, holdout_fraction=args.holdout)
             spec = fit_spec(blocks, config)
             status.update(f"computing {spec.n_features} features for {sum(len(b) for b in blocks.values()):,} readings")
             table = feature_table(blocks, spec)
@@ -114,14 +121,19 @@ def train_cmd(args: argparse.Namespace) -> int:
         except ModelError as exc:
             raise CliError(str(exc)) from None
     s = cand.manifest.training
+    cal, held = s["calibration"], s["held_out"]
     console.print(
         f"trained {args.name} v{int(path.name[1:])} -> {path}\n"
         f"  {s['fit_rows']:,} of {s['rows']:,} readings fitted ({s['devices']} devices), "
         f"{s['estimator']['n_estimators']} trees; threshold {cand.manifest.threshold:.4f} "
-        f"(target FPR {args.target_fpr:g} on {s['calibration_rows']:,} clean readings)\n"
-        f"  ONNX vs scikit-learn max |diff| {cand.parity:.1e}"
+        f"(target FPR {args.target_fpr:g}, {cal['method']} on {s['calibration_rows']:,} clean readings)\n"
+        + (f"  held out: {held['flagged']:,} of {held['rows']:,} normal readings flagged = "
+           f"{held['false_alarm_rate']:.4%} (95 % upper bound {held['upper_95']:.4%})\n" if held else "")
+        + f"  ONNX vs scikit-learn max |diff| {cand.parity:.1e}"
         + (", signed" if args.sign_key else "")
     )
+    for w in s.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {w}")
     return 0
 
 

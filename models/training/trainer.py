@@ -28,7 +28,7 @@ from contracts.block import ReadingBlock
 from contracts.manifest import ModelManifest
 from models.bundle import sha256_bytes
 from models.errors import TrainingError
-from models.features import FeatureSpec, columns_for, compute_features
+from models.features import FEATURE_ALGO, FeatureSpec, columns_for, compute_features
 
 
 @dataclass(frozen=True)
@@ -39,11 +39,16 @@ class TrainConfig:
         name: model family name, usually the device type.
         n_estimators / max_samples / max_features: IsolationForest settings.
         seed: random_state of the forest.
-        target_fpr: fraction of normal training readings allowed above the threshold.
+        target_fpr: target false-alarm rate: fraction of normal readings allowed above the threshold
+            (calibrated by `models.training.threshold.calibrate`).
+        holdout_fraction: the last fraction of each device's readings is held out of fitting and
+            calibration; the false-alarm rate the threshold achieves there is reported
+            (``training.held_out``). 0 turns it off.
         exclude_labelled: drop rows labelled anomalous before fitting (when labels exist).
         form: "fused" (default; falls back to skl2onnx for estimators it cannot fuse)
             or "skl2onnx".
         short_window / blocks: feature windows (see models.features).
+        features: the feature algorithm (`models.features.ALGORITHMS`).
     """
 
     name: str = "edgeflag"
@@ -52,18 +57,26 @@ class TrainConfig:
     max_features: float = 1.0
     seed: int = 0
     target_fpr: float = 0.001
+    holdout_fraction: float = 0.2
     exclude_labelled: bool = True
     form: str = "fused"
     short_window: int = 10
     blocks: int = 12
+    features: str = FEATURE_ALGO
     channels: tuple[str, ...] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 < self.target_fpr < 0.5:
             raise TrainingError("target_fpr must be in (0, 0.5)")
+        if not 0 <= self.holdout_fraction < 0.9:
+            raise TrainingError("holdout_fraction must be in [0, 0.9)")
         if self.form not in ("fused", "skl2onnx"):
             raise TrainingError(f"form must be 'fused' or 'skl2onnx', got {self.form!r}")
+        from models.features import ALGORITHMS
+
+        if self.features not in ALGORITHMS:
+            raise TrainingError(f"features must be one of {', '.join(sorted(ALGORITHMS))}, got {self.features!r}")
         if self.n_estimators < 1:
             raise TrainingError("n_estimators must be >= 1")
 
@@ -108,6 +121,19 @@ def clean_rows(blocks: Mapping[str, ReadingBlock], horizon: int) -> np.ndarray:
     return np.concatenate(out)
 
 
+def holdout_rows(devices: list[str], fraction: float) -> np.ndarray:
+    """Per row (rows of a device in time order): is it in the last `fraction` of its device's rows."""
+    out = np.zeros(len(devices), dtype=bool)
+    if fraction <= 0 or not devices:
+        return out
+    dev = np.asarray(devices, dtype=object)
+    change = np.flatnonzero(dev[1:] != dev[:-1]) + 1
+    for a, b in zip(np.concatenate([[0], change]), np.concatenate([change, [len(dev)]]), strict=True):
+        k = int((b - a) * fraction)
+        out[b - k:b] = k > 0
+    return out
+
+
 @dataclass(frozen=True)
 class TrainedModel:
     pipeline: Any
@@ -126,7 +152,8 @@ def fit_spec(blocks: Mapping[str, ReadingBlock], config: TrainConfig) -> Feature
         if not set(channels) <= set(b.channels):
             raise TrainingError(f"device {dev} lacks channels {sorted(set(channels) - set(b.channels))}")
     streams = (b.values[:, [list(b.channels).index(c) for c in channels]] for b in blocks.values())
-    return FeatureSpec.fit(channels, streams, short_window=config.short_window, blocks=config.blocks)
+    return FeatureSpec.fit(channels, streams, short_window=config.short_window, blocks=config.blocks,
+                           algo=config.features)
 
 
 def train(blocks: Mapping[str, ReadingBlock], config: TrainConfig,
@@ -147,18 +174,24 @@ def fit(table: FeatureTable, spec: FeatureSpec, config: TrainConfig, *, clean: n
         progress: Callable[[str], None] | None = None) -> TrainedModel:
     """Fit the pipeline on precomputed features and calibrate its threshold.
 
-    Rows fitted: all, minus labelled anomalies (with `config.exclude_labelled` and labels) and minus
-    `exclude` (e.g. readings flagged at the edge or inside an incident). The threshold is the
-    (1 - target_fpr) quantile of the scores of the fitted rows that are also `clean` (no fault in
-    the recent window history), or of all fitted rows when fewer than 100 are clean.
+    Rows fitted: all but the held-out tail of each device (`config.holdout_fraction`), minus labelled
+    anomalies (with `config.exclude_labelled` and labels) and minus `exclude` (e.g. readings flagged
+    at the edge or inside an incident). The threshold is calibrated (`threshold.calibrate`: the
+    empirical quantile when the data holds enough rows for the target, else a peaks-over-threshold
+    tail fit, with a warning when the data is too small) on the scores of the fitted rows that are
+    also `clean` (no fault in the recent window history), or of all fitted rows when fewer than 100
+    are clean. The achieved false-alarm rate on the held-out normal, clean rows is in the summary.
     """
     import sklearn
     from sklearn.ensemble import IsolationForest
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from models.training.threshold import calibrate, held_out
+
     x = table.x
-    fit_rows = np.ones(len(x), dtype=bool)
+    holdout = holdout_rows(table.devices, config.holdout_fraction)
+    fit_rows = ~holdout
     if config.exclude_labelled and table.labels is not None:
         fit_rows &= table.labels == 0
     if exclude is not None:
@@ -177,7 +210,22 @@ def fit(table: FeatureTable, spec: FeatureSpec, config: TrainConfig, *, clean: n
                              max_features=config.max_features, random_state=config.seed)
     pipe = Pipeline([("scaler", StandardScaler()), ("forest", forest)]).fit(x_fit)
     scores = -pipe.score_samples(x[calib_rows].astype(np.float32))
-    threshold = float(np.quantile(scores, 1.0 - config.target_fpr))
+    calibration = calibrate(scores, config.target_fpr)
+    threshold = calibration.threshold
+    normal_held = holdout.copy()
+    if config.exclude_labelled and table.labels is not None:
+        normal_held &= table.labels == 0
+    if clean is not None:
+        normal_held &= clean
+    if exclude is not None:
+        normal_held &= ~exclude
+    held = held_out(-pipe.score_samples(x[normal_held].astype(np.float32)), threshold) if normal_held.any() else None
+    warnings = [w for w in (calibration.warning,) if w]
+    if held is not None and held.rows and held.false_alarm_rate > 2 * config.target_fpr and held.flagged >= 3:
+        warnings.append(f"held-out false-alarm rate {held.false_alarm_rate:.4%} is over twice the target "
+                        f"{config.target_fpr:.4%} ({held.flagged} of {held.rows} held-out normal readings)")
+    for w in warnings:
+        say(f"warning: {w}")
     t0, t1 = time_range
     summary: dict[str, Any] = {
         "rows": len(x), "fit_rows": int(fit_rows.sum()), "calibration_rows": int(calib_rows.sum()),
@@ -187,6 +235,9 @@ def fit(table: FeatureTable, spec: FeatureSpec, config: TrainConfig, *, clean: n
         "event_time_from": datetime.fromtimestamp(t0, tz=timezone.utc).isoformat(),
         "event_time_to": datetime.fromtimestamp(t1, tz=timezone.utc).isoformat(),
         "target_fpr": config.target_fpr,
+        "calibration": calibration.to_dict(),
+        "held_out": None if held is None else held.to_dict(),
+        "warnings": warnings,
         "estimator": {"type": "IsolationForest", "n_estimators": config.n_estimators,
                       "max_samples": forest.max_samples, "max_features": config.max_features,
                       "random_state": config.seed, "scaler": "StandardScaler"},

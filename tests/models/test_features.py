@@ -27,12 +27,17 @@ def test_one_reading_at_a_time_equals_the_whole_array_bit_for_bit() -> None:
 @given(cuts=st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=12), seed=st.integers(0, 1000))
 def test_any_micro_batching_equals_the_whole_array(cuts: list[int], seed: int) -> None:
     x = stream(sum(cuts), seed)
-    state = StreamingFeatures(SPEC)
+    assert np.array_equal(batched(SPEC, x, cuts), compute_features(SPEC, x))
+
+
+def batched(spec: FeatureSpec, x: np.ndarray, cuts: list[int]) -> np.ndarray:
+    """Features of x fed to one StreamingFeatures in micro-batches of the given sizes."""
+    state = StreamingFeatures(spec)
     parts, i = [], 0
     for k in cuts:
         parts.append(state.update(x[i : i + k]))
         i += k
-    assert np.array_equal(np.vstack(parts), compute_features(SPEC, x))
+    return np.vstack(parts)
 
 
 def test_warm_up_gives_no_evidence_until_a_short_window_is_seen() -> None:
@@ -121,3 +126,50 @@ def test_the_median_network_picks_the_middle_of_every_0_1_input(k: int) -> None:
 def test_the_median_network_equals_sorting_bit_for_bit(rows: list[list[float]], k: int) -> None:
     a = np.array(rows)[:, :k]
     assert np.array_equal(_median_of([a[:, j] for j in range(k)]), _median_last(a))
+
+
+V2 = FeatureSpec.fit(("a", "b", "c"), [stream(2000, 9)], algo="robust-blocks-v2")
+
+
+@settings(max_examples=30, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=12), seed=st.integers(0, 1000))
+def test_v2_any_micro_batching_equals_the_whole_array(cuts: list[int], seed: int) -> None:
+    x = np.round(stream(sum(cuts), seed), 1)  # quantised: equal neighbours happen
+    x[len(x) // 2 : len(x) // 2 + 150, 1] = 7.0  # a stuck stretch longer than the long window
+    assert np.array_equal(batched(V2, x, cuts), compute_features(V2, x))
+
+
+def test_v2_keeps_a_lasting_level_visible_and_sees_stuck_and_steps() -> None:
+    x = stream(1200, 3)
+    names = V2.names
+    assert names[:4] == FEATURE_NAMES and V2.n_features == 4 + 2 + 3
+    base = compute_features(V2, x)
+    shifted = x.copy()
+    shifted[600:, 0] += 40  # a new level that lasts far longer than the long window
+    f = compute_features(V2, shifted)
+    z = names.index("base_z_a")
+    assert abs(f[1100, z]) > 5 * max(abs(base[1100, z]), 1) and f[1100, 1] < 25  # v1's shift has forgotten it
+    step = names.index("max_step_sq")
+    assert f[600, step] > 100 * max(base[600, step], 1)
+    stuck = x.copy()
+    stuck[700:900, 2] = stuck[700, 2]
+    g = compute_features(V2, stuck)
+    frac = names.index("max_stuck_frac")
+    assert g[850, frac] == 1.0 and base[850, frac] < 0.1
+
+
+def test_old_specs_keep_their_dict_and_hash_and_unknown_algorithms_are_refused() -> None:
+    assert set(SPEC.to_dict()) == {"algo", "channels", "floors", "short_window", "blocks", "clip"}
+    assert FeatureSpec.from_dict(V2.to_dict()) == V2 and FeatureSpec.from_dict(SPEC.to_dict()) == SPEC
+    with pytest.raises(FeatureError, match="unknown feature algorithm"):
+        FeatureSpec(channels=("a",), floors=(0.1,), algo="robust-blocks-v9")
+    with pytest.raises(FeatureError, match="level"):
+        FeatureSpec(channels=("a",), floors=(0.1,), algo="robust-blocks-v2")
+
+
+def test_a_constant_or_quantised_channel_keeps_a_sane_floor() -> None:
+    x = stream(3000, 4)
+    x[:, 1] = 12.0  # constant in training
+    x[:, 2] = np.round(x[:, 2])  # integer steps
+    spec = FeatureSpec.fit(("a", "b", "c"), [x])
+    assert spec.floors[1] >= 12e-6 and spec.floors[2] >= 0.5
