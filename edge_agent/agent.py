@@ -38,6 +38,7 @@ from edge_agent.sources.base import Source
 from edge_agent.tuning import tune_allocator
 from models.bundle import Bundle, load_bundle
 from models.errors import BundleError, ModelError
+from models.events import EventConfig
 
 VERSION = "0.1.0"
 
@@ -81,6 +82,8 @@ class Agent:
         self.ingest = IngestStage(self.slot, intake, self.outbox, Quarantine(config.state_dir / "quarantine.jsonl"),
                                   self.metrics, self.log, max_message_bytes=config.uplink.max_message_bytes,
                                   clock=clock, on_model=self._model_in_use, on_dropped=self._count_evicted,
+                                  events=EventConfig(config.events.close_after, config.events.release,
+                                                     config.events.update_every_s),
                                   on_quarantined=self._quarantine_log.add, on_error=self._set_error)
         self.sink = sink or make_sink(config.uplink)
         self.outbox_component = self.metrics.component("buffer", "outbox", type(self.outbox).__name__.lower())

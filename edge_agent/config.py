@@ -144,6 +144,21 @@ class ScoringSection(Section, frozen=True, forbid_unknown_fields=True):
         check(self.min_value < self.max_value, "min_value", "must be below scoring.max_value")
 
 
+class EventsSection(Section, frozen=True, forbid_unknown_fields=True):
+    """[events]: one alert per anomaly event (`models.events`): an event opens on a flagged reading and
+    closes after close_after consecutive readings below release × threshold; while open it is updated at
+    most every update_every_s of event time, when it has grown."""
+
+    close_after: int = 30
+    release: float = 0.9
+    update_every_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        check(self.close_after >= 1, "close_after", "must be >= 1")
+        check(0 < self.release <= 1, "release", "must be in (0, 1]")
+        check(self.update_every_s >= 0, "update_every_s", "must be >= 0")
+
+
 class OutboxSection(Section, frozen=True, forbid_unknown_fields=True):
     """[outbox]: the durable store between scoring and the uplink."""
 
@@ -177,13 +192,15 @@ class AgentConfig(msgspec.Struct, frozen=True):
     model: ModelSection
     sources: tuple[SourceConfig, ...]
     scoring: ScoringSection
+    events: EventsSection
     outbox: OutboxSection
     uplink: UplinkConfig
     metrics: MetricsSection
     log: LogSection
 
     SECTIONS: ClassVar[dict[str, type[Section]]] = {
-        "agent": AgentSection, "model": ModelSection, "scoring": ScoringSection, "outbox": OutboxSection,
+        "agent": AgentSection, "model": ModelSection, "scoring": ScoringSection, "events": EventsSection,
+        "outbox": OutboxSection,
         "metrics": MetricsSection, "log": LogSection}
 
     @property

@@ -18,6 +18,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import numpy as np
+
 from contracts.block import ReadingBlock
 from edge_agent.errors import OutboxError
 from edge_agent.flow import Backoff
@@ -29,12 +31,13 @@ from edge_agent.outbox import Outbox
 from edge_agent.packing import ScoredBlock, context_header, segments_for_many
 from edge_agent.sources.base import Batch
 from models.bundle import Bundle
+from models.events import EventConfig, EventTracker
 
 
 class IngestStage:
     def __init__(self, slot: ModelSlot, intake: Intake, outbox: Outbox, quarantine: Quarantine,
                  metrics: AgentMetrics, log: logging.Logger, *, max_message_bytes: int,
-                 clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = time.time, events: EventConfig | None = None,
                  on_model: Callable[[Bundle], None] = lambda _b: None,
                  on_dropped: Callable[[dict[str, int]], None] = lambda _d: None,
                  on_quarantined: Callable[[Counter[str]], None] = lambda _c: None,
@@ -45,6 +48,7 @@ class IngestStage:
         self._on_model, self._on_dropped = on_model, on_dropped
         self._on_quarantined, self._on_error = on_quarantined, on_error
         self._contexts: dict[tuple[str, ...], int] = {}
+        self.events = EventTracker(events or EventConfig())
         self.component = metrics.component("transform", "score", "onnx")
 
     def ingest_with_retry(self, batches: list[Batch], stop: threading.Event) -> bool:
@@ -94,6 +98,7 @@ class IngestStage:
             segments = segments_for_many(items, max_message_bytes=self.max_message_bytes, stored_at=self.clock())
             flagged = sum(int(r.flags.sum()) for r in results)
             scored = sum(len(blk) for blk, _ in accepted)
+            self._track([(blk, boot, res.scores) for (blk, boot), res in zip(accepted, results, strict=True)])
         touched = {blk.device_id for blk, _ in accepted}
         streams = {d: (self.intake.streams[d].boot_id, self.intake.streams[d].last_seq) for d in touched}
         evicted = self.outbox.append(segments, streams=streams, checkpoint=checkpoint)
@@ -116,6 +121,17 @@ class IngestStage:
         if quarantined:
             self._on_quarantined(quarantined)
         m.observe_batch(time.perf_counter() - t0)
+
+    def _track(self, scored: list[tuple[ReadingBlock, str, np.ndarray]]) -> None:
+        """Anomaly events (one alert per event, `models.events`): counted and logged."""
+        thr = float(self.slot.threshold)
+        for blk, boot, scores in scored:
+            for ev in self.events.update(blk.device_id, boot, blk.seq, blk.ts, scores, thr):
+                self.metrics.anomaly_events.labels(kind=ev.kind).inc()
+                if ev.kind != "update":
+                    event(self.log, logging.INFO, f"anomaly event {ev.kind}", device=ev.device_id,
+                          event_id=ev.event_id, alarms=ev.alarms, peak_score=round(ev.peak_score, 4))
+        self.metrics.anomaly_events_open.set(self.events.open_events)
 
     def _swap(self) -> None:
         bundle = self.slot.swap()

@@ -91,6 +91,10 @@ class AgentMetrics:
                                    registry=r)
         self.dropped = Counter("edgeflag_readings_dropped", "Readings evicted before delivery", ["reason"],
                                registry=r)
+        self.anomaly_events = Counter("edgeflag_anomaly_events", "Anomaly events announced (open, update, close)",
+                                      ["kind"], registry=r)
+        self.anomaly_events_open = Gauge("edgeflag_anomaly_events_open", "Devices with an anomaly event open",
+                                         registry=r)
         self.messages_sent = Counter("edgeflag_messages_sent", "Messages confirmed by the uplink", registry=r)
         self.send_errors = Counter("edgeflag_uplink_errors", "Uplink connect/send failures", registry=r)
         self.batch_seconds = Histogram("edgeflag_scoring_batch_seconds", "Features + ONNX scoring per micro-batch",
@@ -133,12 +137,12 @@ class AgentMetrics:
             thread.join(2)
 
     @staticmethod
-    def labelled(counter: Counter) -> dict[str, int]:
+    def labelled(counter: Counter, label: str = "reason") -> dict[str, int]:
         out = {}
         for metric in counter.collect():
             for s in metric.samples:
                 if s.name.endswith("_total"):
-                    out[s.labels.get("reason", "")] = int(s.value)
+                    out[s.labels.get(label, "")] = int(s.value)
         return out
 
     def snapshot(self) -> dict[str, Any]:
@@ -149,6 +153,8 @@ class AgentMetrics:
             "readings_in": v(self.readings_in), "scored": v(self.scored), "flagged": v(self.flagged),
             "sent": v(self.sent), "messages_sent": v(self.messages_sent), "uplink_errors": v(self.send_errors),
             "quarantined": self.labelled(self.quarantined), "dropped": self.labelled(self.dropped),
+            "anomaly_events": {**self.labelled(self.anomaly_events, "kind"),
+                               "open_now": int(self.anomaly_events_open._value.get())},
             "outbox": {"segments": int(self.outbox_segments._value.get()),
                        "readings": int(self.outbox_readings._value.get()),
                        "bytes": int(self.outbox_bytes._value.get()),

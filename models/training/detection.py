@@ -16,8 +16,10 @@ Figures per detector (`DetectorResult`): ROC-AUC and PR-AUC of the raw score; pr
 and the achieved false-alarm rate (flagged normal test readings / normal test readings) at the
 detector's threshold; event recall (an event is a maximal run of one fault on one device; caught
 when one of its readings is flagged) and alarms per caught event (maximal runs of flagged readings
-touching an event). Public datasets are read from installed package files (River, aeon), never
-downloaded.
+touching an event); `alerts`, `alerts_per_event` and `false_alerts` count the events that
+`models.events.EventTracker` opens over the same scores (one alert per event with hysteresis, as the
+agent announces them): a false alert touches no labelled fault. Public datasets are read from
+installed package files (River, aeon), never downloaded.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from contracts.block import ReadingBlock
+from models.events import EventConfig, EventTracker
 from models.training.evaluate import fault_events
 
 ZSCORE_WINDOW = 12
@@ -308,6 +311,9 @@ def figures(test: Blocks, scores: np.ndarray, threshold: float, *, top1: bool = 
     caught = [(a, b) for a, b in events if flagged[a:b].any()]
     alarm_runs = _runs(flagged)
     per_event = [sum(1 for s0, s1 in alarm_runs if s0 < b and s1 > a) for a, b in caught]
+    alerts = tracked_alerts(test, scores, threshold)
+    alerts_per = [sum(1 for s0, s1 in alerts if s0 < b and s1 > a) for a, b in caught]
+    false_alerts = sum(1 for s0, s1 in alerts if not any(s0 < b and s1 > a for a, b in events))
     out: dict[str, Any] = {
         "rows": len(labels), "positives": int(labels.sum()), "threshold": round(float(threshold), 6),
         "roc_auc": round(float(roc_auc_score(labels, scores)), 4) if both else None,
@@ -316,10 +322,35 @@ def figures(test: Blocks, scores: np.ndarray, threshold: float, *, top1: bool = 
         "false_alarm_rate": round(float(flagged[clean].mean()), 6) if clean.any() else None,
         "events": len(events), "event_recall": round(len(caught) / len(events), 4) if events else None,
         "alarms_per_event": round(float(np.mean(per_event)), 2) if per_event else None,
+        "alerts": len(alerts), "alerts_per_event": round(float(np.mean(alerts_per)), 2) if alerts_per else None,
+        "false_alerts": false_alerts,
     }
     if top1:
         out["top1_in_anomaly"] = bool(labels[int(np.argmax(scores))] == 1)
     return out
+
+
+def tracked_alerts(test: Blocks, scores: np.ndarray, threshold: float,
+                   config: EventConfig | None = None) -> list[tuple[int, int]]:
+    """[first, last + 1) row spans of the anomaly events `models.events.EventTracker` opens over the
+    scores (what the edge announces: one alert per event), in the rows of `test`."""
+    tracker = EventTracker(config or EventConfig())
+    spans: list[tuple[int, int]] = []
+    off = 0
+    for dev, b in test.items():
+        n = len(b)
+        idx = np.arange(n)
+        opened: int | None = None
+        for ev in tracker.update(dev, "test", idx, b.ts, scores[off : off + n], threshold):
+            if ev.kind == "open":
+                opened = off + ev.opened_seq
+            elif ev.kind == "close" and opened is not None:
+                spans.append((opened, off + ev.last_seq + 1))
+                opened = None
+        if opened is not None:
+            spans.append((opened, off + n))
+        off += n
+    return spans
 
 
 def run(ds: Dataset, detectors: tuple[str, ...] = DETECTORS, target_fpr: float = 0.001,

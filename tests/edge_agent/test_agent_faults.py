@@ -122,6 +122,8 @@ def test_an_outage_longer_than_the_outbox_evicts_normal_readings_first_and_count
     assert held.bytes <= cap
     snap = agent.metrics.snapshot()
     flagged = snap["flagged"]
+    events = snap["anomaly_events"]  # one alert per event: fewer than the flagged readings
+    assert 0 < events["open"] < flagged and events.get("close", 0) <= events["open"]
     b.start()
     wait_for(agent.drained, 60, "the outbox to drain")
     snap = agent.metrics.snapshot()

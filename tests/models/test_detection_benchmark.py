@@ -26,7 +26,8 @@ def results() -> dict[tuple[str, str], dict[str, Any]]:
     out = {(r.dataset.rsplit(":", 1)[1], r.detector): r.figures for r in D.run(ds, detectors, TARGET)}
     for (kind, det), f in sorted(out.items()):
         print(f"{kind:12} {det:15} pr_auc {f['pr_auc']} f1 {f['f1']} far {f['false_alarm_rate']} "
-              f"event_recall {f['event_recall']} alarms/event {f['alarms_per_event']}")
+              f"event_recall {f['event_recall']} alarms/event {f['alarms_per_event']} "
+              f"alerts/event {f['alerts_per_event']} false alerts {f['false_alerts']}")
     return out
 
 
@@ -48,6 +49,12 @@ def test_every_fault_type_is_noticed_and_false_alarms_stay_near_the_target(
         assert f["event_recall"] >= 0.9, (kind, f)
         assert f["f1"] >= (0.6 if kind == "drift" else 0.65), (kind, f)
     assert results[("normal", "edgeflag")]["false_alarm_rate"] <= 3 * TARGET
+
+
+def test_hysteresis_gives_about_one_alert_per_event(results: dict[tuple[str, str], Any]) -> None:
+    for kind in FAULTS:
+        f = results[(kind, "edgeflag")]
+        assert f["alerts_per_event"] <= min(f["alarms_per_event"], 1.5), (kind, f)
 
 
 def test_figures_count_events_alarms_and_clean_false_alarms() -> None:
