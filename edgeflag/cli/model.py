@@ -181,7 +181,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"{bundle.label} on {args.data.name} (threshold {report.threshold:.4f})")
     for col in ("subset", "rows", "anomalous", "flagged", "precision", "recall", "F1", "ROC-AUC", "PR-AUC",
-                "events caught"):
+                "events caught", "alerts (false)"):
         table.add_column(col, justify="left" if col == "subset" else "right", no_wrap=True, min_width=len(col))
 
     def auc(v: float | None) -> str:
@@ -189,15 +189,17 @@ def eval_cmd(args: argparse.Namespace) -> int:
 
     def row(name: str, m: Any) -> None:
         events = "-" if m.events is None else f"{m.events_caught}/{m.events}"
+        alerts = "-" if m.alerts is None else f"{m.alerts} ({m.false_alerts})"
         table.add_row(name, f"{m.rows:,}", f"{m.positives:,}", f"{m.flagged:,}", f"{m.precision:.3f}",
-                      f"{m.recall:.3f}", f"{m.f1:.3f}", auc(m.roc_auc), auc(m.pr_auc), events)
+                      f"{m.recall:.3f}", f"{m.f1:.3f}", auc(m.roc_auc), auc(m.pr_auc), events, alerts)
 
     row("all", report.overall)
     for kind, m in report.by_type.items():
         row(kind, m)
     console.print(table)
     console.print("Per type: that type's readings plus all normal readings (every false positive counts "
-                  "against every type). Events caught: faults with at least one flagged reading.")
+                  "against every type). Events caught: faults with at least one flagged reading. Alerts: "
+                  "anomaly events after the edge's hysteresis ([events]), false when they touch no fault.")
     return 0
 
 

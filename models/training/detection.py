@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from contracts.block import ReadingBlock
-from models.events import EventConfig, EventTracker
+from models.events import alert_spans
 from models.training.evaluate import fault_events
 
 ZSCORE_WINDOW = 12
@@ -311,7 +311,7 @@ def figures(test: Blocks, scores: np.ndarray, threshold: float, *, top1: bool = 
     caught = [(a, b) for a, b in events if flagged[a:b].any()]
     alarm_runs = _runs(flagged)
     per_event = [sum(1 for s0, s1 in alarm_runs if s0 < b and s1 > a) for a, b in caught]
-    alerts = tracked_alerts(test, scores, threshold)
+    alerts = alert_spans(devices, scores, threshold)
     alerts_per = [sum(1 for s0, s1 in alerts if s0 < b and s1 > a) for a, b in caught]
     false_alerts = sum(1 for s0, s1 in alerts if not any(s0 < b and s1 > a for a, b in events))
     out: dict[str, Any] = {
@@ -328,29 +328,6 @@ def figures(test: Blocks, scores: np.ndarray, threshold: float, *, top1: bool = 
     if top1:
         out["top1_in_anomaly"] = bool(labels[int(np.argmax(scores))] == 1)
     return out
-
-
-def tracked_alerts(test: Blocks, scores: np.ndarray, threshold: float,
-                   config: EventConfig | None = None) -> list[tuple[int, int]]:
-    """[first, last + 1) row spans of the anomaly events `models.events.EventTracker` opens over the
-    scores (what the edge announces: one alert per event), in the rows of `test`."""
-    tracker = EventTracker(config or EventConfig())
-    spans: list[tuple[int, int]] = []
-    off = 0
-    for dev, b in test.items():
-        n = len(b)
-        idx = np.arange(n)
-        opened: int | None = None
-        for ev in tracker.update(dev, "test", idx, b.ts, scores[off : off + n], threshold):
-            if ev.kind == "open":
-                opened = off + ev.opened_seq
-            elif ev.kind == "close" and opened is not None:
-                spans.append((opened, off + ev.last_seq + 1))
-                opened = None
-        if opened is not None:
-            spans.append((opened, off + n))
-        off += n
-    return spans
 
 
 def run(ds: Dataset, detectors: tuple[str, ...] = DETECTORS, target_fpr: float = 0.001,

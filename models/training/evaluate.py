@@ -8,7 +8,8 @@ fault — so every false positive is charged to every type.
 Event level: an event is a maximal run of consecutive readings of one device with the same
 fault; it is *caught* when at least one of its readings is flagged. "Did we notice the
 fault at all" is what an operator asks first, and it does not depend on how long a fault
-lasts the way reading-level recall does.
+lasts the way reading-level recall does. **Alerts** are the events `models.events` opens over the flags
+(one per event with hysteresis, what the agent announces); a false alert touches no labelled fault.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from contracts.block import ReadingBlock
 from models.bundle import Bundle
 from models.errors import ModelError
+from models.events import alert_spans
 from models.scorer import OnnxScorer
 from models.training.trainer import feature_table
 
@@ -38,6 +40,8 @@ class Metrics:
     pr_auc: float | None
     events: int | None = None
     events_caught: int | None = None
+    alerts: int | None = None  # events the edge's tracker opens (one alert per event, `models.events`)
+    false_alerts: int | None = None  # of those, the ones touching no labelled fault
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -135,6 +139,9 @@ def evaluate(bundle: Bundle, blocks: Mapping[str, ReadingBlock]) -> EvalReport:
         rows = (faults == kind) | (labels == 0)
         by_type[kind] = replace(metrics(labels[rows], scores[rows], thr), events=len(caught[kind]),
                                 events_caught=sum(caught[kind]))
+    spans = alert_spans(table.devices, scores, thr)
+    false_alerts = sum(1 for s0, s1 in spans if not any(s0 < b and s1 > a for _, a, b in events))
     overall = replace(metrics(labels, scores, thr), events=len(events),
-                      events_caught=sum(bool(flagged[a:b].any()) for _, a, b in events))
+                      events_caught=sum(bool(flagged[a:b].any()) for _, a, b in events),
+                      alerts=len(spans), false_alerts=false_alerts)
     return EvalReport(overall=overall, by_type=by_type, threshold=thr)

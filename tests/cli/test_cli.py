@@ -32,6 +32,8 @@ def test_the_issue_walkthrough_works_and_a_flipped_byte_fails_verify(tmp_path: P
     report = json.loads(r.stdout)
     assert report["overall"]["rows"] == 3000 and 0 <= report["overall"]["f1"] <= 1
     assert {"precision", "recall", "f1", "roc_auc", "pr_auc"} <= set(report["overall"])
+    o = report["overall"]  # one alert per event after the hysteresis: fewer alerts than flagged readings
+    assert 0 < o["alerts"] < o["flagged"] and 0 <= o["false_alerts"] <= o["alerts"]
     r = edgeflag("model", "eval", str(bundle), "--data", str(tmp_path / "data.jsonl"))
     assert "PR-AUC" in r.stdout and "│ all" in r.stdout
     r = edgeflag("model", "inspect", str(tmp_path / "registry"))
