@@ -200,6 +200,7 @@ def batch_max_ms(spark: Any, path: str, fmt: TableFormat, batch_id: int, column:
         rows = (spark.read.format("delta").load(path).where(F.col("batch_id") == batch_id)
                 .agg(F.max(F.unix_millis(column))).first())
         return None if rows is None or rows[0] is None else int(rows[0])
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -207,7 +208,7 @@ def batch_max_ms(spark: Any, path: str, fmt: TableFormat, batch_id: int, column:
     for f in (Path(path) / f"batch_id={batch_id}").glob("*.parquet"):
         col = pq.read_table(f, columns=[column])[column]
         if len(col) and col.null_count < len(col):
-            v = pc.max(col.cast("timestamp[ms]")).value
+            v = pc.max(pc.cast(col, pa.timestamp("ms"), safe=False)).value  # sub-ms truncated, never an error
             best = v if best is None else max(best, v)
     return best
 

@@ -23,12 +23,19 @@ Late readings are reported as a row with ``status = "late"`` and the count in ``
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from cloud_jobs.fleet.parse import select, unpack
+
+# PySpark's applyInPandasWithState serializer pads each output with all-NA frames and concatenates them
+# (pyspark/worker.py), and pandas 2 warns about that on every micro-batch, flooding the job's stderr.
+# Nothing of ours to fix; this module is imported in every Python worker that runs the operator.
+warnings.filterwarnings("ignore", message="The behavior of DataFrame concatenation with empty or all-NA entries",
+                        category=FutureWarning)
 
 #: Ranges travel as "lo-hi,lo-hi" text: PySpark 4.3 fails to read array types in a state schema.
 STATE_DDL = "ranges string, max_ms long"
