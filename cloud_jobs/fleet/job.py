@@ -231,6 +231,19 @@ def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
+def old_layout(config: AggregateConfig) -> str | None:
+    """A warning when the checkpoint holds the two-query layout (gold_<w> queries, before December 2026)
+    and no pane state yet: windows open in the old gold state are not carried over."""
+    root = Path(config.checkpoint_root)
+    old = sorted(p.name for p in root.glob("gold_*") if p.is_dir()) if root.exists() else []
+    if not old or (root / "panes" / "_meta").exists():
+        return None
+    return (f"checkpoint {root} holds the old gold queries' state ({', '.join(old)}): gold windows are now built "
+            f"in the silver query from panes, which start empty, so windows that were still open there are "
+            f"emitted from new data only, and windows already emitted may be emitted again. Start gold tables "
+            f"from a new --out to avoid the seam.")
+
+
 def main(config: AggregateConfig, *, spark: Any = None, on_batch: Callable[[BatchStats], None] | None = None,
          stop: threading.Event | None = None) -> JobReport:
     """Run the aggregation; returns when an available-now run is done, or when `stop` is set."""
@@ -241,6 +254,9 @@ def main(config: AggregateConfig, *, spark: Any = None, on_batch: Callable[[Batc
     progress = _Progress(report, on_batch or (lambda st: log.info("%s", st.line())))
     listener = _listen(spark, progress)
     incidents = IncidentLog(Path(config.out), config.incidents)
+    warning = old_layout(config)
+    if warning:
+        log.warning("%s", warning)
     try:
         query = _query(spark, config, progress, incidents, report)
         if config.trigger.available_now:

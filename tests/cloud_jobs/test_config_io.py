@@ -3,6 +3,8 @@ run there (the Kafka and Delta jars cannot be fetched on this machine)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cloud_jobs.config import EventHubsConfig, IncidentConfig, Trigger, WindowSpec
@@ -59,3 +61,18 @@ def test_window_specs_parse_and_name_their_tables() -> None:
 def test_an_incident_needs_at_least_two_devices() -> None:
     with pytest.raises(ConfigError, match="min_devices"):
         IncidentConfig(min_devices=1)
+
+
+def test_a_checkpoint_from_the_two_query_layout_is_warned_about(tmp_path: Path) -> None:
+    from cloud_jobs.config import AggregateConfig, InputConfig
+    from cloud_jobs.fleet.job import old_layout
+
+    cfg = AggregateConfig(input=InputConfig(path=str(tmp_path / "bronze")), out=str(tmp_path / "out"))
+    assert old_layout(cfg) is None
+    (Path(cfg.checkpoint_root) / "silver").mkdir(parents=True)
+    assert old_layout(cfg) is None
+    (Path(cfg.checkpoint_root) / "gold_1m").mkdir()
+    warning = old_layout(cfg)
+    assert warning is not None and "gold_1m" in warning and "new --out" in warning
+    (Path(cfg.checkpoint_root) / "panes" / "_meta").mkdir(parents=True)
+    assert old_layout(cfg) is None
