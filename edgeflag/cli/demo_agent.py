@@ -50,7 +50,9 @@ class _Receiver:
         self.client.disconnect()
 
 
-def run_agent_demo(workdir: Path, bundle: Path, *, devices: int, readings: int = 3000, rate: float = 20000.0) -> bool:
+def run_agent_demo(workdir: Path, bundle: Path, *, devices: int, readings: int = 3000,
+                   rate: float = 20000.0) -> dict[str, int | float]:
+    """Run the agent through a broker outage; returns the delivery figures (lost must be 0)."""
     from edge_agent.agent import Agent
     from edge_agent.config import build_config
     from hub.mosquitto import Broker
@@ -99,4 +101,7 @@ def run_agent_demo(workdir: Path, bundle: Path, *, devices: int, readings: int =
                   f"in {elapsed:.1f} s — lost: {lost}")
     if lost:
         console.print("  [red]readings were lost — this is a bug[/red]")
-    return lost == 0
+    return {"produced": int(snap["readings_in"]), "scored": int(snap["scored"]), "flagged": int(snap["flagged"]),
+            "delivered": len(receiver.keys), "duplicates": receiver.received - len(receiver.keys), "lost": lost,
+            "outbox_peak_readings": held.readings, "uplink_errors": int(snap["uplink_errors"]),
+            "seconds": round(elapsed, 2)}

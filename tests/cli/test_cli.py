@@ -211,3 +211,18 @@ def test_the_train_command_has_the_python_apis_defaults() -> None:
     d = TrainConfig()
     assert (args.name, args.trees, args.max_samples, args.target_fpr, args.seed, args.form) == (
         d.name, d.n_estimators, d.max_samples, d.target_fpr, d.seed, d.form)
+
+
+def test_the_demo_ends_with_a_report_and_nothing_lost(tmp_path: Path) -> None:
+    r = edgeflag("demo", "--workdir", str(tmp_path / "demo"), "--devices", "2", "--duration", "900")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    last = r.stdout.strip().splitlines()[-1]
+    report = tmp_path / "demo" / "report" / "report.html"
+    assert last == f"report: {report}"
+    page = report.read_text()
+    pngs = sorted((tmp_path / "demo" / "report").glob("readings-*.png"))
+    assert len(pngs) == 2 and all(p.name in page and p.stat().st_size > 10_000 for p in pngs)
+    summary = json.loads((tmp_path / "demo" / "report" / "summary.json").read_text())
+    assert summary["lost"] == 0 and summary["delivered"] == summary["produced"] > 0
+    assert {"devices", "produced", "delivered", "duplicates", "lost", "incidents", "model_versions", "precision",
+            "recall", "f1"} <= set(summary)
