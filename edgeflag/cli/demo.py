@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     delivery = run_agent_demo(wd, bundle_path, devices=args.devices)
     console.rule("7. report")
-    from edgeflag.cli.report import DeviceTrace, write_report
+    from edgeflag.cli.report import DeviceTrace, plot_backlog, write_report
     from simulators.channels import DEFAULT_CHANNELS
     from simulators.types import DEVICE_TYPES
 
@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     detection = {"readings": total, "labelled anomalous": m.positives, "flagged": m.flagged,
                  "precision": round(m.precision, 4), "recall": round(m.recall, 4), "f1": round(m.f1, 4),
                  "roc_auc": round(m.roc_auc or 0.0, 4), "pr_auc": round(m.pr_auc or 0.0, 4)}
+    (wd / "report").mkdir(parents=True, exist_ok=True)
+    backlog = plot_backlog(delivery.pop("backlog"), delivery.pop("outage_s"), wd / "report" / "outbox-backlog.png")
     summary = {"devices": args.devices, **{k: delivery[k] for k in ("produced", "delivered", "duplicates", "lost")},
                "model_versions": [bundle.manifest.version], "incidents": None,
                **{k: detection[k] for k in ("precision", "recall", "f1")}, "detection": detection,
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                           threshold=stage.threshold,
                           sections={"Detection on the held-out fleet": detection,
                                     "Delivery through the broker outage": delivery},
-                          summary=summary)
+                          summary=summary, plots=[backlog])
     console.print(f"demo done in {time.perf_counter() - t0:.1f} s; files in {wd}/")
     print(f"report: {report}", flush=True)  # the last line, unwrapped whatever the terminal width
     return 0 if delivery["lost"] == 0 else 1

@@ -78,16 +78,41 @@ def plot_trace(trace: DeviceTrace, threshold: float, path: Path) -> Path:
     return path
 
 
+def plot_backlog(backlog: Sequence[tuple[float, int]], outage: Sequence[float], path: Path) -> Path:
+    """Readings waiting in the agent's outbox over time, the uplink outage shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.array([x for x, _ in backlog])
+    n = np.array([y for _, y in backlog])
+    fig, ax = plt.subplots(figsize=(11, 3.2), constrained_layout=True)
+    ax.plot(t, n, color="#3465a4", lw=1.2, label="readings in the outbox")
+    if len(outage) == 2:
+        ax.axvspan(outage[0], outage[1], color="#cc0000", alpha=0.15, lw=0, label="broker stopped (outage)")
+    ax.set_xlabel("seconds since the agent started")
+    ax.set_ylabel("readings waiting")
+    ax.set_ylim(bottom=0, top=max(1, int(n.max()) if len(n) else 1) * 1.25)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Outbox backlog through the uplink outage: it grows while the broker is down, then drains")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _table(title: str, rows: Mapping[str, Any]) -> str:
     cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows.items())
     return f"<h2>{html.escape(title)}</h2><table>{cells}</table>"
 
 
 def write_report(out: Path, *, title: str, traces: Sequence[DeviceTrace], threshold: float,
-                 sections: Mapping[str, Mapping[str, Any]], summary: Mapping[str, Any]) -> Path:
-    """``out/report.html`` (tables of `sections`, one plot per trace) and ``out/summary.json``."""
+                 sections: Mapping[str, Mapping[str, Any]], summary: Mapping[str, Any],
+                 plots: Sequence[Path] = ()) -> Path:
+    """``out/report.html`` (tables of `sections`, one plot per trace, then `plots` already written in
+    `out`) and ``out/summary.json``."""
     out.mkdir(parents=True, exist_ok=True)
-    images = [plot_trace(t, threshold, out / f"readings-{t.device_id}.png") for t in traces]
+    images = [plot_trace(t, threshold, out / f"readings-{t.device_id}.png") for t in traces] + list(plots)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     body = "".join(_table(name, rows) for name, rows in sections.items())
     body += "".join(f'<h2>{html.escape(p.stem)}</h2><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">'

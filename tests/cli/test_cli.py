@@ -222,6 +222,8 @@ def test_the_demo_ends_with_a_report_and_nothing_lost(tmp_path: Path) -> None:
     page = report.read_text()
     pngs = sorted((tmp_path / "demo" / "report").glob("readings-*.png"))
     assert len(pngs) == 2 and all(p.name in page and p.stat().st_size > 10_000 for p in pngs)
+    backlog = tmp_path / "demo" / "report" / "outbox-backlog.png"
+    assert backlog.name in page and backlog.stat().st_size > 10_000
     summary = json.loads((tmp_path / "demo" / "report" / "summary.json").read_text())
     assert summary["lost"] == 0 and summary["delivered"] == summary["produced"] > 0
     assert {"devices", "produced", "delivered", "duplicates", "lost", "incidents", "model_versions", "precision",
