@@ -137,42 +137,39 @@ class FeatureSpec:
         """Spec whose floors are `floor_fraction` x each channel's noise sd, estimated robustly
         (median over streams of 1.4826·MAD(first differences)/√2) from training streams (n, C).
 
-        The floor never falls below half the channel's resolution (its smallest non-zero step seen)
-        nor 1e-6 of its typical magnitude, so a quantised or constant channel does not drive the
-        features to their clip. ``robust-blocks-v2`` also learns each channel's baseline: level =
-        median of the streams' medians, spread = 1.4826·MAD of all readings (between-device
-        differences included), at least 10 floors."""
+        The floor never falls below half the channel's resolution (its smallest non-zero step in any
+        stream) nor 1e-6 of its typical magnitude (`stream_resolution`), so a quantised or constant
+        channel does not drive the features to their clip. ``robust-blocks-v2`` also learns each
+        channel's baseline: level = median of the streams' medians, spread = 1.4826·MAD of all
+        readings (between-device differences included), at least 10 floors."""
         streams = [np.asarray(v, dtype=np.float64) for v in streams]
         est = [e for e in (stream_noise(v) for v in streams) if e is not None]
-        spec = cls.from_noise(channels, est, floor_fraction=floor_fraction, algo=FEATURE_ALGO, **kwargs)
+        res = [r for r in (stream_resolution(v) for v in streams) if r is not None]
+        spec = cls.from_noise(channels, est, resolutions=res, floor_fraction=floor_fraction, **kwargs)
         usable = [v for v in streams if len(v)]
-        if not usable:
+        if algo == FEATURE_ALGO or not usable:
             return spec
         allv = np.vstack(usable)
-        steps = np.abs(np.diff(allv, axis=0)) if len(allv) > 1 else np.zeros((0, allv.shape[1]))
-        floors = []
-        for c, f in enumerate(spec.floors):
-            pos = steps[:, c][steps[:, c] > 0]
-            quantum = 0.5 * float(pos.min()) if len(pos) else 0.0
-            magnitude = 1e-6 * max(float(np.median(np.abs(allv[:, c]))), 1.0)
-            floors.append(max(f, quantum, magnitude))
-        spec = replace(spec, floors=tuple(floors))
-        if algo == FEATURE_ALGO:
-            return spec
         level = np.median(np.vstack([np.median(v, axis=0) for v in usable]), axis=0)
         spread = 1.4826 * np.median(np.abs(allv - level), axis=0)
-        spread = np.maximum(spread, 10 * np.asarray(floors))
+        spread = np.maximum(spread, 10 * np.asarray(spec.floors))
         return replace(spec, algo=algo, level=tuple(float(v) for v in level), spread=tuple(float(v) for v in spread))
 
     @classmethod
     def from_noise(cls, channels: Sequence[str], estimates: Sequence[np.ndarray], *, floor_fraction: float = 0.1,
-                   **kwargs: Any) -> FeatureSpec:
-        """`fit` from per-stream `stream_noise` estimates computed elsewhere (e.g. one per device on Spark)."""
+                   resolutions: Sequence[tuple[np.ndarray, np.ndarray]] = (), **kwargs: Any) -> FeatureSpec:
+        """`fit` from per-stream `stream_noise` (and `stream_resolution`) estimates computed elsewhere
+        (e.g. one per device on Spark): the same floors as `fit` over the same streams."""
         if not len(estimates):
             raise FeatureError("need at least one stream of 3+ readings to fit noise floors")
         noise = np.median(np.vstack(estimates), axis=0)
-        floors = tuple(float(max(floor_fraction * n, 1e-9)) for n in noise)
-        return cls(channels=tuple(channels), floors=floors, **kwargs)
+        floors = np.maximum(floor_fraction * noise, 1e-9)
+        if len(resolutions):
+            step = np.min(np.vstack([r[0] for r in resolutions]), axis=0)
+            magnitude = np.median(np.vstack([r[1] for r in resolutions]), axis=0)
+            floors = np.maximum(floors, np.where(np.isfinite(step), 0.5 * step, 0.0))
+            floors = np.maximum(floors, 1e-6 * np.maximum(magnitude, 1.0))
+        return cls(channels=tuple(channels), floors=tuple(float(f) for f in floors), **kwargs)
 
     @property
     def hash(self) -> str:
@@ -188,6 +185,18 @@ def stream_noise(values: np.ndarray) -> np.ndarray | None:
     mad = np.median(np.abs(d - np.median(d, axis=0)), axis=0)
     out: np.ndarray = 1.4826 * mad / np.sqrt(2.0)
     return out
+
+
+def stream_resolution(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per channel of one stream (n, C): its smallest non-zero step (inf when it never changes) and its
+    median |value|; None for an empty stream. `FeatureSpec.from_noise` floors the noise with them."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        return None
+    steps = np.abs(np.diff(v, axis=0))
+    steps = np.where(steps > 0, steps, np.inf)
+    smallest = steps.min(axis=0) if len(steps) else np.full(v.shape[1], np.inf)
+    return smallest, np.median(np.abs(v), axis=0)
 
 
 def _median_last(x: np.ndarray) -> np.ndarray:

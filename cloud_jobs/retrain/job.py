@@ -136,8 +136,10 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
     noise = rows.where(rows.device_type.isin(list(plans))).groupBy("device_type", "device_id") \
         .applyInPandas(T.noise_udf(plans), T.NOISE_DDL).collect()
     for dtype, tplan in list(plans.items()):
-        est = [np.asarray(n["noise"]) for n in noise if n["device_type"] == dtype and n["noise"]]
-        fspec = FeatureSpec.from_noise(tplan.channels, est)
+        mine = [n for n in noise if n["device_type"] == dtype]
+        est = [np.asarray(n["noise"]) for n in mine if n["noise"]]
+        res = [(np.asarray(n["step"]), np.asarray(n["magnitude"])) for n in mine if n["step"]]
+        fspec = FeatureSpec.from_noise(tplan.channels, est, resolutions=res)
         plans[dtype] = T.TypePlan(**{**tplan.__dict__, "spec": fspec.to_dict()})
     say(f"feature specs for {len(plans)} types from {len(noise)} devices ({time.monotonic() - t:.1f} s)")
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 READING_COLUMNS = ("device_type", "device_id", "event_ms", "seq", "anomaly", "channels", "values", "label", "fault")
-NOISE_DDL = "device_type string, device_id string, noise array<double>, rows long"
+NOISE_DDL = ("device_type string, device_id string, noise array<double>, step array<double>, "
+             "magnitude array<double>, rows long")
 FEATURES_DDL = ("device_type string, device_id string, event_ms long, holdout boolean, excluded boolean, "
                 "label int, fault string, clean boolean, x array<float>, xc array<float>")
 CANDIDATE_DDL = "device_type string, onnx binary, manifest string, figures string, error string"
@@ -101,17 +102,20 @@ def _stream(pdf: Any, channels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray
 
 
 def noise_udf(plans: Mapping[str, TypePlan]) -> Any:
-    """Per device: `models.features.stream_noise` of its readings (the input of the type's spec)."""
+    """Per device: `models.features.stream_noise` and `stream_resolution` of its readings (the input of
+    the type's spec: the same floors as `FeatureSpec.fit` over the same devices' streams)."""
     def run(pdf: Any) -> Any:
         import pandas as pd
 
-        from models.features import stream_noise
+        from models.features import stream_noise, stream_resolution
 
         dtype = str(pdf["device_type"].iloc[0])
         values, _ = _stream(pdf, plans[dtype].channels)
-        est = stream_noise(values)
+        est, res = stream_noise(values), stream_resolution(values)
         return pd.DataFrame({"device_type": [dtype], "device_id": [str(pdf["device_id"].iloc[0])],
-                             "noise": [None if est is None else est.tolist()], "rows": [len(values)]})
+                             "noise": [None if est is None else est.tolist()],
+                             "step": [None if res is None else res[0].tolist()],
+                             "magnitude": [None if res is None else res[1].tolist()], "rows": [len(values)]})
     return run
 
 

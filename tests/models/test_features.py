@@ -171,5 +171,12 @@ def test_a_constant_or_quantised_channel_keeps_a_sane_floor() -> None:
     x = stream(3000, 4)
     x[:, 1] = 12.0  # constant in training
     x[:, 2] = np.round(x[:, 2])  # integer steps
-    spec = FeatureSpec.fit(("a", "b", "c"), [x])
+    y = x + 0.25  # a second device: the step between the two streams is not a step of either
+    spec = FeatureSpec.fit(("a", "b", "c"), [x, y])
     assert spec.floors[1] >= 12e-6 and spec.floors[2] >= 0.5
+    # the Spark retraining job fits from per-device summaries: the same spec
+    from models.features import stream_noise, stream_resolution
+
+    summaries = [stream_resolution(v) for v in (x, y)]
+    noise = [stream_noise(v) for v in (x, y)]
+    assert FeatureSpec.from_noise(("a", "b", "c"), noise, resolutions=summaries) == spec  # type: ignore[arg-type]
