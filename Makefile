@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test lint bench clean system-deps venv
 
 demo: system-deps $(STAMP)
-	$(VENV)/bin/edgeflag demo --workdir demo-output
+	$(VENV)/bin/edgeflag demo --out demo-output
 
 test: system-deps $(STAMP)
 	$(PY) -m pytest -q

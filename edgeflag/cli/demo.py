@@ -23,9 +23,13 @@ from edgeflag.cli._common import console, positive_int
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="end-to-end demo: simulate, train, verify, score, agent through an outage",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", type=Path, default=Path("demo-output"), help="where files go (default: %(default)s)")
+    p.add_argument("--out", "--workdir", dest="workdir", type=Path, default=Path("demo-output"), metavar="DIR",
+                   help="where files and the report go (default: %(default)s)")
     p.add_argument("--devices", type=positive_int, default=10, help="devices per fleet (default: %(default)s)")
-    p.add_argument("--duration", type=positive_int, default=3600, help="seconds per device (default: %(default)s)")
+    p.add_argument("--minutes", type=positive_int, default=None,
+                   help="simulated minutes per device (default: 60; same as --duration 3600)")
+    p.add_argument("--duration", type=positive_int, default=3600, help="simulated seconds per device")
+    p.add_argument("--seed", type=int, default=1, help="seed of the simulated fleets (default: %(default)s)")
     p.add_argument("--batch", type=positive_int, default=256, help="micro-batch size when scoring")
     p.set_defaults(handler=run)
 
@@ -42,10 +46,12 @@ def run(args: argparse.Namespace) -> int:
 
     wd = args.workdir
     wd.mkdir(parents=True, exist_ok=True)
+    if args.minutes is not None:
+        args.duration = args.minutes * 60
     t0 = time.perf_counter()
     train_file, test_file = wd / "train.jsonl", wd / "holdout.jsonl"
     console.rule("1. simulate")
-    for path, seed in ((train_file, 1), (test_file, 2)):
+    for path, seed in ((train_file, args.seed), (test_file, args.seed + 1)):
         n = simulate_file(path, devices=args.devices, duration=args.duration, seed=seed)
         console.print(f"  {path}: {n:,} readings (seed {seed})")
     console.rule("2. train, export ONNX, store in the registry")
@@ -93,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     console.rule("6. the edge agent: store-and-forward through a broker outage")
     from edgeflag.cli.demo_agent import run_agent_demo
 
-    delivery = run_agent_demo(wd, bundle_path, devices=args.devices)
+    delivery = run_agent_demo(wd, bundle_path, devices=args.devices, seed=args.seed)
     console.rule("7. report")
     from edgeflag.cli.report import DeviceTrace, plot_backlog, write_report
     from simulators.channels import DEFAULT_CHANNELS
@@ -109,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
                  "roc_auc": round(m.roc_auc or 0.0, 4), "pr_auc": round(m.pr_auc or 0.0, 4)}
     (wd / "report").mkdir(parents=True, exist_ok=True)
     backlog = plot_backlog(delivery.pop("backlog"), delivery.pop("outage_s"), wd / "report" / "outbox-backlog.png")
-    summary = {"devices": args.devices, **{k: delivery[k] for k in ("produced", "delivered", "duplicates", "lost")},
+    summary = {"devices": args.devices, "seed": args.seed,
+               **{k: delivery[k] for k in ("produced", "delivered", "duplicates", "lost")},
                "model_versions": [bundle.manifest.version], "incidents": None,
                **{k: detection[k] for k in ("precision", "recall", "f1")}, "detection": detection,
                "delivery": delivery}

@@ -51,7 +51,7 @@ class _Receiver:
 
 
 def run_agent_demo(workdir: Path, bundle: Path, *, devices: int, readings: int = 3000,
-                   rate: float = 20000.0) -> dict[str, Any]:
+                   rate: float = 20000.0, seed: int = 42) -> dict[str, Any]:
     """Run the agent through a broker outage; returns the delivery figures (lost must be 0), the outbox
     backlog sampled every ~50 ms (`backlog`: seconds, readings) and when the outage began and ended."""
     from edge_agent.agent import Agent
@@ -66,7 +66,7 @@ def run_agent_demo(workdir: Path, bundle: Path, *, devices: int, readings: int =
     cfg = build_config({
         "agent": {"state_dir": str(state), "status_interval_s": 3600.0},
         "model": {"bundle": str(bundle)},
-        "source": {"type": "simulator", "devices": devices, "readings": readings, "rate": rate, "seed": 42},
+        "source": {"type": "simulator", "devices": devices, "readings": readings, "rate": rate, "seed": seed},
         "uplink": {"type": "mqtt", "port": broker.port, "rate_messages_per_s": 0.0, "backoff_initial_s": 0.1,
                    "backoff_max_s": 1.0},
         "log": {"level": "error"},

@@ -214,7 +214,7 @@ def test_the_train_command_has_the_python_apis_defaults() -> None:
 
 
 def test_the_demo_ends_with_a_report_and_nothing_lost(tmp_path: Path) -> None:
-    r = edgeflag("demo", "--workdir", str(tmp_path / "demo"), "--devices", "2", "--duration", "900")
+    r = edgeflag("demo", "--out", str(tmp_path / "demo"), "--devices", "2", "--minutes", "15", "--seed", "5")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     last = r.stdout.strip().splitlines()[-1]
     report = tmp_path / "demo" / "report" / "report.html"
@@ -225,6 +225,6 @@ def test_the_demo_ends_with_a_report_and_nothing_lost(tmp_path: Path) -> None:
     backlog = tmp_path / "demo" / "report" / "outbox-backlog.png"
     assert backlog.name in page and backlog.stat().st_size > 10_000
     summary = json.loads((tmp_path / "demo" / "report" / "summary.json").read_text())
-    assert summary["lost"] == 0 and summary["delivered"] == summary["produced"] > 0
+    assert summary["lost"] == 0 and summary["delivered"] == summary["produced"] > 0 and summary["seed"] == 5
     assert {"devices", "produced", "delivered", "duplicates", "lost", "incidents", "model_versions", "precision",
             "recall", "f1"} <= set(summary)
