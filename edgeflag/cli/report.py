@@ -48,6 +48,9 @@ def plot_trace(trace: DeviceTrace, threshold: float, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     minutes = (trace.ts - trace.ts[0]) / 60.0
+    step = float(np.median(np.diff(minutes))) if len(minutes) > 1 else 1 / 60
+    # a fault covers its readings' whole intervals, at least 0.4 % of the axis so a one-reading spike shows
+    step = max(step, 0.004 * float(minutes[-1] - minutes[0]) if len(minutes) else 0.0)
     rows = len(trace.channels) + 1
     fig, axes = plt.subplots(rows, 1, figsize=(11, 1.9 * rows), sharex=True, constrained_layout=True)
     spans = _fault_spans(trace.faults) if trace.faults is not None else []
@@ -56,13 +59,13 @@ def plot_trace(trace: DeviceTrace, threshold: float, path: Path) -> Path:
         f = trace.flags.astype(bool)
         ax.scatter(minutes[f], trace.values[f, c], s=10, color="#cc0000", zorder=3, label="flagged reading")
         for a, b, _kind in spans:
-            ax.axvspan(minutes[a], minutes[b], color="#f5a623", alpha=0.25, lw=0)
+            ax.axvspan(minutes[a] - step / 2, minutes[b] + step / 2, color="#f5a623", alpha=0.25, lw=0)
         unit = (trace.units or {}).get(name)
         ax.set_ylabel(f"{name} ({unit})" if unit else name)
     axes[-1].plot(minutes, trace.scores, lw=0.7, color="#555753", label="score")
     axes[-1].axhline(threshold, color="#cc0000", ls="--", lw=1, label=f"threshold {threshold:.3f}")
     for a, b, _kind in spans:
-        axes[-1].axvspan(minutes[a], minutes[b], color="#f5a623", alpha=0.25, lw=0)
+        axes[-1].axvspan(minutes[a] - step / 2, minutes[b] + step / 2, color="#f5a623", alpha=0.25, lw=0)
     axes[-1].set_ylabel("anomaly score")
     axes[-1].set_xlabel("minutes since the first reading")
     from matplotlib.patches import Patch
