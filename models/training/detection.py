@@ -171,10 +171,12 @@ Scorer = Callable[[Blocks, "Blocks | None"], np.ndarray]
 
 
 def clean_rows(block: ReadingBlock, horizon: int) -> np.ndarray:
-    """Which rows are labelled normal with no labelled fault in the previous `horizon` readings."""
+    """Which rows are labelled normal with no labelled fault in the previous `horizon` readings (the
+    trainer's own rule, `trainer.clean_rows`)."""
+    from models.training.trainer import clean_rows as trainer_clean_rows
+
     assert block.labels is not None
-    hits = np.convolve(block.labels.astype(np.int64), np.ones(horizon + 1, dtype=np.int64))[: len(block)]
-    return np.asarray(hits == 0)
+    return trainer_clean_rows({block.device_id: block}, horizon)
 
 
 def _threshold(scores: np.ndarray, target_fpr: float) -> float:
