@@ -7,6 +7,7 @@ per-reading Python work stays small. A block converts losslessly to and from
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -123,3 +124,12 @@ class ReadingBlock:
             labels=np.array([r.label for r in readings], dtype=np.int8) if has_labels else None,
             faults=[r.fault or "" for r in readings] if has_labels else None,
         )
+
+
+def device_spans(devices: Sequence[str]) -> list[tuple[int, int]]:
+    """[start, stop) of each run of one device in rows laid end to end (a device's rows contiguous)."""
+    if len(devices) == 0:
+        return []
+    dev = np.asarray(devices, dtype=object)
+    cuts = [0, *(np.flatnonzero(dev[1:] != dev[:-1]) + 1).tolist(), len(dev)]
+    return list(itertools.pairwise(cuts))

@@ -17,11 +17,13 @@ a restart an event still in progress opens again.
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from contracts.block import device_spans
 
 
 @dataclass(frozen=True)
@@ -163,19 +165,17 @@ class EventTracker:
                             ev.last_ts, ev.alarms, ev.peak, threshold)
 
 
-def alert_spans(devices: list[str], scores: np.ndarray, threshold: float,
+def alert_spans(devices: Sequence[str], scores: np.ndarray, threshold: float,
                 config: EventConfig | None = None) -> list[tuple[int, int]]:
     """[first, last + 1) row spans of the events the tracker opens over scored rows (each device's rows
     contiguous and in time order, row order standing in for time): one alert per event, as the agent
     announces them. An event still open at the end runs to its device's last row."""
     tracker = EventTracker(config or EventConfig(update_every_s=float("inf")))
     spans: list[tuple[int, int]] = []
-    dev = np.asarray(devices, dtype=object)
-    cuts = np.concatenate([[0], np.flatnonzero(dev[1:] != dev[:-1]) + 1, [len(dev)]]).astype(int).tolist()
-    for a, b in itertools.pairwise(cuts):
+    for a, b in device_spans(devices):
         idx = np.arange(b - a)
         opened: int | None = None
-        for ev in tracker.update(str(dev[a]), "", idx, idx.astype(np.float64), scores[a:b], threshold):
+        for ev in tracker.update(str(devices[a]), "", idx, idx.astype(np.float64), scores[a:b], threshold):
             if ev.kind == "open":
                 opened = a + ev.opened_seq
             elif ev.kind == "close" and opened is not None:

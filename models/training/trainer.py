@@ -17,14 +17,14 @@ Without labels every row is used for both. On data like the training data about
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
-from contracts.block import ReadingBlock
+from contracts.block import ReadingBlock, device_spans
 from contracts.manifest import ModelManifest
 from models.bundle import sha256_bytes
 from models.errors import TrainingError
@@ -121,14 +121,12 @@ def clean_rows(blocks: Mapping[str, ReadingBlock], horizon: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def holdout_rows(devices: list[str], fraction: float) -> np.ndarray:
+def holdout_rows(devices: Sequence[str], fraction: float) -> np.ndarray:
     """Per row (rows of a device in time order): is it in the last `fraction` of its device's rows."""
     out = np.zeros(len(devices), dtype=bool)
-    if fraction <= 0 or not devices:
+    if fraction <= 0:
         return out
-    dev = np.asarray(devices, dtype=object)
-    change = np.flatnonzero(dev[1:] != dev[:-1]) + 1
-    for a, b in zip(np.concatenate([[0], change]), np.concatenate([change, [len(dev)]]), strict=True):
+    for a, b in device_spans(devices):
         k = int((b - a) * fraction)
         out[b - k:b] = k > 0
     return out
@@ -191,11 +189,12 @@ def fit(table: FeatureTable, spec: FeatureSpec, config: TrainConfig, *, clean: n
 
     x = table.x
     holdout = holdout_rows(table.devices, config.holdout_fraction)
-    fit_rows = ~holdout
+    usable = np.ones(len(x), dtype=bool)  # normal rows not excluded: fitted, or measured when held out
     if config.exclude_labelled and table.labels is not None:
-        fit_rows &= table.labels == 0
+        usable &= table.labels == 0
     if exclude is not None:
-        fit_rows &= ~exclude
+        usable &= ~exclude
+    fit_rows = usable & ~holdout
     if fit_rows.sum() < 2 * spec.long_window:
         raise TrainingError(f"only {int(fit_rows.sum())} normal readings; need at least {2 * spec.long_window}")
     calib_rows = fit_rows.copy()
@@ -212,13 +211,7 @@ def fit(table: FeatureTable, spec: FeatureSpec, config: TrainConfig, *, clean: n
     scores = -pipe.score_samples(x[calib_rows].astype(np.float32))
     calibration = calibrate(scores, config.target_fpr)
     threshold = calibration.threshold
-    normal_held = holdout.copy()
-    if config.exclude_labelled and table.labels is not None:
-        normal_held &= table.labels == 0
-    if clean is not None:
-        normal_held &= clean
-    if exclude is not None:
-        normal_held &= ~exclude
+    normal_held = usable & holdout if clean is None else usable & holdout & clean
     held = held_out(-pipe.score_samples(x[normal_held].astype(np.float32)), threshold) if normal_held.any() else None
     warnings = [w for w in (calibration.warning,) if w]
     if held is not None and held.rows and held.false_alarm_rate > 2 * config.target_fpr and held.flagged >= 3:
