@@ -269,9 +269,18 @@ class FrontEnd:
         async def close() -> None:
             assert self._server is not None
             self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
+            # a connection cancelled mid-read ends in CancelledError, which asyncio's stream callback
+            # reports as an "exception in callback" with a traceback: expected here, not an error
+            default = loop.get_exception_handler()
+            loop.set_exception_handler(lambda lp, ctx: None if isinstance(ctx.get("exception"), asyncio.CancelledError)
+                                       else (default(lp, ctx) if default else lp.default_exception_handler(ctx)))
+            for _ in range(3):  # a cancelled connection may start one last read: cancel that too
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                if not tasks:
+                    break
+                for task in tasks:
                     task.cancel()
+                await asyncio.wait(tasks, timeout=1.0)  # never wait long on one that ignores its cancel
 
         asyncio.run_coroutine_threadsafe(close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)

@@ -54,6 +54,15 @@ class HubControl:
         self.twins = TwinService(host or "127.0.0.1", int(port), state,
                                  password=auth.password(HUB_USER) if auth.exists else None, serve=False)
         self.twins.start()
+        self._owned = True
+
+    @classmethod
+    def running(cls, hub: Any) -> HubControl:
+        """Over a `hub.hub.Hub` running in this process: its own registry and twin service (`close`
+        leaves them to the hub)."""
+        self = cls.__new__(cls)
+        self.registry, self.twins, self._owned = hub.registry, hub.twins, False
+        return self
 
     def devices(self, device_type: str) -> list[str]:
         return sorted(d for d in self.registry.ids() if self.registry.tags(d).get("device_type") == device_type)
@@ -69,7 +78,8 @@ class HubControl:
         return self.twins.invoke(device, method, payload, timeout)
 
     def close(self) -> None:
-        self.twins.stop()
+        if self._owned:
+            self.twins.stop()
 
 
 def model_spec(bundle_dir: Path, version: int, sha256: str, url_base: str | None) -> dict[str, Any]:

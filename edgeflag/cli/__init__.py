@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgeflag: error: {exc}", file=sys.stderr)
         return exc.code
     except (ContractError, ValueError, OSError) as exc:
-        print(f"edgeflag: error: {exc}", file=sys.stderr)
+        print(f"edgeflag: error: {str(exc) or type(exc).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgeflag: interrupted", file=sys.stderr)

@@ -28,6 +28,7 @@ class DeviceTrace:
     flags: np.ndarray
     faults: Sequence[str] | None = None  # "" = normal
     units: Mapping[str, str] | None = None  # channel -> unit, for the axis labels
+    thresholds: np.ndarray | None = None  # per reading, when the model (and so its threshold) changed mid-trace
 
 
 def _fault_spans(faults: Sequence[str]) -> list[tuple[int, int, str]]:
@@ -63,7 +64,12 @@ def plot_trace(trace: DeviceTrace, threshold: float, path: Path) -> Path:
         unit = (trace.units or {}).get(name)
         ax.set_ylabel(f"{name} ({unit})" if unit else name)
     axes[-1].plot(minutes, trace.scores, lw=0.7, color="#555753", label="score")
-    axes[-1].axhline(threshold, color="#cc0000", ls="--", lw=1, label=f"threshold {threshold:.3f}")
+    if trace.thresholds is not None and len(np.unique(trace.thresholds)) > 1:
+        axes[-1].step(minutes, trace.thresholds, where="post", color="#cc0000", ls="--", lw=1,
+                      label="threshold of the model in use")
+    else:
+        th = float(trace.thresholds[0]) if trace.thresholds is not None and len(trace.thresholds) else threshold
+        axes[-1].axhline(th, color="#cc0000", ls="--", lw=1, label=f"threshold {th:.3f}")
     for a, b, _kind in spans:
         axes[-1].axvspan(minutes[a] - step / 2, minutes[b] + step / 2, color="#f5a623", alpha=0.25, lw=0)
     axes[-1].set_ylabel("anomaly score")
@@ -81,24 +87,27 @@ def plot_trace(trace: DeviceTrace, threshold: float, path: Path) -> Path:
     return path
 
 
-def plot_backlog(backlog: Sequence[tuple[float, int]], outage: Sequence[float], path: Path) -> Path:
-    """Readings waiting in the agent's outbox over time, the uplink outage shaded."""
+def plot_backlog(backlog: Mapping[str, Sequence[tuple[float, int]]], outage: Sequence[float], path: Path) -> Path:
+    """Readings waiting in each agent's outbox over time, the uplink outage shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = np.array([x for x, _ in backlog])
-    n = np.array([y for _, y in backlog])
-    fig, ax = plt.subplots(figsize=(11, 3.2), constrained_layout=True)
-    ax.plot(t, n, color="#3465a4", lw=1.2, label="readings in the outbox")
+    fig, ax = plt.subplots(figsize=(11, 3.6), constrained_layout=True)
+    top = 1
+    for name, series in backlog.items():
+        t = np.array([x for x, _ in series])
+        n = np.array([y for _, y in series])
+        ax.plot(t, n, lw=1.2, label=name)
+        top = max(top, int(n.max()) if len(n) else 1)
     if len(outage) == 2:
-        ax.axvspan(outage[0], outage[1], color="#cc0000", alpha=0.15, lw=0, label="broker stopped (outage)")
-    ax.set_xlabel("seconds since the agent started")
-    ax.set_ylabel("readings waiting")
-    ax.set_ylim(bottom=0, top=max(1, int(n.max()) if len(n) else 1) * 1.25)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title("Outbox backlog through the uplink outage: it grows while the broker is down, then drains")
+        ax.axvspan(outage[0], outage[1], color="#cc0000", alpha=0.15, lw=0, label="hub front end down (outage)")
+    ax.set_xlabel("seconds since the agents started")
+    ax.set_ylabel("readings waiting in the outbox")
+    ax.set_ylim(bottom=0, top=top * 1.25)
+    ax.legend(loc="upper left", fontsize=8, ncol=4)
+    ax.set_title("Outbox backlog through the uplink outage: it grows while the hub is unreachable, then drains")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -126,4 +135,62 @@ def write_report(out: Path, *, title: str, traces: Sequence[DeviceTrace], thresh
             f"<body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
     path = out / "report.html"
     path.write_text(page)
+    return path
+
+
+def plot_fleet_rate(windows: Mapping[str, tuple[np.ndarray, np.ndarray]], incidents: Sequence[tuple[str, float, float]],
+                    path: Path) -> Path:
+    """Per device type, the share of readings flagged in each 1-minute window (minutes of simulated time),
+    with the fleet incidents the cloud job raised shaded in their type's colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 3.8), constrained_layout=True)
+    colours = {}
+    for dtype, (minutes, rate) in windows.items():
+        (line,) = ax.plot(minutes, 100 * rate, lw=1.3, marker=".", ms=3, label=f"{dtype}: flagged readings")
+        colours[dtype] = line.get_color()
+    for i, (dtype, a, b) in enumerate(incidents):
+        ax.axvspan(a, b, color=colours.get(dtype, "#cc0000"), alpha=0.18, lw=0,
+                   label=f"fleet incident ({dtype})" if i == 0 or incidents[i - 1][0] != dtype else None)
+    ax.set_xlabel("simulated minutes since the fleet started (1-minute windows, event time)")
+    ax.set_ylabel("flagged readings (%)")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("Fleet anomaly rate per device type (gold_fleet_1m) with the incidents raised")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_model_versions(series: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+                        marks: Mapping[str, float], path: Path) -> Path:
+    """Per device type (one panel each), the model version each gateway scored with over wall-clock time
+    (from silver: every reading carries its model version), with the demo's phases marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(series), 1, figsize=(11, 1.6 + 1.4 * len(series)), sharex=True,
+                             constrained_layout=True, squeeze=False)
+    top = 1
+    styles = ("#75507b", "#cc0000", "#4e9a06", "#c4a000")
+    for row, (ax, (dtype, gws)) in enumerate(zip(axes[:, 0], series.items(), strict=True)):
+        for k, (name, (t, v)) in enumerate(gws.items()):
+            ax.step(t, v + 0.04 * k, where="post", lw=1.6, label=name)  # a small offset: both lines stay visible
+            top = max(top, int(v.max()) if len(v) else 1)
+        for (label, x), colour in zip(marks.items(), styles, strict=False):
+            ax.axvline(x, color=colour, ls=":", lw=1.2, label=label if row == 0 else None)
+        ax.set_ylabel(f"{dtype}\nmodel version")
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_yticks(range(1, top + 1))
+        ax.set_ylim(0.5, top + 0.5)
+    axes[-1, 0].set_xlabel("seconds since the agents started (when silver received the reading)")
+    fig.suptitle("Model version in use per gateway: v2 reaches a canary first, then the rest of its type")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path

@@ -213,18 +213,30 @@ def test_the_train_command_has_the_python_apis_defaults() -> None:
         d.name, d.n_estimators, d.max_samples, d.target_fpr, d.seed, d.form)
 
 
-def test_the_demo_ends_with_a_report_and_nothing_lost(tmp_path: Path) -> None:
-    r = edgeflag("demo", "--out", str(tmp_path / "demo"), "--devices", "2", "--minutes", "15", "--seed", "5")
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+@pytest.mark.broker
+@pytest.mark.spark
+@pytest.mark.slow
+def test_the_demo_runs_the_whole_loop_and_leaves_a_report_nothing_lost_and_nothing_running(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "edgeflag", "demo", "--out", str(out), "--devices", "6", "--minutes", "1",
+                        "--seed", "5"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "160"},
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     last = r.stdout.strip().splitlines()[-1]
-    report = tmp_path / "demo" / "report" / "report.html"
+    report = out / "report" / "report.html"
     assert last == f"report: {report}"
     page = report.read_text()
-    pngs = sorted((tmp_path / "demo" / "report").glob("readings-*.png"))
-    assert len(pngs) == 2 and all(p.name in page and p.stat().st_size > 10_000 for p in pngs)
-    backlog = tmp_path / "demo" / "report" / "outbox-backlog.png"
-    assert backlog.name in page and backlog.stat().st_size > 10_000
-    summary = json.loads((tmp_path / "demo" / "report" / "summary.json").read_text())
-    assert summary["lost"] == 0 and summary["delivered"] == summary["produced"] > 0 and summary["seed"] == 5
+    pngs = sorted((out / "report").glob("*.png"))
+    names = {p.name for p in pngs}
+    assert {"fleet-anomaly-rate.png", "model-versions.png", "outbox-backlog.png"} <= names, names
+    assert len([n for n in names if n.startswith("readings-")]) == 3
+    assert all(p.name in page and p.stat().st_size > 10_000 for p in pngs)
+    summary = json.loads((out / "report" / "summary.json").read_text())
     assert {"devices", "produced", "delivered", "duplicates", "lost", "incidents", "model_versions", "precision",
             "recall", "f1"} <= set(summary)
+    assert summary["lost"] == 0 and summary["delivered"] == summary["produced"] > 5000 and summary["seed"] == 5
+    assert summary["incidents"] >= 1 and any(i.startswith("inc-pump-") for i in summary["incident_ids"]), summary
+    assert any(len(v) >= 2 for v in summary["model_versions"].values()), summary["model_versions"]
+    assert summary["timeline_s"]["outage_end"] > summary["timeline_s"]["outage_start"]
+    left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
+    assert left.stdout.strip() == "", f"processes still running: {left.stdout}"

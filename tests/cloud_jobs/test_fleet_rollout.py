@@ -26,28 +26,6 @@ def wait_for(pred: Any, timeout: float, what: str) -> None:
         time.sleep(0.25)
 
 
-class HubFleet:
-    """`FleetControl` over a running `Hub` object (the job's HubControl does the same from its state dir)."""
-
-    def __init__(self, hub: Any) -> None:
-        self.hub = hub
-
-    def devices(self, device_type: str) -> list[str]:
-        reg = self.hub.registry
-        return sorted(d for d in reg.ids() if reg.tags(d).get("device_type") == device_type)
-
-    def set_model(self, device: str, spec: dict[str, Any] | None) -> None:
-        self.hub.twins.set_desired(device, {"model": spec})
-
-    def reported(self, device: str) -> dict[str, Any]:
-        rep: dict[str, Any] = self.hub.twins.twin(device)["reported"]
-        return rep
-
-    def invoke(self, device: str, method: str, payload: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
-        status, body = self.hub.twins.invoke(device, method, payload, timeout)
-        return status, body
-
-
 def test_a_retrained_model_reaches_the_agents_through_a_canary_and_a_bad_one_is_rolled_back(
         spark: Any, tmp_path: Path) -> None:
     from cloud_jobs.fleet.job import main as aggregate
@@ -109,7 +87,7 @@ def test_a_retrained_model_reaches_the_agents_through_a_canary_and_a_bad_one_is_
         cfg = RetrainConfig(silver=str(silver), registry=str(registry.root), out=str(tmp_path / "retrain"),
                             min_rows=1000, n_estimators=40, rollout=rollout)
         lines: list[str] = []
-        report = retrain(cfg, spark=spark, say=lines.append, control=HubFleet(hub))
+        report = retrain(cfg, spark=spark, say=lines.append, control=HubControl.running(hub))
         assert set(report["types"]) == {"pump"}, lines
         pump = report["types"]["pump"]
         assert pump["status"] == "promoted" and pump["version"] == 2, (pump, lines)

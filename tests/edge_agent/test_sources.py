@@ -94,3 +94,33 @@ def test_a_crashing_thread_makes_the_agent_exit_non_zero_for_its_supervisor(tmp_
     db = SqliteOutbox(tmp_path / "state" / "outbox.db", 1 << 30)
     assert db.stats().readings == 100
     db.close()
+
+
+def test_simulator_sources_split_one_typed_fleet_between_agents_with_its_fleet_fault() -> None:
+    import threading
+
+    import numpy as np
+
+    from edge_agent.sources.base import Batch, make_source
+    from edge_agent.sources.simulator import SimulatorSourceConfig
+
+    fleet = {"devices": 9, "seed": 3, "readings": 700, "device_types": ("pump", "compressor", "chiller"),
+             "fleet_faults": ("pump:3:100:level_shift:200",)}
+    whole = Fleet(SimulatorSourceConfig(**fleet).fleet_config()).generate(700)  # type: ignore[arg-type]
+    got: dict[str, list[object]] = {}
+    for shard in range(2):
+        cfg = SimulatorSourceConfig(**fleet, only_type="pump", shard=shard, shards=2)  # type: ignore[arg-type]
+
+        def emit(batch: Batch) -> bool:
+            for b in batch.blocks:
+                got.setdefault(b.device_id, []).append(b)
+            return True
+
+        make_source(cfg, {}, 256).run(emit, threading.Event())
+    assert sorted(got) == ["pump-0001", "pump-0002", "pump-0003"], "every pump once, no other type"
+    for dev, parts in got.items():
+        values = np.concatenate([p.values for p in parts])  # type: ignore[attr-defined]
+        faults = np.concatenate([p.faults for p in parts])  # type: ignore[attr-defined]
+        assert np.array_equal(values, whole[dev].values, equal_nan=True), dev
+        assert list(faults) == list(whole[dev].faults), dev
+        assert "fleet-1-pump" in set(faults), f"{dev}: the fleet fault reaches devices on both agents"
