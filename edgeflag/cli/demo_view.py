@@ -15,7 +15,7 @@ def render(*, phase: str, elapsed: float, stream_s: float, gateways: Sequence[Ga
     from rich.table import Table
 
     t = Table(title="edge fleet (each agent's Prometheus endpoint)", expand=True)
-    for col, just in (("device type", "left"), ("agents online", "right"), ("devices", "right"),
+    for col, just in (("device type", "left"), ("devices online", "right"), ("agents online", "right"),
                       ("readings/s", "right"), ("sent", "right"), ("flagged", "right"),
                       ("outbox backlog", "right"), ("model", "left")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
@@ -25,7 +25,8 @@ def render(*, phase: str, elapsed: float, stream_s: float, gateways: Sequence[Ga
         up = [(g, s) for g, s in latest if s is not None and s.connected]
         versions = sorted({s.model_version for _, s in latest if s is not None and s.model_version is not None})
         backlog = sum(s.backlog for _, s in latest if s is not None)
-        t.add_row(dtype, f"{len(up)}/{len(mine)}", str(sum(len(g.devices) for g in mine)),
+        t.add_row(dtype, f"{sum(len(g.devices) for g, _ in up)}/{sum(len(g.devices) for g in mine)}",
+                  f"{len(up)}/{len(mine)}",
                   f"{sum(watcher.rate(g.name) for g in mine):,.0f}",
                   f"{sum(s.sent for _, s in latest if s is not None):,}",
                   f"{sum(s.flagged for _, s in latest if s is not None):,}",
