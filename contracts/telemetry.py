@@ -185,6 +185,15 @@ class TelemetryColumns:
     anomaly: list[bool]
 
 
+def message_head(obj: Mapping[str, Any]) -> tuple[str, str, ModelLineage]:
+    """(device_id, boot_id, model) of a telemetry or event message, validated (KeyError when missing)."""
+    device_id = validate_device_id(obj["device_id"])
+    boot_id = obj["boot_id"]
+    if not isinstance(boot_id, str) or not boot_id:
+        raise ContractError("boot_id", "must be a non-empty string")
+    return device_id, boot_id, ModelLineage.from_dict(obj["model"])
+
+
 def telemetry_columns(obj: Any) -> TelemetryColumns:
     """THE telemetry validation rules, shared by the edge (`TelemetryMessage`) and the cloud parser.
 
@@ -198,11 +207,7 @@ def telemetry_columns(obj: Any) -> TelemetryColumns:
     if obj.get("v") != TELEMETRY_SCHEMA:
         raise ContractError("v", f"unsupported telemetry schema {obj.get('v')!r}")
     try:
-        device_id = validate_device_id(obj["device_id"])
-        boot_id = obj["boot_id"]
-        if not isinstance(boot_id, str) or not boot_id:
-            raise ContractError("boot_id", "must be a non-empty string")
-        model = ModelLineage.from_dict(obj["model"])
+        device_id, boot_id, model = message_head(obj)
         channels = obj["channels"]
         if not isinstance(channels, list) or not channels or not all(isinstance(x, str) and x for x in channels):
             raise ContractError("channels", "must be a non-empty list of channel names")

@@ -27,11 +27,13 @@ from edge_agent.intake import Intake, Quarantine, Rejected, StreamState
 from edge_agent.logs import event
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_slot import ModelSlot
-from edge_agent.outbox import Outbox
-from edge_agent.packing import ScoredBlock, context_header, segments_for_many
+from edge_agent.outbox import Outbox, Segment
+from edge_agent.packing import ScoredBlock, context_header, event_header, event_segment, segments_for_many
 from edge_agent.sources.base import Batch
 from models.bundle import Bundle
 from models.events import EventConfig, EventTracker
+
+_EVENTS = ("\0anomaly_event",)  # the event context's key among the channel-set contexts (no channel is named so)
 
 
 class IngestStage:
@@ -98,7 +100,8 @@ class IngestStage:
             segments = segments_for_many(items, max_message_bytes=self.max_message_bytes, stored_at=self.clock())
             flagged = sum(int(r.flags.sum()) for r in results)
             scored = sum(len(blk) for blk, _ in accepted)
-            self._track([(blk, boot, res.scores) for (blk, boot), res in zip(accepted, results, strict=True)])
+            segments += self._track([(blk, boot, res.scores)
+                                     for (blk, boot), res in zip(accepted, results, strict=True)])
         touched = {blk.device_id for blk, _ in accepted}
         streams = {d: (self.intake.streams[d].boot_id, self.intake.streams[d].last_seq) for d in touched}
         evicted = self.outbox.append(segments, streams=streams, checkpoint=checkpoint)
@@ -122,16 +125,21 @@ class IngestStage:
             self._on_quarantined(quarantined)
         m.observe_batch(time.perf_counter() - t0)
 
-    def _track(self, scored: list[tuple[ReadingBlock, str, np.ndarray]]) -> None:
-        """Anomaly events (one alert per event, `models.events`): counted and logged."""
+    def _track(self, scored: list[tuple[ReadingBlock, str, np.ndarray]]) -> list[Segment]:
+        """Anomaly events (one alert per event, `models.events`): counted, logged, and returned as outbox
+        segments, stored in the same transaction as the readings that caused them (`contracts.events`)."""
         thr = float(self.slot.threshold)
+        out: list[Segment] = []
+        now = self.clock()
         for blk, boot, scores in scored:
             for ev in self.events.update(blk.device_id, boot, blk.seq, blk.ts, scores, thr):
+                out.append(event_segment(ev, self._event_context(), now))
                 self.metrics.anomaly_events.labels(kind=ev.kind).inc()
                 if ev.kind != "update":
                     event(self.log, logging.INFO, f"anomaly event {ev.kind}", device=ev.device_id,
                           event_id=ev.event_id, alarms=ev.alarms, peak_score=round(ev.peak_score, 4))
         self.metrics.anomaly_events_open.set(self.events.open_events)
+        return out
 
     def _swap(self) -> None:
         bundle = self.slot.swap()
@@ -141,6 +149,12 @@ class IngestStage:
         self.intake.required = bundle.spec.channels
         event(self.log, logging.INFO, "model in use", model=bundle.label, threshold=self.slot.threshold)
         self._on_model(bundle)
+
+    def _event_context(self) -> int:
+        cid = self._contexts.get(_EVENTS)
+        if cid is None:
+            cid = self._contexts[_EVENTS] = self.outbox.context_id(event_header(self.slot.lineage()))
+        return cid
 
     def _context(self, channels: tuple[str, ...]) -> int:
         cid = self._contexts.get(channels)

@@ -19,9 +19,11 @@ import numpy as np
 import orjson
 
 from contracts.block import ReadingBlock
+from contracts.events import EVENT_MESSAGE_TYPE, MESSAGE_PROPERTY
 from contracts.telemetry import TELEMETRY_SCHEMA, ModelLineage
 from contracts.topics import CONTENT_ENCODING_KEY, CONTENT_TYPE_KEY, telemetry_topic
 from edge_agent.outbox.base import Segment, StoredSegment
+from models.events import AnomalyEvent
 
 HEADER_ALLOWANCE = 512  # bytes reserved for the message header when sizing segments
 
@@ -29,6 +31,26 @@ HEADER_ALLOWANCE = 512  # bytes reserved for the message header when sizing segm
 def context_header(lineage: ModelLineage, channels: Sequence[str]) -> str:
     """The per-model, per-channel-set part of every message header (stored once in the outbox)."""
     return json.dumps({"model": lineage.to_dict(), "channels": list(channels)}, separators=(",", ":"))
+
+
+def event_header(lineage: ModelLineage) -> str:
+    """The header of a model's anomaly event messages (`contracts.events`), stored once in the outbox."""
+    return json.dumps({"model": lineage.to_dict(), "type": EVENT_MESSAGE_TYPE}, separators=(",", ":"))
+
+
+@lru_cache(maxsize=1024)
+def _is_event_header(header: str) -> bool:
+    return bool(json.loads(header).get("type") == EVENT_MESSAGE_TYPE)
+
+
+def event_segment(ev: AnomalyEvent, context_id: int, stored_at: float) -> Segment:
+    """One event announcement as an outbox segment (n = 0: it carries no reading)."""
+    body = orjson.dumps({"event_id": ev.event_id, "kind": ev.kind, "opened_seq": ev.opened_seq,
+                         "opened_ts": round(ev.opened_ts * 1000), "last_seq": ev.last_seq,
+                         "last_ts": round(ev.last_ts * 1000), "alarms": ev.alarms,
+                         "peak_score": float(ev.peak_score), "threshold": float(ev.threshold)})
+    return Segment(device_id=ev.device_id, boot_id=ev.boot_id, context_id=context_id, seq_first=ev.last_seq,
+                   seq_last=ev.last_seq, n=0, anomalies=0, stored_at=stored_at, body=body)
 
 
 def ts_millis(ts: np.ndarray) -> list[bytes]:
@@ -147,9 +169,29 @@ def _topic(device_id: str, header: str, anomalous: bool, compress: bool) -> tupl
     return telemetry_topic(device_id, props), props
 
 
+@lru_cache(maxsize=4096)
+def _event_topic(device_id: str, header: str, compress: bool) -> tuple[str, dict[str, str]]:
+    model = json.loads(header)["model"]
+    props = {CONTENT_TYPE_KEY: "application/json", MESSAGE_PROPERTY: EVENT_MESSAGE_TYPE,
+             "schema": str(TELEMETRY_SCHEMA), "model": f"{model['name']}:{model['version']}",
+             CONTENT_ENCODING_KEY: "gzip" if compress else "utf-8"}
+    return telemetry_topic(device_id, props), props
+
+
 def build_message(group: Sequence[StoredSegment], header: str, *, compress: bool) -> Message:
-    """Wrap a run of segments into one telemetry message (topic, payload, properties)."""
+    """Wrap a run of segments into one telemetry message (topic, payload, properties); a run of event
+    segments into one anomaly event message (`contracts.events`, 0 readings)."""
     first, last = group[0].segment, group[-1].segment
+    if _is_event_header(header):
+        model = header[1:header.index(',"type":')]  # '"model":{…}'
+        payload = (f'{{"v":{TELEMETRY_SCHEMA},"type":"{EVENT_MESSAGE_TYPE}","device_id":"{first.device_id}",'
+                   f'"boot_id":"{first.boot_id}",{model},"events":[').encode() \
+            + b",".join(g.segment.body for g in group) + b'],"readings":[]}'
+        if compress:
+            payload = gzip.compress(payload, compresslevel=6, mtime=0)
+        topic, props = _event_topic(first.device_id, header, compress)
+        return Message(device_id=first.device_id, topic=topic, payload=payload, properties=props,
+                       ids=tuple(g.id for g in group), readings=0, anomalies=0)
     anomalies = readings = 0
     bodies: list[bytes] = []
     ids: list[int] = []

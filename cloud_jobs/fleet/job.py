@@ -3,7 +3,9 @@
 One streaming query (checkpoint ``<checkpoint>/silver``): input -> parse -> dedup within the watermark
 -> foreachBatch, which for each micro-batch
 
-1. writes the silver and quarantine tables (one idempotent write);
+1. writes the silver, quarantine and events tables (one idempotent write; `events` holds the agents'
+   anomaly event announcements, `contracts.events`, kind in ``reason`` and the event in ``raw``, and the
+   progress line counts the events opened: one per event, not one per flagged reading);
 2. turns the batch's silver rows into panes (`cloud_jobs.fleet.panes`), merges them with the panes
    kept from the batches before (``<checkpoint>/panes``), advances the watermark (largest event time
    seen minus ``watermark_s``) and emits every window that the watermark closed: gold_device_<w>,
@@ -63,13 +65,15 @@ class BatchStats:
     late_readings: int = 0   # readings of partly late messages, dropped by the dedup operator
     windows: int = 0
     incidents: int = 0
+    events: int = 0          # anomaly event announcements (open, update, close) from the agents
+    events_opened: int = 0   # of which openings: the events, counted once each
     duration_ms: int = 0
 
     def line(self) -> str:
         return (f"{self.query:<10} batch {self.batch_id:>4}: {self.rows_in:>9,} rows in, {self.readings:>9,} readings, "
                 f"{self.quarantined:>5,} quarantined, {self.late:>5,} late (numRowsDroppedByWatermark)"
                 + (f" + {self.late_readings:,} late readings" if self.late_readings else "")
-                + f", {self.windows:>6,} windows, "
+                + f", {self.events_opened:,} anomaly events opened, {self.windows:>6,} windows, "
                 f"{self.incidents} incident events ({self.duration_ms / 1000:.1f} s)")
 
 
@@ -104,7 +108,7 @@ class _Progress:
         st.duration_ms = int((p.get("durationMs") or {}).get("triggerExecution") or 0)
         with self.lock:
             self.pending.pop((name, st.batch_id), None)
-        if st.rows_in or st.windows or st.late or st.late_readings or st.incidents:
+        if st.rows_in or st.windows or st.late or st.late_readings or st.incidents or st.events:
             self.report.batches.append(st)
             self.emit(st)
 
@@ -146,10 +150,15 @@ def _query(spark: Any, cfg: AggregateConfig, progress: _Progress, incidents: Inc
         st = progress.stats("silver", batch_id)
         cols = list(dict.fromkeys([*T.SILVER_COLUMNS, *T.QUARANTINE_COLUMNS, "late", "status"]))
         written = io.write_split(batch.select(*cols), "status",
-                                 {"ok": cfg.table("silver"), "quarantined": cfg.table("quarantine")},
+                                 {"ok": cfg.table("silver"), "quarantined": cfg.table("quarantine"),
+                                  "event": cfg.table("events")},
                                  cfg.table_format, batch_id, "silver")
         st.readings = io.parquet_rows(written["ok"]) if "ok" in written else 0
         st.quarantined = io.parquet_rows(written["quarantined"]) if "quarantined" in written else 0
+        if "event" in written:  # the agents' anomaly events: counted as events, not as flagged readings
+            kinds = [pq.read_table(f, columns=["reason"])["reason"] for f in written["event"].glob("*.parquet")]
+            st.events = sum(len(k) for k in kinds)
+            st.events_opened = sum(int(pc.sum(pc.equal(k, "open")).as_py() or 0) for k in kinds)
         if "late" in written:
             st.late_readings = sum(int(pc.sum(pq.read_table(f, columns=["late"])["late"]).as_py() or 0)
                                    for f in written["late"].glob("*.parquet"))

@@ -16,7 +16,9 @@ Identity: ``source_device`` is the authenticated sender (the hub's ``topic_devic
 gateway sends for many). A message with no authenticated sender is quarantined.
 
 Guarantee: `parse_batches` never raises on input. Every message becomes either its readings with
-``status = "ok"`` or exactly one row with ``status = "quarantined"``, a ``reason`` and the ``raw``
+``status = "ok"``, or (an anomaly event message, `contracts.events`) one ``status = "event"`` row per
+event with its kind in ``reason`` and its JSON in ``raw``, or exactly one row with
+``status = "quarantined"``, a ``reason`` and the ``raw``
 payload (base64 when it is not UTF-8; cut at `MAX_RAW_CHARS`). Hostile input (deep nesting, gzip
 bombs, NaN, non-UTF-8, out-of-range numbers) lands in quarantine.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from enum import Enum
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from contracts.errors import ContractError
+from contracts.events import EventMessage, event_message, is_event_message
 from contracts.telemetry import TelemetryColumns, decode_payload, telemetry_columns
 
 MAX_RAW_CHARS = 1 << 20
@@ -159,6 +163,22 @@ class _Columns:
         self.channels.extend(c.channels)
         self.chan_offsets.append(self.chan_offsets[-1] + len(c.channels))
 
+    def add_events(self, msg: EventMessage, source: str, dtype: str, received_ms: int) -> None:
+        """One ``status = "event"`` row per announcement: `reason` = its kind, `raw` = its canonical JSON
+        (with device and boot), which is also what duplicates are recognised by."""
+        m = msg.model
+        for ev in msg.events:
+            raw = json.dumps({"device_id": msg.device_id, "boot_id": msg.boot_id, **ev.to_dict()},
+                             sort_keys=True, separators=(",", ":"))
+            for name, value in (("status", "event"), ("reason", ev.kind), ("source_device", source),
+                                ("device_id", msg.device_id), ("device_type", dtype), ("boot_id", msg.boot_id),
+                                ("model_name", m.name), ("model_version", m.version), ("model_sha256", m.sha256),
+                                ("feature_hash", m.feature_hash), ("threshold", ev.threshold),
+                                ("received_ms", received_ms), ("raw", raw), ("last_ms", ev.last_ts), ("n", 0),
+                                ("readings", b"")):
+                self.cols[name].append(value)
+            self.chan_offsets.append(self.chan_offsets[-1])
+
     def add_bad(self, reason: str, raw: bytes, source: str | None, received_ms: int | None) -> None:
         try:
             text = raw.decode("utf-8")
@@ -247,8 +267,11 @@ def parse_records(envelope: Envelope, records: Iterable[tuple[bytes, str | None,
             device, received_ms, properties, body = unwrap(envelope, raw, source, received, props)
             if not device:
                 raise _Bad("identity: no authenticated device (topic_device / connectionDeviceId)")
-            cols = telemetry_columns(body)
-            out.add_message(cols, device, properties.get("device_type") or UNKNOWN_TYPE, received_ms)
+            dtype = properties.get("device_type") or UNKNOWN_TYPE
+            if is_event_message(body):
+                out.add_events(event_message(body), device, dtype, received_ms)
+                continue
+            out.add_message(telemetry_columns(body), device, dtype, received_ms)
         except (_Bad, ContractError) as exc:
             out.add_bad(str(exc) or type(exc).__name__, raw, source, received)
         except Exception as exc:  # never let one message stop the job

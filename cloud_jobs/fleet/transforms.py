@@ -38,7 +38,9 @@ def parse(inputs: Any, envelope: Envelope) -> Any:
         "*", msg_ms.alias("msg_ms"), F.timestamp_millis(msg_ms).alias("msg_time"),
         F.coalesce("source_device", F.lit("")).alias("k_source"),
         F.coalesce("device_id", F.lit("")).alias("k_device"),
-        F.coalesce("boot_id", F.concat(F.lit("q:"), F.sha2("raw", 256))).alias("k_boot"),
+        # a row without readings (quarantined, an anomaly event) dedups on its payload
+        F.when(F.col("n") > 0, F.col("boot_id"))
+        .otherwise(F.concat(F.lit("q:"), F.sha2("raw", 256))).alias("k_boot"),
     )
 
 

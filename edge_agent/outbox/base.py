@@ -11,7 +11,9 @@ ROW_OVERHEAD = 64  # bytes charged per segment on top of its payload
 
 
 class Segment(NamedTuple):
-    """Scored readings of one device stream, ready to be wrapped into a telemetry message.
+    """Scored readings of one device stream, ready to be wrapped into a telemetry message; or, with
+    ``n = 0`` in an event context (`edge_agent.packing.event_header`), one anomaly event announcement
+    (`contracts.events`), `seq_first` = `seq_last` = the reading that announced it.
 
     `body` is the comma-joined JSON objects of the readings (the telemetry `readings` array
     without its brackets). `anomalies` > 0 means kind 1 (all readings flagged). Immutable;
@@ -30,7 +32,9 @@ class Segment(NamedTuple):
 
     @property
     def kind(self) -> int:
-        return 1 if self.anomalies else 0
+        """1 for flagged readings and for anomaly events (n = 0, an event message's entry): sent first,
+        evicted last."""
+        return 1 if self.anomalies or not self.n else 0
 
 
 #: the reason an evicted reading is counted under, by segment kind (0 normal, 1 anomaly)

@@ -14,7 +14,7 @@
 5. report: report/report.html with PNG plots and report/summary.json; every reading counted by its
    dedup key in bronze (lost must be 0). The last line printed names the report.
 
-Readings are simulated 1 s apart and sent `speed` (25) times faster than real time, so the minutes of
+Readings are simulated 1 s apart and sent `speed` (20) times faster than real time, so the minutes of
 the demo cover simulated hours. Nothing keeps running afterwards.
 """
 
@@ -198,8 +198,14 @@ class Demo:
         agg["batches"] = agg["silver"] = 0
 
         def on_batch(st: Any) -> None:
+            from cloud_jobs import io
+
             agg["batches"] += 1
             agg["silver"] += st.readings
+            if st.readings:  # the newest event time in silver, from the batch's file footers
+                newest = io.batch_max_ms(spark, self.agg_config.table("silver"), self.agg_config.table_format,
+                                         st.batch_id, "event_time")
+                agg["newest_ms"] = max(agg.get("newest_ms", 0), newest or 0)
             agg["last_batch"] = time.monotonic()
             if st.incidents:
                 self.note(f"cloud: {st.incidents} incident event(s) in batch {st.batch_id}")
@@ -256,7 +262,7 @@ class Demo:
                     raise CliError(f"agent process(es) exited early: {', '.join(dead)} (see {self.wd}/agents/*.log)")
                 if fault_at <= t < fault_at + p.fault_span / p.speed:
                     self.phase = f"fleet fault: {p.fault_devices} {p.fault_type}s shifted at once"
-                if retrain_thread is None and t >= retrain_at and agg["silver"] >= 3 * RETRAIN_MIN_ROWS:
+                if retrain_thread is None and t >= retrain_at and self.ready_to_retrain(agg, incidents_path, t):
                     self.phase = "retraining on silver (Spark), gate, then canary rollout through the twins"
                     self.timeline["retrain_start"] = t
                     retrain_thread = threading.Thread(target=self.retrain, args=(hub, spark), daemon=True)
@@ -295,6 +301,20 @@ class Demo:
         console.print(f"  agents stopped: {len(codes) - len(bad)} cleanly" + (f"; exit codes {bad}" if bad else ""))
         for line in self.notes:
             console.print(f"  {line}")
+
+    def ready_to_retrain(self, agg: dict[str, Any], incidents_path: Path, t: float) -> bool:
+        """Silver holds enough readings, the fleet incident is on record (so retraining leaves its readings
+        out), and silver reaches far enough past the fleet fault that the gate's holdout (the newest
+        quarter) starts after it. Waits at most until 60 % of the run."""
+        from cloud_jobs.fleet.incidents import read_incidents
+
+        p = self.plan
+        start = p.fleet_config().start.timestamp() * 1000
+        fault_end_ms = start + (p.fault_start_s + p.fault_span + 20) * 1000  # + the fault's start jitter
+        holdout_clear = agg.get("newest_ms", 0) >= start + (fault_end_ms - start) / 0.75 + 60_000
+        incident = any(e.get("event") == "open" for e in read_incidents(incidents_path))
+        enough = agg["silver"] >= 3 * RETRAIN_MIN_ROWS
+        return enough and ((holdout_clear and incident) or t >= 0.6 * self.stream_s)
 
     def retrain(self, hub: Any, spark: Any) -> None:
         import mlflow  # noqa: F401  (mlflow sets its loggers' levels when imported: quiet them after that)

@@ -47,7 +47,7 @@ class FleetPlan:
     fault_span: int
 
     @classmethod
-    def for_run(cls, devices: int, seed: int, minutes: float, speed: float = 25.0) -> FleetPlan:
+    def for_run(cls, devices: int, seed: int, minutes: float, speed: float = 20.0) -> FleetPlan:
         per_type = devices // len(TYPES)
         sim_s = minutes * 60 * speed
         return cls(devices=devices, seed=seed, speed=speed, anomaly_rate=0.0004, fault_type=TYPES[0],
@@ -195,6 +195,7 @@ class Sample:
     up: bool
     readings_in: int = 0
     flagged: int = 0
+    events: int = 0  # anomaly events opened (one alert per event)
     sent: int = 0
     backlog: int = 0
     connected: bool = False
@@ -218,6 +219,8 @@ def scrape(port: int, t: float) -> Sample:
                 s.readings_in = int(m.value)
             elif m.name == "edgeflag_readings_flagged_total":
                 s.flagged = int(m.value)
+            elif m.name == "edgeflag_anomaly_events_total" and m.labels.get("kind") == "open":
+                s.events = int(m.value)
             elif m.name == "edgeflag_readings_sent_total":
                 s.sent = int(m.value)
             elif m.name == "edgeflag_outbox_readings":

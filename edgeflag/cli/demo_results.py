@@ -109,6 +109,9 @@ def build_report(demo: Any, spark: Any, gateways: list[Gateway]) -> tuple[Path, 
     truth = Fleet(fleet_cfg).generate(max(per_device.values()) if per_device else 1)
     rows = silver_rows(spark, demo.agg_config.table("silver"))
     det, kinds = detection(rows, truth)
+    events = Path(demo.agg_config.table("events"))
+    if events.exists() and any(events.glob("batch_id=*")):  # the agents' own events, counted by the cloud job
+        det["anomaly events opened (cloud count)"] = spark.read.parquet(str(events)).where("reason = 'open'").count()
 
     # a few devices: a pump the fleet fault hit, and one device of each other type (one with a fault if any)
     units = {c.name: c.unit for t in DEVICE_TYPES.values() for c in t.channels}

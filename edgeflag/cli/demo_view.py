@@ -14,9 +14,11 @@ def render(*, phase: str, elapsed: float, stream_s: float, gateways: Sequence[Ga
     from rich.panel import Panel
     from rich.table import Table
 
-    t = Table(title="edge fleet (each agent's Prometheus endpoint)", expand=True)
+    t = Table(title="edge fleet (each agent's Prometheus endpoint)", expand=True,
+              caption="flagged: readings above the threshold · events: anomaly events opened (one alert per "
+                      "event) · backlog: readings waiting in the agents' outboxes")
     for col, just in (("device type", "left"), ("devices online", "right"), ("agents online", "right"),
-                      ("readings/s", "right"), ("sent", "right"), ("flagged", "right"),
+                      ("readings/s", "right"), ("sent", "right"), ("flagged", "right"), ("events", "right"),
                       ("outbox backlog", "right"), ("model", "left")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for dtype in TYPES:
@@ -30,6 +32,7 @@ def render(*, phase: str, elapsed: float, stream_s: float, gateways: Sequence[Ga
                   f"{sum(watcher.rate(g.name) for g in mine):,.0f}",
                   f"{sum(s.sent for _, s in latest if s is not None):,}",
                   f"{sum(s.flagged for _, s in latest if s is not None):,}",
+                  f"{sum(s.events for _, s in latest if s is not None):,}",
                   f"[bold red]{backlog:,}[/]" if backlog > 500 else f"{backlog:,}",
                   ", ".join(f"v{v}" for v in versions) or "-")
     inc = Table(title="fleet incidents (cloud aggregation job)", expand=True)

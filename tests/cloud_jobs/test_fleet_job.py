@@ -181,7 +181,8 @@ def test_readings_from_real_agents_through_the_hub_reach_silver_once(spark: Any,
         }, environ={}))
         agent.start()
         wait_for(agent.drained, 60, "the agent to deliver everything")
-        sent = agent.metrics.snapshot()["sent"]
+        snap = agent.metrics.snapshot()
+        sent, announced = snap["sent"], {k: v for k, v in snap["anomaly_events"].items() if k != "open_now"}
         agent.stop()
         wait_for(lambda: sum(len(r["body"]["readings"]) for r in read_bronze(tmp_path / "bronze")) >= sent, 20,
                  "bronze")
@@ -196,6 +197,12 @@ def test_readings_from_real_agents_through_the_hub_reach_silver_once(spark: Any,
     types = {r[0] for r in spark.read.parquet(str(tmp_path / "out" / "silver")).select("device_type").collect()}
     assert types == {"pump"}
     assert spark.read.parquet(str(tmp_path / "out" / "gold_device_1m")).count() > 0
+    # the agent's anomaly events: their own messages (routing property), counted once each by the job
+    event_msgs = [r for r in read_bronze(tmp_path / "bronze") if r["body"].get("type") == "anomaly_event"]
+    assert event_msgs and all(r["properties"]["message"] == "anomaly_event" for r in event_msgs)
+    kinds = dict(spark.read.parquet(str(tmp_path / "out" / "events")).groupBy("reason").count().collect())
+    assert announced.get("open", 0) > 0 and kinds == announced, (kinds, announced)
+    assert report.total("events_opened") == announced["open"]
 
 
 def test_the_cli_runs_a_scheduled_aggregation(tmp_path: Path, fleet: Any, capsys: Any) -> None:

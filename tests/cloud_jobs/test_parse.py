@@ -110,3 +110,28 @@ def test_a_bad_message_among_good_ones_costs_only_itself() -> None:
     good = bronze_line(message())
     rs = rows(Envelope.BRONZE, good, b"{", good)
     assert [r["status"] for r in rs] == ["ok"] * 3 + ["quarantined"] + ["ok"] * 3
+
+
+def event_body(**change: Any) -> dict[str, Any]:
+    ev = {"event_id": "dev-0001:b1:100", "kind": "open", "opened_seq": 100, "opened_ts": 1767225700000,
+          "last_seq": 100, "last_ts": 1767225700000, "alarms": 1, "peak_score": 0.9, "threshold": 0.6}
+    m = message()
+    return {"v": 1, "type": "anomaly_event", "device_id": "dev-0001", "boot_id": "b1", "model": m["model"],
+            "events": [ev, {**ev, "kind": "close", "last_seq": 140, "last_ts": 1767225740000, "alarms": 31},
+                       *change.pop("extra", [])], "readings": [], **change}
+
+
+def test_anomaly_event_messages_become_one_event_row_per_event_on_every_envelope() -> None:
+    body = event_body()
+    for env, raw in ((Envelope.BRONZE, bronze_line(body)), (Envelope.IOTHUB, iothub_line(body, b64=True))):
+        got = rows(env, raw)
+        assert [(r["status"], r["reason"], r["device_id"], r["source_device"], r["device_type"]) for r in got] == [
+            ("event", "open", "dev-0001", "dev-0001", "pump"), ("event", "close", "dev-0001", "dev-0001", "pump")]
+        assert all(r["seq"] == [] for r in got), "an event carries no reading"
+        assert got[1]["last_ms"] == 1767225740000 and json.loads(got[1]["raw"])["alarms"] == 31
+        assert json.loads(got[0]["raw"])["boot_id"] == "b1"
+    bad = rows(Envelope.BRONZE, bronze_line(event_body(extra=[{"kind": "bogus"}])))
+    assert [r["status"] for r in bad] == ["quarantined"] and "events[2]" in bad[0]["reason"]
+    late = event_body()
+    late["events"][1]["last_seq"] = 50
+    assert "cannot end before it opened" in rows(Envelope.BRONZE, bronze_line(late))[0]["reason"]

@@ -150,3 +150,24 @@ def test_config_is_built_or_refused_with_a_config_error(cfg: dict[str, Any]) -> 
 
     with contextlib.suppress(ConfigError):
         build_config(cfg, environ={})
+
+
+event_fields = st.fixed_dictionaries({"v": st.just(1), "type": st.just("anomaly_event")}, optional={
+    "device_id": st.one_of(st.just("dev-1"), scalars), "boot_id": st.one_of(st.just("b"), scalars),
+    "model": st.one_of(st.just({"name": "m", "version": 1, "sha256": "a", "feature_hash": "b", "threshold": 0.5}),
+                       json_values),
+    "events": st.lists(st.fixed_dictionaries({}, optional={
+        k: st.one_of(st.integers(-5, 2**65), scalars) for k in
+        ("event_id", "kind", "opened_seq", "opened_ts", "last_seq", "last_ts", "alarms", "peak_score", "threshold")}),
+        max_size=3)})
+
+
+@FAST
+@given(st.one_of(event_fields, json_values))
+def test_event_messages_are_parsed_or_refused_with_a_contract_error(obj: Any) -> None:
+    from contracts.events import event_message
+
+    with contextlib.suppress(ContractError):
+        m = event_message(obj)
+        assert m.events and all(e.kind in ("open", "update", "close") and e.last_seq >= e.opened_seq
+                                for e in m.events)

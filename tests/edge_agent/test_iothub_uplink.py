@@ -61,9 +61,15 @@ def test_sdk_telemetry_lands_in_bronze_with_its_properties(tmp_path: Path, tls_b
     props = records[0]["properties"]
     assert props["$.ct"] == "application/json" and props["$.ce"] == "utf-8"
     assert props["schema"] == "1" and props["model"].startswith("small:")
-    flagged = [r for r in records if r["body"]["anomalies"]]
+    events = [r for r in records if r["body"].get("type") == "anomaly_event"]
+    telemetry = [r for r in records if r not in events]
+    flagged = [r for r in telemetry if r["body"]["anomalies"]]
     assert all(r["properties"]["anomaly"] == "true" for r in flagged)
-    assert all(r["properties"]["anomaly"] == "false" for r in records if not r["body"]["anomalies"])
+    assert all(r["properties"]["anomaly"] == "false" for r in telemetry if not r["body"]["anomalies"])
+    # anomaly events: their own messages, routable on their own application property, through the SDK too
+    opened = [e for r in events for e in r["body"]["events"] if e["kind"] == "open"]
+    assert all(r["properties"]["message"] == "anomaly_event" and "anomaly" not in r["properties"] for r in events)
+    assert len(opened) == snap["anomaly_events"].get("open", 0) > 0
 
 
 def test_a_wrong_ca_is_refused_and_retried_without_leaking_the_key(tmp_path: Path, tls_broker, trained_small,

@@ -249,3 +249,14 @@ class OutboxModel(RuleBasedStateMachine):
 
 TestOutboxModel = OutboxModel.TestCase
 TestOutboxModel.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+
+
+def test_an_anomaly_event_row_is_sent_with_the_anomalies_and_holds_no_reading(make: Factory) -> None:
+    ob = make(1 << 20)
+    event = Segment(device_id="d1", boot_id="b", context_id=2, seq_first=4, seq_last=4, n=0, anomalies=0,
+                    stored_at=4.0, body=b'{"kind":"open"}')
+    ob.append([seg(seq=0, n=3), event])
+    assert [s.segment.n for s in ob.pending(1, 0, 10)] == [0], "kind 1: sent first, evicted last"
+    st = ob.stats()
+    assert (st.segments, st.readings, st.anomalies) == (2, 3, 0)
+    assert ob.ack([ob.pending(1, 0, 10)[0].id]) == 0 and ob.stats().segments == 1
