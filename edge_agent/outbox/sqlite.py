@@ -488,36 +488,35 @@ class SqliteOutbox(Outbox):
             return 0
         with self._lock:
             self._held.difference_update(ids)
-            done: list[tuple[int, int, int]] = []
-            for attempt in (1, 2):
-                try:
-                    # again: small transactions, the WAL folded back between them (each needs a few pages)
-                    deleted = self._delete(ids) if attempt == 1 else self._delete(ids, chunk=32, shrink=True,
-                                                                                     done=done)
-                    break
-                except sqlite3.Error as exc:
-                    self._rollback()
-                    if attempt == 2 or not _is_full(exc):
-                        if done:  # what was committed before the failure is gone: count it
-                            d = _Totals.of(done)
-                            self._segments, self._readings, self._anomalies, self._bytes = self._totals().minus(d)
-                        raise OutboxError(f"{self.path}: ack failed: {exc}") from None
-                    self._enter_full(exc)  # even a delete needs WAL space: give back the reserve, again
-                finally:
-                    self._db.execute(f"PRAGMA synchronous={self._sync}")
-            gone = _Totals.of(deleted)
-            self._segments, self._readings, self._anomalies, self._bytes = self._totals().minus(gone)
+            done: list[tuple[int, int, int]] = []  # (n, anomalies, cost) of every committed delete
+            try:
+                for attempt in (1, 2):
+                    try:
+                        if attempt == 1:
+                            self._delete(ids, done)
+                        else:  # small transactions, the WAL folded back between them (each needs a few pages)
+                            self._delete(ids, done, chunk=32, shrink=True)
+                        break
+                    except sqlite3.Error as exc:
+                        self._rollback()
+                        if attempt == 2 or not _is_full(exc):
+                            raise OutboxError(f"{self.path}: ack failed: {exc}") from None
+                        self._enter_full(exc)  # even a delete needs WAL space: give back the reserve, again
+                    finally:
+                        self._db.execute(f"PRAGMA synchronous={self._sync}")
+            finally:  # what was committed is gone, even when a later part failed
+                gone = _Totals.of(done)
+                self._segments, self._readings, self._anomalies, self._bytes = self._totals().minus(gone)
             return gone.readings
 
-    def _delete(self, ids: Sequence[int], *, chunk: int | None = None, shrink: bool = False,
-                done: list[tuple[int, int, int]] | None = None) -> list[tuple[int, int, int]]:
-        """Delete `ids`: in one transaction, or (`chunk`) one transaction per `chunk` ids, folding the WAL
-        back after each when `shrink` (on a full disk: rows scattered over many pages, e.g. anomaly
-        events between readings, need more WAL pages in one transaction than the disk has). `done`
-        collects what is committed, so a failure part way still accounts for it."""
+    def _delete(self, ids: Sequence[int], done: list[tuple[int, int, int]], *, chunk: int | None = None,
+                shrink: bool = False) -> None:
+        """Delete `ids`, adding each committed row's (n, anomalies, cost) to `done`: in one transaction,
+        or (`chunk`) one per `chunk` ids, folding the WAL back after each when `shrink` (on a full disk:
+        rows scattered over many pages, e.g. anomaly events between readings, need more WAL pages in one
+        transaction than the disk has)."""
         # A lost delete only means a resend (at-least-once), so acks skip the fsync.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        deleted: list[tuple[int, int, int]] = done if done is not None else []
         step = chunk or len(ids)
         for at in range(0, len(ids), step):
             self._db.execute("BEGIN IMMEDIATE")
@@ -528,10 +527,9 @@ class SqliteOutbox(Outbox):
                 sql = f"DELETE FROM segments WHERE id IN ({placeholders}) RETURNING n, anomalies, cost"
                 part += self._db.execute(sql, sub).fetchall()
             self._db.execute("COMMIT")
-            deleted += part
+            done += part
             if shrink:
                 self._shrink_wal()
-        return deleted
 
     def stats(self) -> OutboxStats:
         """O(1) in the backlog: totals are kept in memory; the oldest row is found through its id."""
