@@ -12,6 +12,10 @@ from enum import Enum
 from pathlib import Path
 
 from cloud_jobs.errors import ConfigError
+from models.features import FEATURE_ALGO, FEATURE_ALGO_V3, TRAIN_ALGO
+
+#: Feature algorithms the retraining job fits (its spec comes from per-device noise estimates).
+RETRAIN_ALGOS = (FEATURE_ALGO, FEATURE_ALGO_V3)
 
 
 class InputFormat(str, Enum):
@@ -270,6 +274,7 @@ class RetrainConfig:
     max_samples: int = 256
     target_fpr: float = 0.001
     seed: int = 0
+    features: str = TRAIN_ALGO              # models.features: robust-blocks-v1 or -v3 (v2 needs `model train`)
     sign_key: str | None = None
     mlflow_tracking_uri: str | None = None  # default: sqlite under `out`; "databricks" on Databricks
     mlflow_registry_uri: str | None = None  # "databricks-uc" for Unity Catalog
@@ -285,6 +290,9 @@ class RetrainConfig:
             raise ConfigError("target_fpr", "must be in (0, 0.5)")
         if self.min_rows < 100 or self.n_estimators < 1:
             raise ConfigError("min_rows", "min_rows must be >= 100 and n_estimators >= 1")
+        if self.features not in RETRAIN_ALGOS:
+            raise ConfigError("features", f"must be one of {', '.join(RETRAIN_ALGOS)} (robust-blocks-v2 learns a "
+                                          f"baseline from the readings themselves: train it with `model train`)")
 
     @property
     def tracking_uri(self) -> str:

@@ -139,7 +139,7 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
         mine = [n for n in noise if n["device_type"] == dtype]
         est = [np.asarray(n["noise"]) for n in mine if n["noise"]]
         res = [(np.asarray(n["step"]), np.asarray(n["magnitude"])) for n in mine if n["step"]]
-        fspec = FeatureSpec.from_noise(tplan.channels, est, resolutions=res)
+        fspec = FeatureSpec.from_noise(tplan.channels, est, resolutions=res, algo=config.features)
         plans[dtype] = T.TypePlan(**{**tplan.__dict__, "spec": fspec.to_dict()})
     say(f"feature specs for {len(plans)} types from {len(noise)} devices ({time.monotonic() - t:.1f} s)")
 

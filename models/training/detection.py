@@ -5,8 +5,10 @@ detector learns from the prefix only, sets its threshold there at the same targe
 and scores the rest:
 
 * ``edgeflag``: the product's path, `trainer.train` -> fused ONNX bundle -> `OnnxScorer` over
-  `models.features` (what the agent runs), with the default features (``robust-blocks-v1``);
-* ``edgeflag-v2``: the same with ``robust-blocks-v2`` (baseline, step and stuck features);
+  `models.features` (what the agent runs), with the default features (`models.features.TRAIN_ALGO`,
+  ``robust-blocks-v3``);
+* ``edgeflag-v1`` / ``edgeflag-v2``: the same with ``robust-blocks-v1`` (the default before December
+  2026) and ``robust-blocks-v2`` (baseline, step and stuck features);
 * ``zscore``: per channel ``|x - mean| / sd`` over the previous `ZSCORE_WINDOW` readings, the largest
   over channels; threshold = the (1 - target) quantile of its clean training scores;
 * ``halfspacetrees``: River's ``MinMaxScaler() | HalfSpaceTrees(seed=42)`` as River documents it
@@ -36,10 +38,11 @@ import numpy as np
 
 from contracts.block import ReadingBlock
 from models.events import alert_spans
+from models.features import TRAIN_ALGO
 from models.training.evaluate import fault_events
 
 ZSCORE_WINDOW = 12
-DETECTORS = ("edgeflag", "edgeflag-v2", "zscore", "halfspacetrees")
+DETECTORS = ("edgeflag", "edgeflag-v1", "edgeflag-v2", "zscore", "halfspacetrees")
 
 
 Blocks = dict[str, ReadingBlock]
@@ -261,7 +264,7 @@ def fit_halfspacetrees(train: Blocks, target_fpr: float, warm: int = 250) -> tup
     return score, _threshold(np.asarray(calib), target_fpr)
 
 
-def fit_edgeflag(train: Blocks, target_fpr: float, *, features: str = "robust-blocks-v1", n_estimators: int = 100,
+def fit_edgeflag(train: Blocks, target_fpr: float, *, features: str = TRAIN_ALGO, n_estimators: int = 100,
                  progress: Callable[[str], None] | None = None) -> tuple[Scorer, float]:
     """Train, export the fused ONNX bundle and score through onnxruntime with the features the agent
     computes (a continuing test stream starts with its device's training history in the windows)."""
@@ -337,6 +340,7 @@ def run(ds: Dataset, detectors: tuple[str, ...] = DETECTORS, target_fpr: float =
     """Every detector fitted once on the dataset's training part and scored on each of its test sets."""
     fitters: dict[str, Callable[[], tuple[Scorer, float]]] = {
         "edgeflag": lambda: fit_edgeflag(ds.train, target_fpr, progress=progress),
+        "edgeflag-v1": lambda: fit_edgeflag(ds.train, target_fpr, features="robust-blocks-v1", progress=progress),
         "edgeflag-v2": lambda: fit_edgeflag(ds.train, target_fpr, features="robust-blocks-v2", progress=progress),
         "zscore": lambda: fit_zscore(ds.train, target_fpr),
         "halfspacetrees": lambda: fit_halfspacetrees(ds.train, target_fpr),

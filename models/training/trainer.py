@@ -28,7 +28,7 @@ from contracts.block import ReadingBlock, device_spans
 from contracts.manifest import ModelManifest
 from models.bundle import sha256_bytes
 from models.errors import TrainingError
-from models.features import FEATURE_ALGO, FeatureSpec, columns_for, compute_features
+from models.features import TRAIN_ALGO, FeatureSpec, columns_for, compute_features
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class TrainConfig:
     form: str = "fused"
     short_window: int = 10
     blocks: int = 12
-    features: str = FEATURE_ALGO
+    features: str = TRAIN_ALGO
     channels: tuple[str, ...] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 

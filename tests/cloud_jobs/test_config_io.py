@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from cloud_jobs.config import EventHubsConfig, IncidentConfig, Trigger, WindowSpec
+from cloud_jobs.config import EventHubsConfig, IncidentConfig, RetrainConfig, Trigger, WindowSpec
 from cloud_jobs.errors import ConfigError
 from cloud_jobs.io import delta_write_options, eventhubs_options
 
@@ -76,3 +77,16 @@ def test_a_checkpoint_from_the_two_query_layout_is_warned_about(tmp_path: Path) 
     assert warning is not None and "gold_1m" in warning and "new --out" in warning
     (Path(cfg.checkpoint_root) / "panes" / "_meta").mkdir(parents=True)
     assert old_layout(cfg) is None
+
+
+def test_retraining_fits_the_default_features_and_refuses_what_it_cannot_fit() -> None:
+    from models.features import TRAIN_ALGO, FeatureSpec
+
+    cfg = RetrainConfig(silver="s", registry="r", out="o")
+    assert cfg.features == TRAIN_ALGO == "robust-blocks-v3"
+    assert RetrainConfig(silver="s", registry="r", out="o", features="robust-blocks-v1").features == "robust-blocks-v1"
+    with pytest.raises(ConfigError, match="model train"):
+        RetrainConfig(silver="s", registry="r", out="o", features="robust-blocks-v2")
+    # the job's spec: floors from per-device noise, the algorithm recorded, no baseline
+    spec = FeatureSpec.from_noise(("a", "b"), [np.array([0.5, 0.2])], algo=cfg.features)
+    assert spec.algo == TRAIN_ALGO and spec.level is None and "level" not in spec.to_dict()

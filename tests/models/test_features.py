@@ -180,3 +180,48 @@ def test_a_constant_or_quantised_channel_keeps_a_sane_floor() -> None:
     summaries = [stream_resolution(v) for v in (x, y)]
     noise = [stream_noise(v) for v in (x, y)]
     assert FeatureSpec.from_noise(("a", "b", "c"), noise, resolutions=summaries) == spec  # type: ignore[arg-type]
+
+
+V3 = FeatureSpec(channels=("a", "b", "c"), floors=(0.05, 0.05, 0.05), algo="robust-blocks-v3")
+
+
+@settings(max_examples=30, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=12), seed=st.integers(0, 1000))
+def test_v3_any_micro_batching_equals_the_whole_array(cuts: list[int], seed: int) -> None:
+    x = stream(sum(cuts), seed)
+    x[len(x) // 3 : len(x) // 3 + 25, 2] = 0.0  # a dropout: the shift gate at work
+    x[len(x) // 2 : len(x) // 2 + 40, 1] = 7.0  # a stuck stretch: equal neighbours
+    assert np.array_equal(batched(V3, x, cuts), compute_features(V3, x))
+
+
+def test_v3_shift_lasts_while_the_reading_carries_it_and_not_after() -> None:
+    x = 50 + np.random.default_rng(5).normal(size=(600, 3))
+    shifted = x.copy()
+    shifted[300:330, 2] += 8
+    v1, v3 = compute_features(SPEC, shifted), compute_features(V3, shifted)
+    assert V3.names[1] == "max_gated_shift_sq" and v3.shape == v1.shape
+    # during the shift the reading is as far off as the median before it: the shift passes the gate
+    assert v3[325, 1] == v1[325, 1] > 25
+    # the readings back to normal: v1's shift still holds the shifted readings before them, v3's does not
+    after = slice(330, 334)
+    assert (v1[after, 1] > 25).all() and (v3[after, 1] < 0.25 * v1[after, 1]).all()
+    # no equal neighbours: the other features are v1's, bit for bit
+    assert np.array_equal(np.delete(v3, 1, axis=1), np.delete(v1, 1, axis=1))
+
+
+def test_fit_learns_a_baseline_for_v2_only() -> None:
+    v3 = FeatureSpec.fit(("a", "b", "c"), [stream(2000, 9)], algo="robust-blocks-v3")
+    assert v3.algo == "robust-blocks-v3" and v3.level is None and v3.floors == V2.floors
+    assert FeatureSpec.from_dict(v3.to_dict()) == v3 and "level" not in v3.to_dict()
+
+
+def test_v3_sees_a_stuck_channel_from_its_third_equal_reading() -> None:
+    x = 50 + np.random.default_rng(6).normal(size=(600, 3))
+    stuck = x.copy()
+    stuck[300:330, 0] = stuck[300, 0]
+    v1, v3 = compute_features(SPEC, stuck), compute_features(V3, stuck)
+    floor_ratio = v3[320, 3]  # well into the span both agree: dscale is at its floor
+    assert floor_ratio == v1[320, 3] < -2
+    assert (v3[302:306, 3] <= floor_ratio + 0.1).all()  # x equals the two before it: at once
+    assert (v1[302:306, 3] > floor_ratio + 1).all()  # v1 waits for most of the S steps to be zero
+    assert v3[301, 3] == v1[301, 3]  # one repeat is not enough
