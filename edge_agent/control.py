@@ -12,7 +12,10 @@ Desired properties (validated as a whole, then applied as a whole — or not at 
 
 Reported properties: agent version, model (name, version, sha256, threshold), effective
 config, outbox depth/bytes/oldest age, drops and quarantine by reason, last error, and the
-outcome of the last desired patch (`control`) and rollout (`model_rollout`).
+outcome of the last desired patch (`control`) and rollout (`model_rollout`). They are sent after
+every patch and method and every `status_interval_s`, from one work queue that holds at most one
+pending report, so a desired patch (a rollout) never waits behind a backlog of reports when the hub
+answers slowly.
 
 Direct methods: `get_status`, `flush` (send now, returns what is pending), `rollback_model`
 (back to the previous model), `set_log_level` ({"level": …}).
@@ -91,6 +94,10 @@ class ControlPlane:
         self.control_status: dict[str, Any] = {}
         self.rollout_status: dict[str, Any] = {}
         self._jobs: queue.Queue[tuple[str, Any]] = queue.Queue()
+        # at most one report waits in the queue: the status thread asks every few seconds, and when the
+        # hub answers slowly, queued reports would hold a desired patch (a rollout) back behind them
+        self._report_lock = threading.Lock()
+        self._report_queued = False
         self._sink: Controllable | None = None
         self._thread = threading.Thread(target=self._work, name="edgeflag-control", daemon=True)
         self._stop = threading.Event()
@@ -120,6 +127,8 @@ class ControlPlane:
                 elif kind == "desired":
                     self.apply_desired(arg)
                 elif kind == "report":
+                    with self._report_lock:  # a request from now on queues a new report (fresh state)
+                        self._report_queued = False
                     self.report()
             except UplinkError as exc:  # e.g. a plain broker with no twin service behind it
                 if self.control_status.get("status") != "unavailable":
@@ -225,7 +234,7 @@ class ControlPlane:
             if not isinstance(level, str) or level not in LOG_LEVELS:
                 return 400, {"error": f"level must be one of {', '.join(LOG_LEVELS)}"}
             agent.apply_settings(SettingsPlan(log_level=level))
-            self._jobs.put(("report", None))
+            self.request_report()
             return 200, {"log_level": level}
         if name == "rollback_model":
             try:
@@ -234,7 +243,7 @@ class ControlPlane:
                 return 409, {"error": str(exc)}
             self.rollout_status = {"status": "rolled_back", "version": bundle.manifest.version,
                                    "sha256": bundle.manifest.sha256}
-            self._jobs.put(("report", None))
+            self.request_report()
             return 200, {"model": {"name": bundle.manifest.name, "version": bundle.manifest.version}}
         return 404, {"error": f"unknown method {name[:64]!r}; known: get_status, flush, rollback_model, set_log_level"}
 
@@ -257,4 +266,10 @@ class ControlPlane:
             self.control_status = {**self.control_status, "report_error": str(exc)}
 
     def request_report(self) -> None:
+        """Queue a report of the reported properties, unless one is already waiting (it will carry the
+        state as it is when it is sent): the queue never holds a backlog of reports."""
+        with self._report_lock:
+            if self._report_queued:
+                return
+            self._report_queued = True
         self._jobs.put(("report", None))

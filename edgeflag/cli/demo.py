@@ -325,7 +325,7 @@ class Demo:
 
         logging.getLogger("mlflow").setLevel(logging.ERROR)
         rollout = RolloutConfig(canary_fraction=0.5, min_canary_readings=100, max_canary_alert_rate=0.05,
-                                report_timeout_s=30, watch_timeout_s=60, poll_s=1.0)
+                                report_timeout_s=60, watch_timeout_s=60, poll_s=1.0)
         cfg = RetrainConfig(silver=self.agg_config.table("silver"), registry=str(self.wd / "registry"),
                             out=str(self.wd / "retrain"), incidents=str(Path(self.agg_config.out) / "incidents.jsonl"),
                             min_rows=RETRAIN_MIN_ROWS, n_estimators=60, rollout=rollout)
