@@ -471,28 +471,29 @@ ALGORITHMS: dict[str, Callable[[FeatureSpec, Sequence[np.ndarray]], list[np.ndar
 
 def _summary(st: Stats) -> np.ndarray:
     """v1's features (n, 4)."""
-    out = np.empty((st.cur.shape[1], len(FEATURE_NAMES)), dtype=np.float64)
     z_long = np.abs(st.cur - st.centre) / st.scale
-    shift = np.abs(st.s_median - st.centre) / st.scale
     ratio = np.log(st.dscale / st.scale)
-    out[:, 0] = np.square(z_long.max(axis=0))
-    out[:, 1] = np.square(shift.max(axis=0))
-    out[:, 2] = ratio.max(axis=0)
-    out[:, 3] = ratio.min(axis=0)
-    return out
+    return _four(z_long, np.abs(st.s_median - st.centre) / st.scale, ratio, ratio)
 
 
 def _summary_v3(st: Stats) -> np.ndarray:
     """v3's features (n, 4): v1's, the shift gated by the reading, the stuck ratio from the third equal
     reading (see `_features_v3`)."""
-    out = _summary(st)
     z_long = np.abs(st.cur - st.centre) / st.scale
     shift = np.minimum(np.abs(st.s_median - st.centre) / st.scale, 2.0 * z_long)
     ratio = np.log(st.dscale / st.scale)
     held = (st.cur == st.prev) & (st.prev == st.prev2)  # NaN (no history) is never equal
-    ratio = np.where(held, np.minimum(ratio, np.log(st.floor / st.scale)), ratio)
+    return _four(z_long, shift, ratio, np.where(held, np.minimum(ratio, np.log(st.floor / st.scale)), ratio))
+
+
+def _four(z_long: np.ndarray, shift: np.ndarray, ratio_hi: np.ndarray, ratio_lo: np.ndarray) -> np.ndarray:
+    """Per-channel statistics (C, n) summarised across channels: max z_long², max shift², max ratio,
+    min ratio (the noise ratio from `ratio_hi`, the stuck ratio from `ratio_lo`)."""
+    out = np.empty((z_long.shape[1], len(FEATURE_NAMES)), dtype=np.float64)
+    out[:, 0] = np.square(z_long.max(axis=0))
     out[:, 1] = np.square(shift.max(axis=0))
-    out[:, 3] = ratio.min(axis=0)
+    out[:, 2] = ratio_hi.max(axis=0)
+    out[:, 3] = ratio_lo.min(axis=0)
     return out
 
 
