@@ -8,6 +8,8 @@ so TLS and credentials are configured one way everywhere. Works with paho-mqtt
 from __future__ import annotations
 
 import ssl
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,28 @@ def make_client(settings: MqttSettings, *, client_class: Any = None, password: s
             tls_version=ssl.PROTOCOL_TLS_CLIENT,
         )
     return client
+
+
+def subscribe_on_connect(client: Any, topics: list[tuple[str, int]], ready: threading.Event, *,
+                         on_connect: Callable[[Any], None] | None = None) -> None:
+    """Install callbacks that subscribe `client` to `topics` at every successful (re)connect and set
+    `ready` once the broker has acknowledged the subscription (SUBACK), not when it was sent: until
+    then the broker drops what is published to those topics, or replays a retained message as one.
+    `on_connect(client)` runs first at every connect. `ready` is not cleared here (on_disconnect is
+    the caller's)."""
+    pending: list[int] = []
+
+    def _on_connect(cl: Any, _u: Any, _f: Any, rc: int) -> None:
+        if rc == 0:
+            if on_connect is not None:
+                on_connect(cl)
+            pending[:] = [cl.subscribe(topics)[1]]
+
+    def _on_subscribe(_cl: Any, _u: Any, mid: int, _granted: Any) -> None:
+        if mid in pending:
+            ready.set()
+
+    client.on_connect, client.on_subscribe = _on_connect, _on_subscribe
 
 
 def deferred_ack_client_class() -> Any:

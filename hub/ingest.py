@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.errors import ContractError
-from contracts.mqtt import MqttSettings, deferred_ack_client_class, make_client
+from contracts.mqtt import MqttSettings, deferred_ack_client_class, make_client, subscribe_on_connect
 from contracts.telemetry import MAX_MESSAGE_BYTES
 from contracts.topics import TELEMETRY_FILTER, parse_telemetry_topic
 from hub.bronze import BronzeFormat, BronzeWriter, Landed
@@ -53,12 +53,6 @@ class HubIngest:
         pending: list[tuple[Landed | None, int, int]] = []  # None: refused, acknowledged unlanded
         lock = threading.Lock()
 
-        def on_connect(cl: Any, _u: Any, _f: Any, rc: int) -> None:
-            if rc == 0:
-                cl.generation += 1
-                cl.subscribe(TELEMETRY_FILTER, qos=1)
-                self.connected.set()
-
         def on_disconnect(_cl: Any, _u: Any, _rc: int) -> None:
             self.connected.clear()
 
@@ -86,7 +80,13 @@ class HubIngest:
                 pending.append((Landed(device, props, msg.payload, time.time()), msg.mid if msg.qos else -1,
                                 cl.generation))
 
-        client.on_connect, client.on_disconnect, client.on_message = on_connect, on_disconnect, on_message
+        def next_generation(cl: Any) -> None:
+            cl.generation += 1
+
+        # connected once the broker has the subscription: a retained message published before that
+        # would arrive as a replay and not be landed
+        subscribe_on_connect(client, [(TELEMETRY_FILTER, 1)], self.connected, on_connect=next_generation)
+        client.on_disconnect, client.on_message = on_disconnect, on_message
         client.max_inflight_messages_set(1000)
         client.reconnect_delay_set(0.2, 5)
         client.connect_async(s.host, s.port, s.keepalive)

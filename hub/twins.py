@@ -37,7 +37,7 @@ from typing import Any
 
 from contracts.errors import ContractError
 from contracts.jsonsafe import MAX_CONTROL_BYTES, check_depth, loads, loads_object
-from contracts.mqtt import MqttSettings, make_client
+from contracts.mqtt import MqttSettings, make_client, subscribe_on_connect
 from contracts.topics import (
     METHOD_RESPONSE_FILTER,
     SERVICE_CONTROL_FILTERS,
@@ -137,11 +137,7 @@ class TwinService:
         filters = SERVICE_CONTROL_FILTERS if serve else (METHOD_RESPONSE_FILTER,)
         topics = [(f"{SCOPE}/+/{f}", 1) for f in filters]
 
-        def on_connect(cl: Any, _u: Any, _f: Any, rc: int) -> None:
-            cl.subscribe(topics)
-            self.connected.set()
-
-        c.on_connect = on_connect
+        subscribe_on_connect(c, topics, self.connected)  # ready once subscribed: no request is dropped
         c.on_message = self._on_message
         c.reconnect_delay_set(0.2, 5)
         c.connect_async(host, port, 30)
