@@ -43,8 +43,8 @@ def register(sub: Any) -> None:
     from models.features import ALGORITHMS
 
     t.add_argument("--features", choices=sorted(ALGORITHMS), default=d.features,
-                   help="feature algorithm (models/features.py: v3 gates v1's shift by the reading; "
-                        "v2 adds baseline, step and stuck features)")
+                   help="feature algorithm (models/features.py: v3 is v1 with the shift gated by the reading "
+                        "and stuck seen from the third equal reading; v2 adds baseline, step and stuck features)")
     t.add_argument("--holdout", type=float, default=d.holdout_fraction,
                    help="last fraction of each device's readings held out to measure the false-alarm rate")
     t.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM) to sign the manifest")
