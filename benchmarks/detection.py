@@ -7,7 +7,8 @@ their threshold there at the same target false-alarm rate; the rest is scored. O
 (features -> fused ONNX bundle -> onnxruntime). See models/training/detection.py for every figure.
 
     pip install -e '.[eval]'       # river and aeon: baselines and the public datasets (no download)
-    python benchmarks/detection.py [--quick] [--datasets simulator,shuttle,daphnet,kdd] [--detectors ...]
+    python benchmarks/detection.py [--quick] [--detectors ...]
+        [--datasets simulator,simulator-clean,shuttle,daphnet,kdd]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ PUBLIC: dict[str, Callable[[], D.Dataset]] = {"shuttle": D.shuttle, "daphnet": D
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", default="simulator,shuttle,daphnet,kdd")
+    ap.add_argument("--datasets", default="simulator,simulator-clean,shuttle,daphnet,kdd")
     ap.add_argument("--detectors", default=",".join(D.DETECTORS))
     ap.add_argument("--device-types", default="pump,compressor,chiller")
     ap.add_argument("--target-fpr", type=float, default=0.001)
@@ -36,14 +37,14 @@ def main() -> None:
         sys.exit("halfspacetrees needs River: pip install -e '.[eval]' (or --detectors edgeflag,zscore)")
     loaders: list[tuple[str, Callable[[], D.Dataset]]] = []
     for name in args.datasets.split(","):
-        if name == "simulator":
+        if name in ("simulator", "simulator-clean"):
             for t in args.device_types.split(","):
-                loaders.append((f"simulator:{t}", lambda t=t: D.simulator(
-                    t, devices=3 if args.quick else 6, readings=2400 if args.quick else 3600)))
+                loaders.append((f"{name}:{t}", lambda t=t, clean=name != "simulator": D.simulator(
+                    t, devices=3 if args.quick else 6, readings=2400 if args.quick else 3600, clean_training=clean)))
         elif name in PUBLIC:
             loaders.append((name, PUBLIC[name]))
         else:
-            sys.exit(f"unknown dataset {name!r}; known: simulator, {', '.join(PUBLIC)}")
+            sys.exit(f"unknown dataset {name!r}; known: simulator, simulator-clean, {', '.join(PUBLIC)}")
     rows = []
     for name, load in loaders:
         t = time.perf_counter()

@@ -12,10 +12,10 @@ from enum import Enum
 from pathlib import Path
 
 from cloud_jobs.errors import ConfigError
-from models.features import FEATURE_ALGO, FEATURE_ALGO_V3, TRAIN_ALGO
+from models.features import FEATURE_ALGO, FEATURE_ALGO_V3, FEATURE_ALGO_V4, TRAIN_ALGO
 
 #: Feature algorithms the retraining job fits (its spec comes from per-device noise estimates).
-RETRAIN_ALGOS = (FEATURE_ALGO, FEATURE_ALGO_V3)
+RETRAIN_ALGOS = (FEATURE_ALGO, FEATURE_ALGO_V3, FEATURE_ALGO_V4)
 
 
 class InputFormat(str, Enum):
@@ -274,7 +274,8 @@ class RetrainConfig:
     max_samples: int = 256
     target_fpr: float = 0.001
     seed: int = 0
-    features: str = TRAIN_ALGO              # models.features: robust-blocks-v1 or -v3 (v2 needs `model train`)
+    features: str = TRAIN_ALGO              # models.features: robust-blocks-v1, -v3 or -v4 (v2 needs `model train`)
+    range_guard: bool = True                # models.training.guard: score rows outside the fitted range higher
     sign_key: str | None = None
     mlflow_tracking_uri: str | None = None  # default: sqlite under `out`; "databricks" on Databricks
     mlflow_registry_uri: str | None = None  # "databricks-uc" for Unity Catalog

@@ -30,11 +30,13 @@ Algorithms are a registry keyed by ``spec.algo`` (`ALGORITHMS`), so older bundle
   a stuck sensor), and one ``base_z_<channel>`` per channel: ``(x - level) / spread`` against a
   baseline learned in training (the spec's `level` and `spread`), signed. A level that lasts fills
   the rolling windows and stops looking abnormal to them; against the baseline it stays visible.
-* ``robust-blocks-v3`` (what `model train` fits by default since December 2026, `TRAIN_ALGO`): v1's
-  four features, two sharpened per channel (`_features_v3`): the shift at most ``2 · z_long``
-  (``max_gated_shift_sq``: it no longer outlives the fault by S readings), and a channel whose reading
-  equals the two before it takes the stuck ratio ``log(f / scale)`` at once instead of ~6 readings in.
-  Measured in docs/detection.md.
+* ``robust-blocks-v3``: v1's four features, two sharpened per channel (`_features_v3`): the shift at
+  most ``2 · z_long`` (``max_gated_shift_sq``: it no longer outlives the fault by S readings), and a
+  channel whose reading equals the two before it takes the stuck ratio ``log(f / scale)`` at once
+  instead of ~6 readings in.
+* ``robust-blocks-v4`` (what `model train` fits by default since 2 December 2026, `TRAIN_ALGO`): v3's
+  features, the two noise ratios bounded by the reading's own last steps (`_features_v4`), so a stuck
+  span, a dropout or a noise burst no longer flags the S readings after it. Measured in docs/detection.md.
 
 Guarantee: features depend only on the reading and the `long_window` readings before
 it, and are bitwise identical whether computed one reading at a time
@@ -60,10 +62,11 @@ from models.errors import FeatureError
 FEATURE_ALGO = "robust-blocks-v1"
 FEATURE_ALGO_V2 = "robust-blocks-v2"
 FEATURE_ALGO_V3 = "robust-blocks-v3"
+FEATURE_ALGO_V4 = "robust-blocks-v4"
 FEATURE_NAMES = ("max_z_long_sq", "max_shift_sq", "max_ratio", "min_ratio")
 V2_EXTRA_NAMES = ("max_step_sq", "max_stuck_frac")
 #: What training fits unless told otherwise (`model train --features`, `TrainConfig.features`).
-TRAIN_ALGO = FEATURE_ALGO_V3
+TRAIN_ALGO = FEATURE_ALGO_V4
 V3_NAMES = ("max_z_long_sq", "max_gated_shift_sq", "max_ratio", "min_ratio")
 
 
@@ -116,7 +119,7 @@ class FeatureSpec:
     def names(self) -> tuple[str, ...]:
         if self.algo == FEATURE_ALGO_V2:
             return FEATURE_NAMES + V2_EXTRA_NAMES + tuple(f"base_z_{c}" for c in self.channels)
-        if self.algo == FEATURE_ALGO_V3:
+        if self.algo in (FEATURE_ALGO_V3, FEATURE_ALGO_V4):
             return V3_NAMES
         return FEATURE_NAMES
 
@@ -358,6 +361,25 @@ def _features_v3(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.nda
     return _block_features(spec, padded, _summary_v3)
 
 
+def _features_v4(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``robust-blocks-v4``: v3's features, the two noise ratios bounded by the reading's own steps.
+
+    v1's ratio compares dscale, the median of the last S steps, with the block scale. When a stuck
+    span, a dropout or a noise burst ends, up to half of those S steps still belong to the fault, so
+    for up to S readings after it the ratio stays at the fault's value and flags readings that are
+    back to normal (in December 2026 these were most of the false alarms on those faults). v4 keeps
+    the ratio only as far as the reading's own last steps carry it, on the ratio's scale:
+
+    * high (noise): at most ``log(k · max(|Δ0|, |Δ1|, |Δ2|) / scale)``, the largest of the last three
+      steps: a burst in progress passes (three quiet steps in a row are rare in it), its aftermath
+      ends three readings after the burst;
+    * low (stuck): at least ``log(k · max(|Δ0|, |Δ1|) / scale)``, unless x equals the two readings
+      before it (v3's stuck rule, which wins): a reading that moved is not stuck.
+
+    Same reading window and float path as v3, so the batch-size invariance holds."""
+    return _block_features(spec, padded, _summary_v4)
+
+
 def _dscale(p: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """v1's short-term noise scale of each new reading of one padded stream (C, L + n), same operations."""
     L, S = spec.long_window, spec.short_window
@@ -377,12 +399,13 @@ def _features_v1(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.nda
 @dataclass(frozen=True, slots=True)
 class Stats:
     """The per-channel statistics of the readings being featurised, channel-major (C, n): the reading,
-    the two before it (NaN where the device has none), the block centre and scale, dscale, the median
+    the three before it (NaN where the device has none), the block centre and scale, dscale, the median
     of the S readings before, and the noise floors (C, 1)."""
 
     cur: np.ndarray
     prev: np.ndarray
     prev2: np.ndarray
+    prev3: np.ndarray
     centre: np.ndarray
     scale: np.ndarray
     dscale: np.ndarray
@@ -433,7 +456,8 @@ def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Su
         s_median = _median_of([at(p, L - S + j) for j in range(S)])  # the S readings before
         centre = _median_of(b_mean)
         scale = _median_of([at(run_sd, b * S) for b in range(B)]) + floor
-        out = summary(Stats(at(p, L), at(p, L - 1), at(p, L - 2), centre, scale, dscale, s_median, floor))
+        out = summary(Stats(at(p, L), at(p, L - 1), at(p, L - 2), at(p, L - 3), centre, scale, dscale, s_median,
+                            floor))
     if dense:
         out = out[new]
     first_block = b_mean[0][0, new] if dense else b_mean[0][0]
@@ -448,13 +472,13 @@ def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Su
         sub_idx = np.flatnonzero(warming)
         w_dscale = dscale[:, rows] if dense else dscale[:, sub_idx]
         w_smed = s_median[:, rows] if dense else s_median[:, sub_idx]
-        w_cur, w_prev, w_prev2 = p[:, rows + L], p[:, rows + L - 1], p[:, rows + L - 2]
+        w_cur, w_prev, w_prev2, w_prev3 = (p[:, rows + L - k] for k in range(4))
         for k in np.unique(complete).tolist():
             sel = complete == k
             if k == 0:  # fewer than S previous readings: no evidence, features are 0
                 out[sub_idx[sel]] = 0.0
                 continue
-            out[sub_idx[sel]] = summary(Stats(w_cur[:, sel], w_prev[:, sel], w_prev2[:, sel],
+            out[sub_idx[sel]] = summary(Stats(w_cur[:, sel], w_prev[:, sel], w_prev2[:, sel], w_prev3[:, sel],
                                               _median_last(wb_mean[:, sel, B - k :]),
                                               _median_last(wb_sd[:, sel, B - k :]) + floor, w_dscale[:, sel],
                                               w_smed[:, sel], floor))
@@ -466,6 +490,7 @@ ALGORITHMS: dict[str, Callable[[FeatureSpec, Sequence[np.ndarray]], list[np.ndar
     FEATURE_ALGO: _features_v1,
     FEATURE_ALGO_V2: _features_v2,
     FEATURE_ALGO_V3: _features_v3,
+    FEATURE_ALGO_V4: _features_v4,
 }
 
 
@@ -484,6 +509,22 @@ def _summary_v3(st: Stats) -> np.ndarray:
     ratio = np.log(st.dscale / st.scale)
     held = (st.cur == st.prev) & (st.prev == st.prev2)  # NaN (no history) is never equal
     return _four(z_long, shift, ratio, np.where(held, np.minimum(ratio, np.log(st.floor / st.scale)), ratio))
+
+
+def _summary_v4(st: Stats) -> np.ndarray:
+    """v4's features (n, 4): v3's, both noise ratios bounded by the reading's own last steps (see
+    `_features_v4`)."""
+    z_long = np.abs(st.cur - st.centre) / st.scale
+    shift = np.minimum(np.abs(st.s_median - st.centre) / st.scale, 2.0 * z_long)
+    ratio = np.log(st.dscale / st.scale)
+    k = 1.4826 / np.sqrt(2.0)  # dscale's normalisation, so the bounds are on ratio's own scale
+    d0, d1, d2 = np.abs(st.cur - st.prev), np.abs(st.prev - st.prev2), np.abs(st.prev2 - st.prev3)
+    # fmax / fmin: a step the device has no history for (NaN) bounds nothing
+    recent_hi = np.log((np.fmax(np.fmax(d0, d1), d2) * k + st.floor) / st.scale)
+    recent_lo = np.log((np.fmax(d0, d1) * k + st.floor) / st.scale)
+    held = (st.cur == st.prev) & (st.prev == st.prev2)
+    ratio_lo = np.where(held, np.minimum(ratio, np.log(st.floor / st.scale)), np.fmax(ratio, recent_lo))
+    return _four(z_long, shift, np.fmin(ratio, recent_hi), ratio_lo)
 
 
 def _four(z_long: np.ndarray, shift: np.ndarray, ratio_hi: np.ndarray, ratio_lo: np.ndarray) -> np.ndarray:

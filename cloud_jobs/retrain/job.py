@@ -149,7 +149,7 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
         .applyInPandas(T.features_udf(plans, horizon), T.FEATURES_DDL)
     train = {"seed": config.seed, "n_estimators": config.n_estimators, "max_samples": config.max_samples,
              "target_fpr": config.target_fpr, "exclude_labelled": config.exclude_labelled,
-             "exclude_flagged": config.exclude_flagged}
+             "exclude_flagged": config.exclude_flagged, "range_guard": config.range_guard}
     cands = features.groupBy("device_type").applyInPandas(T.candidate_udf(plans, train), T.CANDIDATE_DDL).collect()
     rows.unpersist()
     say(f"features + fit + export + holdout figures for {len(cands)} types on Spark ({time.monotonic() - t:.1f} s)")

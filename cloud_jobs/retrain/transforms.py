@@ -191,6 +191,7 @@ def candidate_udf(plans: Mapping[str, TypePlan], train: Mapping[str, Any]) -> An
                                  max_samples=train["max_samples"], target_fpr=train["target_fpr"],
                                  exclude_labelled=train["exclude_labelled"], channels=plan.channels,
                                  holdout_fraction=0.0,  # the job holds out by time itself (the gate's holdout)
+                                 range_guard=train["range_guard"],
                                  extra={"device_type": dtype, "trained_by": "edgeflag cloud retrain"})
             t0, t1 = int(pdf["event_ms"].min()), int(pdf["event_ms"].max())
             cand = make_candidate(table, spec, config, clean=tr["clean"].to_numpy(dtype=bool),

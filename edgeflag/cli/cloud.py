@@ -67,6 +67,8 @@ def register(sub: Any) -> None:
 
     r.add_argument("--features", choices=RETRAIN_ALGOS, default=TRAIN_ALGO,
                    help="feature algorithm of the candidates (models/features.py)")
+    r.add_argument("--no-range-guard", action="store_true",
+                   help="score with the forest alone (models/training/guard.py; the guard is on by default)")
     r.add_argument("--target-fpr", type=float, default=0.001, help="share of normal readings above the threshold")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--sign-key", help="Ed25519 private key (from `edgeflag model keygen`) to sign bundles")
@@ -146,7 +148,7 @@ def build_retrain_config(args: argparse.Namespace) -> Any:
             until=args.until or None, device_types=tuple(t for t in args.types.split(",") if t), labels=args.labels,
             incidents=args.incidents, holdout_fraction=args.holdout, exclude_flagged=not args.include_flagged,
             exclude_labelled=not args.include_labelled, min_rows=args.min_rows, n_estimators=args.trees,
-            features=args.features,
+            features=args.features, range_guard=not args.no_range_guard,
             target_fpr=args.target_fpr, seed=args.seed, sign_key=args.sign_key,
             mlflow_tracking_uri=args.mlflow_tracking_uri, mlflow_registry_uri=args.mlflow_registry_uri,
             model_name_prefix=args.model_prefix,

@@ -44,7 +44,11 @@ def register(sub: Any) -> None:
 
     t.add_argument("--features", choices=sorted(ALGORITHMS), default=d.features,
                    help="feature algorithm (models/features.py: v3 is v1 with the shift gated by the reading "
-                        "and stuck seen from the third equal reading; v2 adds baseline, step and stuck features)")
+                        "and stuck seen from the third equal reading; v4 is v3 with the noise ratios bounded by "
+                        "the reading's own last steps; v2 adds baseline, step and stuck features)")
+    t.add_argument("--no-range-guard", action="store_true", default=not d.range_guard,
+                   help="score with the forest alone: no range guard (models/training/guard.py), which scores "
+                        "readings outside the range of the calibration rows higher")
     t.add_argument("--holdout", type=float, default=d.holdout_fraction,
                    help="last fraction of each device's readings held out to measure the false-alarm rate")
     t.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM) to sign the manifest")
@@ -110,7 +114,8 @@ def train_cmd(args: argparse.Namespace) -> int:
         try:
             config = TrainConfig(name=args.name, n_estimators=args.trees, max_samples=args.max_samples,
                                  seed=args.seed, target_fpr=args.target_fpr, form=args.form,
-                                 features=args.features, holdout_fraction=args.holdout)
+                                 features=args.features, holdout_fraction=args.holdout,
+                                 range_guard=not args.no_range_guard)
             spec = fit_spec(blocks, config)
             status.update(f"computing {spec.n_features} features for {sum(len(b) for b in blocks.values()):,} readings")
             table = feature_table(blocks, spec)

@@ -5,10 +5,12 @@ detector learns from the prefix only, sets its threshold there at the same targe
 and scores the rest:
 
 * ``edgeflag``: the product's path, `trainer.train` -> fused ONNX bundle -> `OnnxScorer` over
-  `models.features` (what the agent runs), with the default features (`models.features.TRAIN_ALGO`,
-  ``robust-blocks-v3``);
-* ``edgeflag-v1`` / ``edgeflag-v2``: the same with ``robust-blocks-v1`` (the default before December
-  2026) and ``robust-blocks-v2`` (baseline, step and stuck features);
+  `models.features` (what the agent runs), with the defaults: features `models.features.TRAIN_ALGO`
+  (``robust-blocks-v4``) and the range guard (`models.training.guard`);
+* ``edgeflag-unguarded``: the same without the range guard (the forest alone);
+* ``edgeflag-v3`` / ``edgeflag-v1`` / ``edgeflag-v2``: the forest alone with ``robust-blocks-v3`` (the
+  default from 1 to 2 December 2026), ``robust-blocks-v1`` (before) and ``robust-blocks-v2`` (baseline,
+  step and stuck features);
 * ``zscore``: per channel ``|x - mean| / sd`` over the previous `ZSCORE_WINDOW` readings, the largest
   over channels; threshold = the (1 - target) quantile of its clean training scores;
 * ``halfspacetrees``: River's ``MinMaxScaler() | HalfSpaceTrees(seed=42)`` as River documents it
@@ -30,7 +32,7 @@ import csv
 import gzip
 import importlib.util
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,8 @@ from models.features import TRAIN_ALGO
 from models.training.evaluate import fault_events
 
 ZSCORE_WINDOW = 12
-DETECTORS = ("edgeflag", "edgeflag-v1", "edgeflag-v2", "zscore", "halfspacetrees")
+DETECTORS = ("edgeflag", "edgeflag-unguarded", "edgeflag-v3", "edgeflag-v1", "edgeflag-v2", "zscore",
+             "halfspacetrees")
 
 
 Blocks = dict[str, ReadingBlock]
@@ -101,21 +104,28 @@ def split(name: str, blocks: Mapping[str, ReadingBlock], train_fraction: float, 
     return Dataset(name, train, {name: test}, continues=True, top1=top1)
 
 
-def simulator(device_type: str, *, devices: int = 6, readings: int = 3600, seed: int = 101) -> Dataset:
+def simulator(device_type: str, *, devices: int = 6, readings: int = 3600, seed: int = 101,
+              clean_training: bool = False) -> Dataset:
     """One device type: a training fleet with every fault type at the default rate (labelled rows are
     left out of training), and one test fleet (other seed) per fault type with only that fault, as an
-    operator meets them; plus a test fleet with no fault at all for the false-alarm rate."""
+    operator meets them; plus a test fleet with no fault at all for the false-alarm rate.
+
+    `clean_training`: the training fleet has no fault at all (``simulator-clean:<type>``), as when an
+    operator trains on a stretch of data known to be normal: the detectors then see no unusual row
+    in training, and have to say how unusual a fault is from the normal rows alone."""
     from simulators import FaultType, Fleet, FleetConfig
     from simulators.types import pick_types
 
     types = pick_types(device_type)
-    train = Fleet(FleetConfig(devices=devices, seed=seed, device_types=types)).generate(readings)
-    tests = {f"simulator:{device_type}:{kind.value}": Fleet(FleetConfig(
+    config = FleetConfig(devices=devices, seed=seed, device_types=types)
+    train = Fleet(replace(config, anomaly_rate=0.0) if clean_training else config).generate(readings)
+    prefix = "simulator-clean" if clean_training else "simulator"
+    tests = {f"{prefix}:{device_type}:{kind.value}": Fleet(FleetConfig(
         devices=devices, seed=seed + 1 + i, device_types=types, faults=(kind,))).generate(readings)
         for i, kind in enumerate(FaultType)}
-    tests[f"simulator:{device_type}:normal"] = Fleet(FleetConfig(
+    tests[f"{prefix}:{device_type}:normal"] = Fleet(FleetConfig(
         devices=devices, seed=seed + 99, device_types=types, anomaly_rate=0.0)).generate(readings)
-    return Dataset(f"simulator:{device_type}", train, tests, continues=False, clean_horizon=240)
+    return Dataset(f"{prefix}:{device_type}", train, tests, continues=False, clean_horizon=240)
 
 
 def _package_file(package: str, relative: str) -> Path:
@@ -265,7 +275,7 @@ def fit_halfspacetrees(train: Blocks, target_fpr: float, warm: int = 250) -> tup
 
 
 def fit_edgeflag(train: Blocks, target_fpr: float, *, features: str = TRAIN_ALGO, n_estimators: int = 100,
-                 progress: Callable[[str], None] | None = None) -> tuple[Scorer, float]:
+                 range_guard: bool = True, progress: Callable[[str], None] | None = None) -> tuple[Scorer, float]:
     """Train, export the fused ONNX bundle and score through onnxruntime with the features the agent
     computes (a continuing test stream starts with its device's training history in the windows)."""
     from models.bundle import Bundle
@@ -274,8 +284,8 @@ def fit_edgeflag(train: Blocks, target_fpr: float, *, features: str = TRAIN_ALGO
     from models.training.trainer import TrainConfig, export_model
     from models.training.trainer import train as train_model
 
-    model = train_model(train, TrainConfig(target_fpr=target_fpr, n_estimators=n_estimators, features=features),
-                        progress=progress)
+    model = train_model(train, TrainConfig(target_fpr=target_fpr, n_estimators=n_estimators, features=features,
+                                           range_guard=range_guard), progress=progress)
     onnx_bytes, manifest = export_model(model, name="bench", version=1)
     scorer = OnnxScorer(Bundle(Path("<memory>"), manifest, model.spec, onnx_bytes))
 
@@ -338,10 +348,13 @@ def figures(test: Blocks, scores: np.ndarray, threshold: float, *, top1: bool = 
 def run(ds: Dataset, detectors: tuple[str, ...] = DETECTORS, target_fpr: float = 0.001,
         progress: Callable[[str], None] | None = None) -> list[DetectorResult]:
     """Every detector fitted once on the dataset's training part and scored on each of its test sets."""
+    def forest_alone(features: str) -> Callable[[], tuple[Scorer, float]]:
+        return lambda: fit_edgeflag(ds.train, target_fpr, features=features, range_guard=False, progress=progress)
+
     fitters: dict[str, Callable[[], tuple[Scorer, float]]] = {
         "edgeflag": lambda: fit_edgeflag(ds.train, target_fpr, progress=progress),
-        "edgeflag-v1": lambda: fit_edgeflag(ds.train, target_fpr, features="robust-blocks-v1", progress=progress),
-        "edgeflag-v2": lambda: fit_edgeflag(ds.train, target_fpr, features="robust-blocks-v2", progress=progress),
+        "edgeflag-unguarded": lambda: fit_edgeflag(ds.train, target_fpr, range_guard=False, progress=progress),
+        **{f"edgeflag-{v}": forest_alone(f"robust-blocks-{v}") for v in ("v1", "v2", "v3")},
         "zscore": lambda: fit_zscore(ds.train, target_fpr),
         "halfspacetrees": lambda: fit_halfspacetrees(ds.train, target_fpr),
     }

@@ -3,11 +3,11 @@
 `build_bundle` runs it whole (``edgeflag model train``). A Spark job runs the same two halves where
 they belong: `make_candidate` (fit, export, parity: CPU work, on an executor next to the features) and
 `publish` (version, sign, register: on the driver, after the gate). A model is refused unless its ONNX
-scores match scikit-learn's within `MAX_PARITY_DIFF` on all but a `MAX_FLIP_FRACTION` of the parity rows,
-and within `MAX_FLIP_DIFF` on those few: ONNX holds tree thresholds in float32, so a feature value lying
-exactly between two float32 neighbours of a split can take the other branch in one tree (a score step of
-about 1/n_estimators of a depth unit, ~1e-3), which is rounding, not drift; anything more is a real
-conversion fault.
+scores match the reference (scikit-learn's, plus the range guard of `models.training.guard`) within
+`MAX_PARITY_DIFF` on all but a `MAX_FLIP_FRACTION` of the parity rows, and within `MAX_FLIP_DIFF` on
+those few: ONNX holds tree thresholds in float32, so a feature value lying exactly between two float32
+neighbours of a split can take the other branch in one tree (a score step of about 1/n_estimators of a
+depth unit, ~1e-3), which is rounding, not drift; anything more is a real conversion fault.
 
 Guarantees: a registered bundle's manifest records ``training.onnx_parity_max_abs_diff`` and
 ``training.onnx_parity_boundary_rows``; a bundle is
@@ -58,12 +58,11 @@ def onnx_scores(onnx_bytes: bytes, manifest: ModelManifest, x: np.ndarray) -> np
 
 
 def parity(onnx_bytes: bytes, manifest: ModelManifest, model: TrainedModel, x: np.ndarray) -> np.ndarray:
-    """|ONNX - scikit-learn| score per row over (up to PARITY_ROWS of) the feature rows `x`, spread over `x`."""
-    from models.training.stock import sklearn_scores
-
+    """|ONNX - reference| score per row (scikit-learn plus the range guard: `TrainedModel.scores`) over
+    (up to PARITY_ROWS of) the feature rows `x`, spread over `x`."""
     pick = np.linspace(0, len(x) - 1, min(len(x), PARITY_ROWS)).astype(np.int64) if len(x) else np.arange(0)
     rows = np.ascontiguousarray(x[pick], dtype=np.float32)
-    diffs: np.ndarray = np.abs(onnx_scores(onnx_bytes, manifest, rows) - sklearn_scores(model.pipeline, rows))
+    diffs: np.ndarray = np.abs(onnx_scores(onnx_bytes, manifest, rows) - model.scores(rows))
     return diffs
 
 

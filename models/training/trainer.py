@@ -29,6 +29,7 @@ from contracts.manifest import ModelManifest
 from models.bundle import sha256_bytes
 from models.errors import TrainingError
 from models.features import TRAIN_ALGO, FeatureSpec, columns_for, compute_features
+from models.training.guard import RangeGuard, append_to_onnx
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class TrainConfig:
             or "skl2onnx".
         short_window / blocks: feature windows (see models.features).
         features: the feature algorithm (`models.features.ALGORITHMS`).
+        range_guard: add the range guard to the score (`models.training.guard`): a row outside the
+            range of the calibration rows scores higher by how far out it lies, which the forest
+            alone cannot say. On by default since December 2026.
     """
 
     name: str = "edgeflag"
@@ -63,6 +67,7 @@ class TrainConfig:
     short_window: int = 10
     blocks: int = 12
     features: str = TRAIN_ALGO
+    range_guard: bool = True
     channels: tuple[str, ...] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -138,6 +143,15 @@ class TrainedModel:
     spec: FeatureSpec
     threshold: float
     summary: dict[str, Any]
+    guard: RangeGuard | None = None
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """The reference scores of feature rows (scikit-learn, plus the range guard): what the exported
+        ONNX graph computes."""
+        from models.training.stock import sklearn_scores
+
+        out = sklearn_scores(self.pipeline, x)
+        return out + self.guard.excess(x) if self.guard is not None else out
 
 
 def fit_spec(blocks: Mapping[str, ReadingBlock], config: TrainConfig) -> FeatureSpec:
@@ -208,11 +222,13 @@ def fit(table: FeatureTable, spec: FeatureSpec, config: TrainConfig, *, clean: n
     forest = IsolationForest(n_estimators=config.n_estimators, max_samples=min(config.max_samples, len(x_fit)),
                              max_features=config.max_features, random_state=config.seed)
     pipe = Pipeline([("scaler", StandardScaler()), ("forest", forest)]).fit(x_fit)
-    scores = -pipe.score_samples(x[calib_rows].astype(np.float32))
+    guard = RangeGuard.fit(x[calib_rows]) if config.range_guard else None
+    model = TrainedModel(pipeline=pipe, spec=spec, threshold=0.0, summary={}, guard=guard)
+    scores = model.scores(x[calib_rows])
     calibration = calibrate(scores, config.target_fpr)
     threshold = calibration.threshold
     normal_held = usable & holdout if clean is None else usable & holdout & clean
-    held = held_out(-pipe.score_samples(x[normal_held].astype(np.float32)), threshold) if normal_held.any() else None
+    held = held_out(model.scores(x[normal_held]), threshold) if normal_held.any() else None
     warnings = [w for w in (calibration.warning,) if w]
     if held is not None and held.rows and held.false_alarm_rate > 2 * config.target_fpr and held.flagged >= 3:
         warnings.append(f"held-out false-alarm rate {held.false_alarm_rate:.4%} is over twice the target "
@@ -234,13 +250,14 @@ def fit(table: FeatureTable, spec: FeatureSpec, config: TrainConfig, *, clean: n
         "estimator": {"type": "IsolationForest", "n_estimators": config.n_estimators,
                       "max_samples": forest.max_samples, "max_features": config.max_features,
                       "random_state": config.seed, "scaler": "StandardScaler"},
+        "range_guard": None if guard is None else guard.to_dict(),
         "feature_means": np.round(x_fit.mean(axis=0), 6).tolist(),
         "feature_sds": np.round(x_fit.std(axis=0), 6).tolist(),
         "score_quantiles": {q: float(np.quantile(scores, float(q))) for q in ("0.5", "0.99", "0.999")},
         "sklearn": sklearn.__version__, "python": platform.python_version(),
         **dict(config.extra),
     }
-    return TrainedModel(pipeline=pipe, spec=spec, threshold=threshold, summary=summary)
+    return TrainedModel(pipeline=pipe, spec=spec, threshold=threshold, summary=summary, guard=guard)
 
 
 def export_model(model: TrainedModel, *, name: str, version: int, form: str = "fused") -> tuple[bytes, ModelManifest]:
@@ -252,6 +269,8 @@ def export_model(model: TrainedModel, *, name: str, version: int, form: str = "f
         onnx_bytes, written, opsets = fused.export_fused(model.pipeline, n), fused.FORM, fused.OPSETS
     else:
         onnx_bytes, written, opsets = stock.export_stock(model.pipeline, n), stock.FORM, stock.OPSETS
+    if model.guard is not None:
+        onnx_bytes = append_to_onnx(onnx_bytes, model.guard)
     manifest = ModelManifest(
         name=name, version=version, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         form=written, sha256=sha256_bytes(onnx_bytes), model_bytes=len(onnx_bytes), opsets=dict(opsets),

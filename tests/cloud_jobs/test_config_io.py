@@ -83,7 +83,7 @@ def test_retraining_fits_the_default_features_and_refuses_what_it_cannot_fit() -
     from models.features import TRAIN_ALGO, FeatureSpec
 
     cfg = RetrainConfig(silver="s", registry="r", out="o")
-    assert cfg.features == TRAIN_ALGO == "robust-blocks-v3"
+    assert cfg.features == TRAIN_ALGO == "robust-blocks-v4" and cfg.range_guard
     assert RetrainConfig(silver="s", registry="r", out="o", features="robust-blocks-v1").features == "robust-blocks-v1"
     with pytest.raises(ConfigError, match="model train"):
         RetrainConfig(silver="s", registry="r", out="o", features="robust-blocks-v2")

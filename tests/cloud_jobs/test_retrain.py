@@ -132,7 +132,8 @@ def test_a_retrain_yields_one_gated_bundle_per_type_and_refuses_a_worse_candidat
         bundle = load_bundle(reg.path(dtype, 2))  # the agent's loader: hashes, spec, onnxruntime session
         assert bundle.manifest.training["gate"]["verdict"]["passed"] is True
         assert bundle.spec.channels == pick_types(dtype)[0].channel_names
-        assert bundle.spec.algo == "robust-blocks-v3"  # RetrainConfig.features' default
+        assert bundle.spec.algo == "robust-blocks-v4"  # RetrainConfig.features' default
+        assert bundle.manifest.training["range_guard"] is not None  # and the range guard (RetrainConfig.range_guard)
         stage = ScoringStage(bundle)  # what the agent scores with
         x = compute_features(bundle.spec, np.random.default_rng(0).normal(size=(200, len(bundle.spec.channels)))
                              [:, columns_for(bundle.spec, bundle.spec.channels)])

@@ -225,3 +225,40 @@ def test_v3_sees_a_stuck_channel_from_its_third_equal_reading() -> None:
     assert (v3[302:306, 3] <= floor_ratio + 0.1).all()  # x equals the two before it: at once
     assert (v1[302:306, 3] > floor_ratio + 1).all()  # v1 waits for most of the S steps to be zero
     assert v3[301, 3] == v1[301, 3]  # one repeat is not enough
+
+
+V4 = FeatureSpec(channels=("a", "b", "c"), floors=(0.05, 0.05, 0.05), algo="robust-blocks-v4")
+
+
+@settings(max_examples=30, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=12), seed=st.integers(0, 1000))
+def test_v4_any_micro_batching_equals_the_whole_array(cuts: list[int], seed: int) -> None:
+    x = stream(sum(cuts), seed)
+    x[len(x) // 3 : len(x) // 3 + 25, 2] = 0.0  # a dropout: the step bounds at work after it
+    x[len(x) // 2 : len(x) // 2 + 40, 1] = 7.0  # a stuck stretch: equal neighbours
+    burst = x[2 * len(x) // 3 : 2 * len(x) // 3 + 20, 0]
+    burst += np.random.default_rng(seed).normal(0, 8, len(burst))  # a noise burst (in place: a view)
+    assert np.array_equal(batched(V4, x, cuts), compute_features(V4, x))
+
+
+def test_v4_ratios_end_with_the_stuck_span_and_the_noise_burst() -> None:
+    x = 50 + np.random.default_rng(7).normal(size=(900, 3))
+    x[300:330, 0] = x[300, 0]  # stuck on channel a
+    x[600:620, 1] += np.random.default_rng(8).normal(0, 8, 20)  # a noise burst on channel b
+    v3, v4 = compute_features(V3, x), compute_features(V4, x)
+    assert V4.names == V3.names
+    # inside the stuck span v4 is v3 (the third-equal-reading rule), bit for bit
+    assert np.array_equal(v4[305:330, 3], v3[305:330, 3])
+    # after it: v3's min ratio stays near the stuck value while the last S steps are mostly zero; v4's
+    # follows the reading's own steps back towards normal at once
+    normal_lo = float(np.median(v4[100:290, 3]))
+    assert (v3[331:335, 3] < normal_lo - 2).all()
+    assert (v4[331:335, 3] > v3[331:335, 3] + 1.5).all() and (np.abs(v4[331:335, 3] - normal_lo) < 1).all()
+    # noise burst: v4's max ratio is never above v3's, is v3's through most of the burst, and falls
+    # well below it in the readings after the burst, while v3's still holds the burst's steps
+    b = slice(600, 640)
+    assert (v4[b, 2] <= v3[b, 2]).all()
+    assert np.mean(v4[606:620, 2] == v3[606:620, 2]) >= 0.8 and (v4[606:620, 2] > 1).all()
+    assert (v3[621:625, 2] > 1).all() and (v3[621:625, 2] - v4[621:625, 2]).sum() > 1.5
+    # the z-score and the gated shift are v3's
+    assert np.array_equal(v4[:, :2], v3[:, :2])
