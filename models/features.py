@@ -36,7 +36,8 @@ Algorithms are a registry keyed by ``spec.algo`` (`ALGORITHMS`), so older bundle
   instead of ~6 readings in.
 * ``robust-blocks-v4`` (what `model train` fits by default since 2 December 2026, `TRAIN_ALGO`): v3's
   features, the two noise ratios bounded by the reading's own last steps (`_features_v4`), so a stuck
-  span, a dropout or a noise burst no longer flags the S readings after it. Measured in docs/detection.md.
+  span, a dropout or a noise burst no longer flags the S readings after it, and a reading equal to the
+  two before it at ``-clip`` in ``min_ratio``. Measured in docs/detection.md.
 
 Guarantee: features depend only on the reading and the `long_window` readings before
 it, and are bitwise identical whether computed one reading at a time
@@ -373,8 +374,13 @@ def _features_v4(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.nda
     * high (noise): at most ``log(k · max(|Δ0|, |Δ1|, |Δ2|) / scale)``, the largest of the last three
       steps: a burst in progress passes (three quiet steps in a row are rare in it), its aftermath
       ends three readings after the burst;
-    * low (stuck): at least ``log(k · max(|Δ0|, |Δ1|) / scale)``, unless x equals the two readings
-      before it (v3's stuck rule, which wins): a reading that moved is not stuck.
+    * low (stuck): at least ``log(k · max(|Δ0|, |Δ1|) / scale)``: a reading that moved is not stuck;
+      and when x equals the two readings before it, ``-inf`` (so ``-clip``): where v3 took the floor's
+      ratio ``log(f / scale)``, which lies within reach of a normal channel's own low ratios (f is a
+      tenth of the noise), v4 states "no step at all" as the most extreme value the feature has. On a
+      continuous channel no fitted row holds it, so the range guard (`models.training.guard`) flags it
+      from the third equal reading whatever the training data held; on a quantised channel, where
+      repeats are normal, the fitted rows hold it and the forest learns it as normal.
 
     Same reading window and float path as v3, so the batch-size invariance holds."""
     return _block_features(spec, padded, _summary_v4)
@@ -512,8 +518,8 @@ def _summary_v3(st: Stats) -> np.ndarray:
 
 
 def _summary_v4(st: Stats) -> np.ndarray:
-    """v4's features (n, 4): v3's, both noise ratios bounded by the reading's own last steps (see
-    `_features_v4`)."""
+    """v4's features (n, 4): v3's z_long and gated shift, the noise ratios bounded by the reading's own
+    last steps and a held reading's stuck ratio at -inf (see `_features_v4`)."""
     z_long = np.abs(st.cur - st.centre) / st.scale
     shift = np.minimum(np.abs(st.s_median - st.centre) / st.scale, 2.0 * z_long)
     ratio = np.log(st.dscale / st.scale)
@@ -523,7 +529,7 @@ def _summary_v4(st: Stats) -> np.ndarray:
     recent_hi = np.log((np.fmax(np.fmax(d0, d1), d2) * k + st.floor) / st.scale)
     recent_lo = np.log((np.fmax(d0, d1) * k + st.floor) / st.scale)
     held = (st.cur == st.prev) & (st.prev == st.prev2)
-    ratio_lo = np.where(held, np.minimum(ratio, np.log(st.floor / st.scale)), np.fmax(ratio, recent_lo))
+    ratio_lo = np.where(held, -np.inf, np.fmax(ratio, recent_lo))  # clipped to -clip: see `_features_v4`
     return _four(z_long, shift, np.fmin(ratio, recent_hi), ratio_lo)
 
 

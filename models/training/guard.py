@@ -35,7 +35,7 @@ MIN_WIDTH = 1e-3
 #: The bounds sit this many widths outside the calibration rows' range: a fresh normal reading a little
 #: beyond the most extreme calibration row is not an anomaly. Measured in December 2026 (docs/detection.md)
 #: on Daphnet's held-out accelerometer data: false-alarm rate 0.0059 at 0.05, 0.0026 at 0.1, 0 at 0.15
-#: (target 0.001); 0.25 costs the simulator's stuck faults up to 0.16 F1.
+#: (target 0.001); 0.3 costs the simulator's noise bursts 0.02-0.03 F1.
 MARGIN = 0.15
 
 

@@ -32,6 +32,10 @@ def results() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 FAULTS = ("spike", "dip", "level_shift", "drift", "stuck", "noise_burst", "dropout")
+#: What this small run reaches with features v4 and the range guard (2 December 2026: spike 0.907, dip
+#: 0.739, level shift 0.864, drift 0.721, stuck 0.954, noise burst 0.792, dropout 0.928), less a margin.
+F1_FLOOR = {"spike": 0.85, "dip": 0.7, "level_shift": 0.8, "drift": 0.65, "stuck": 0.9, "noise_burst": 0.75,
+            "dropout": 0.9}
 
 
 def test_ours_beats_the_baselines_on_pr_auc_for_every_fault(results: dict[tuple[str, str], Any]) -> None:
@@ -47,7 +51,7 @@ def test_every_fault_type_is_noticed_and_false_alarms_stay_near_the_target(
     for kind in FAULTS:
         f = results[(kind, "edgeflag")]
         assert f["event_recall"] >= 0.9, (kind, f)
-        assert f["f1"] >= (0.6 if kind == "drift" else 0.65), (kind, f)
+        assert f["f1"] >= F1_FLOOR[kind], (kind, f)
     assert results[("normal", "edgeflag")]["false_alarm_rate"] <= 3 * TARGET
 
 

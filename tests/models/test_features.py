@@ -247,8 +247,8 @@ def test_v4_ratios_end_with_the_stuck_span_and_the_noise_burst() -> None:
     x[600:620, 1] += np.random.default_rng(8).normal(0, 8, 20)  # a noise burst on channel b
     v3, v4 = compute_features(V3, x), compute_features(V4, x)
     assert V4.names == V3.names
-    # inside the stuck span v4 is v3 (the third-equal-reading rule), bit for bit
-    assert np.array_equal(v4[305:330, 3], v3[305:330, 3])
+    # inside the stuck span, from the third equal reading: v3 takes the floor's ratio, v4 the clip
+    assert (v4[302:330, 3] == -V4.clip).all() and (v3[302:330, 3] > -5).all() and v4[301, 3] > -5
     # after it: v3's min ratio stays near the stuck value while the last S steps are mostly zero; v4's
     # follows the reading's own steps back towards normal at once
     normal_lo = float(np.median(v4[100:290, 3]))
