@@ -186,12 +186,16 @@ class GateConfig:
 
     With labels in the holdout: its F1 and event recall may trail the champion's by at most
     `f1_tolerance` / `event_recall_tolerance`; without a champion, F1 must reach `min_f1`.
-    Without labels: its alert rate on the holdout must stay at or below `max_alert_rate` (and at most
-    `alert_rate_factor` x the champion's); it is refused only when the rate's one-sided Wilson lower bound
-    at `alert_rate_confidence` is above that limit, so a few chance alerts on a small holdout do not refuse
-    a sound model; and its score distribution may shift from training to the
-    holdout by a PSI of at most `max_psi`. Always: its channels are sent by every device of the type,
-    and ONNX matches scikit-learn (checked when the bundle is built).
+    Without labels and with a champion measured on the same holdout: its alert *events* (one per fault,
+    as the agent announces them) at most `alert_rate_factor` x the champion's, or one per 1,000 readings,
+    and its alert rate per reading at most `max_alert_rate`, or `alert_rate_factor` x the champion's when
+    the champion alerts more than that (a holdout with real faults in it raises both models; a candidate
+    that flags more of a fault's readings is not noisier: `cloud_jobs.retrain.gate._against_champion`).
+    Without labels and without a champion: its alert rate at most `max_alert_rate`. Either way a rate is
+    refused only when its one-sided Wilson lower bound at `alert_rate_confidence` is above the limit, so a
+    few chance alerts on a small holdout do not refuse a sound model; and its score distribution may shift
+    from training to the holdout by a PSI of at most `max_psi`. Always: its channels are sent by every device
+    of the type, and ONNX matches its reference (checked when the bundle is built).
     """
 
     f1_tolerance: float = 0.02
@@ -221,8 +225,11 @@ class RolloutConfig:
     first. Each must report ``model_rollout.status == "ok"`` for the new version within
     `report_timeout_s`; then their alert rate in silver (readings scored by the new version since the
     rollout) must stay at or below `max_canary_alert_rate` once `min_canary_readings` have arrived
-    (waiting at most `watch_timeout_s`, polling every `poll_s`). Pass: the rest of the type follows.
-    Fail: the canaries go back to the previous model and the reason is recorded.
+    (waiting at most `watch_timeout_s`, polling every `poll_s`), judged as the gate judges alert rates:
+    rolled back only when the rate's one-sided Wilson lower bound at `canary_confidence` is above the
+    limit, so a canary that meets one real fault in its few hundred readings is not taken for a broken
+    model. Pass: the rest of the type follows. Fail: the canaries go back to the previous model and the
+    reason is recorded.
     """
 
     hub_state: str | None = None          # the hub's state directory (registry tags, twins); None: no rollout
@@ -232,6 +239,7 @@ class RolloutConfig:
     report_timeout_s: float = 60.0
     min_canary_readings: int = 200
     max_canary_alert_rate: float = 0.05
+    canary_confidence: float = 0.99
     watch_timeout_s: float = 180.0
     poll_s: float = 2.0
     dry_run: bool = False
@@ -241,6 +249,8 @@ class RolloutConfig:
             raise ConfigError("rollout.canary_fraction", "must be in (0, 1]")
         if not 0 <= self.max_canary_alert_rate <= 1:
             raise ConfigError("rollout.max_canary_alert_rate", "must be in [0, 1]")
+        if not 0.5 <= self.canary_confidence < 1:
+            raise ConfigError("rollout.canary_confidence", "must be in [0.5, 1)")
         if min(self.report_timeout_s, self.watch_timeout_s, self.poll_s) <= 0 or self.min_canary_readings < 1:
             raise ConfigError("rollout", "timeouts, poll_s and min_canary_readings must be positive")
 

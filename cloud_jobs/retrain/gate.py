@@ -2,8 +2,9 @@
 
 `figures(...)` measures a model on the holdout: with labels, precision / recall / F1 at its own threshold,
 ROC-AUC and PR-AUC, and event recall (an event is a maximal run of one fault on one device; caught when
-one of its readings is flagged); always, the alert rate and the PSI of its holdout scores against its
-training scores. `verdict(candidate, champion, compatible, config)` applies `GateConfig` and returns
+one of its readings is flagged); always, the alert rate, the alert events (with the rows' devices: the
+events the agent would announce, `models.events.alert_spans`) and the PSI of its holdout scores against
+its training scores. `verdict(candidate, champion, compatible, config)` applies `GateConfig` and returns
 whether it passes and every reason it does not. Pure numpy; runs on an executor or the driver.
 """
 
@@ -61,6 +62,10 @@ def figures(scores: np.ndarray, threshold: float, train_scores: np.ndarray, *, l
     out: dict[str, Any] = {"holdout_rows": len(scores),
                            "alert_rate": float(flagged.mean()) if len(scores) else 0.0,
                            "psi": psi(train_scores, scores), "threshold": float(threshold)}
+    if devices is not None:
+        from models.events import alert_spans
+
+        out["alert_events"] = len(alert_spans([str(d) for d in devices], scores, threshold))
     if labels is None or not labels.any():
         return out
     tp = int((flagged & (labels == 1)).sum())
@@ -106,6 +111,8 @@ def verdict(cand: dict[str, Any], champ: dict[str, Any] | None, *, compatible: b
             if cand.get("event_recall", 0.0) < champ.get("event_recall", 0.0) - gate.event_recall_tolerance:
                 reasons.append(f"event recall {cand.get('event_recall', 0.0):.3f} worse than the champion's "
                                f"{champ.get('event_recall', 0.0):.3f}")
+    elif champ is not None and "alert_events" in cand and "alert_events" in champ:
+        reasons += _against_champion(cand, champ, gate)
     else:
         limit = gate.max_alert_rate
         if champ is not None:
@@ -118,3 +125,30 @@ def verdict(cand: dict[str, Any], champ: dict[str, Any] | None, *, compatible: b
             reasons.append(f"score distribution shifted from training to recent data: PSI {cand['psi']:.3f} "
                            f"> {gate.max_psi:.3f}")
     return Verdict(not reasons, reasons, labelled)
+
+
+def _against_champion(cand: dict[str, Any], champ: dict[str, Any], gate: GateConfig) -> list[str]:
+    """The unlabelled rules when the champion was measured on the same holdout, with its alert events.
+
+    Recent data may hold real faults, and then both models alert on them: a candidate that flags more of
+    a fault's readings is not a noisier model. So the candidate is compared with the champion on what an
+    operator receives, alert events (one per fault, as the agent announces them): at most
+    `alert_rate_factor` x the champion's (or one per 1,000 readings, whichever is more), judged on the
+    rate's one-sided Wilson lower bound. Per reading it is held to `max_alert_rate`, or to
+    `alert_rate_factor` x the champion's reading rate when the champion itself alerts more than that (a
+    holdout full of faults), so a candidate that alerts on everything is still refused.
+    """
+    reasons = []
+    rows, conf = cand["holdout_rows"], gate.alert_rate_confidence
+    cap = max(gate.max_alert_rate, champ["alert_rate"] * gate.alert_rate_factor)
+    low = rate_lower_bound(cand["alert_rate"], rows, conf)
+    if low > cap:
+        reasons.append(f"alert rate {cand['alert_rate']:.4f} on recent data above {cap:.4f} (the champion's "
+                       f"{champ['alert_rate']:.4f}; at {conf:.0%} confidence: at least {low:.4f})")
+    limit = max(champ["alert_events"] / max(rows, 1) * gate.alert_rate_factor, 1e-3)
+    low = rate_lower_bound(cand["alert_events"] / max(rows, 1), rows, conf)
+    if low > limit:
+        reasons.append(f"{cand['alert_events']} alert events on recent data against the champion's "
+                       f"{champ['alert_events']} ({cand['alert_events'] / max(rows, 1) * 1000:.2f} per 1,000 readings "
+                       f"above {limit * 1000:.2f}; at {conf:.0%} confidence: at least {low * 1000:.2f})")
+    return reasons

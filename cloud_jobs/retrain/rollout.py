@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cloud_jobs.config import RolloutConfig
+from cloud_jobs.retrain.gate import rate_lower_bound
 
 
 class FleetControl(Protocol):
@@ -195,9 +196,11 @@ def execute(plan: RolloutPlan, control: FleetControl, canary_stats: CanaryStats,
                 break
             time.sleep(config.poll_s)
         rate = out.canary_alert_rate
-        if not out.reason and rate is not None and rate > config.max_canary_alert_rate:
+        low = None if rate is None else rate_lower_bound(rate, out.canary_readings, config.canary_confidence)
+        if not out.reason and low is not None and low > config.max_canary_alert_rate:
             out.reason = (f"canary alert rate {rate:.4f} over {out.canary_readings} readings is above "
-                          f"{config.max_canary_alert_rate:.4f}")
+                          f"{config.max_canary_alert_rate:.4f} (at {config.canary_confidence:.0%} confidence: "
+                          f"at least {low:.4f})")
         say(f"{plan.device_type}: canaries scored {out.canary_readings} readings with v{version}, alert rate "
             + (f"{rate:.4f}" if rate is not None else "n/a"))
     if out.reason:

@@ -57,6 +57,42 @@ def test_the_gate_compares_with_the_champion_and_without_labels_watches_alerts_a
                        gate=gate).passed
 
 
+def test_without_labels_the_candidate_is_held_to_the_champions_alert_events() -> None:
+    """The demo run that refused a sound chiller model: the holdout held real faults, so the champion
+    alerted on 4.3 % of it and the candidate on 4.4 %, over the 2 % cap. Measured on the same holdout,
+    with the events both would announce, the candidate is no noisier than production."""
+    gate = GateConfig()
+    rows = {"holdout_rows": 2700, "psi": 0.02}
+    champ = {**rows, "alert_rate": 0.0429, "alert_events": 6}
+    assert verdict({**rows, "alert_rate": 0.0437, "alert_events": 6}, champ, compatible=True, gate=gate).passed
+    # the old rule, kept for figures without events (no devices), refuses it
+    plain = {k: v for k, v in champ.items() if k != "alert_events"}
+    assert not verdict({**rows, "alert_rate": 0.0437}, plain, compatible=True, gate=gate).passed
+    # a quiet champion and a candidate that flags more of the same faults' readings: same events, passes
+    quiet = {**rows, "alert_rate": 3 / 2700, "alert_events": 2}
+    assert verdict({**rows, "alert_rate": 15 / 2700, "alert_events": 2}, quiet, compatible=True, gate=gate).passed
+    # many more alert events than the champion: refused, with the counts in the reason
+    v = verdict({**rows, "alert_rate": 30 / 2700, "alert_events": 25}, quiet, compatible=True, gate=gate)
+    assert not v.passed and "25 alert events" in v.reasons[0] and "champion's 2" in v.reasons[0]
+    # a candidate that alerts on most readings is refused whatever the events (one long event per device)
+    v = verdict({**rows, "alert_rate": 0.6, "alert_events": 3}, quiet, compatible=True, gate=gate)
+    assert not v.passed and "alert rate 0.6000" in v.reasons[0]
+    # a holdout full of faults: the per-reading cap follows the champion up, at the same factor
+    busy = {**rows, "alert_rate": 0.05, "alert_events": 12}
+    assert verdict({**rows, "alert_rate": 0.09, "alert_events": 12}, busy, compatible=True, gate=gate).passed
+    assert not verdict({**rows, "alert_rate": 0.15, "alert_events": 12}, busy, compatible=True, gate=gate).passed
+
+
+def test_figures_count_the_alert_events_the_agent_would_announce() -> None:
+    devs = np.array(["a"] * 100 + ["b"] * 100)
+    scores = np.zeros(200)
+    scores[[10, 11, 13, 60]] = 0.9  # device a: one burst (one event), then one more after it closed
+    scores[150:170] = 0.9  # device b: one long fault, many alerting readings, one event
+    f = figures(scores, 0.5, np.zeros(100), devices=devs, faults=np.array([""] * 200))
+    assert f["alert_events"] == 3 and f["alert_rate"] == pytest.approx(24 / 200)
+    assert "alert_events" not in figures(scores, 0.5, np.zeros(100))
+
+
 def test_the_alert_rate_bound_is_a_lower_confidence_bound() -> None:
     from cloud_jobs.retrain.gate import rate_lower_bound
 
@@ -177,3 +213,44 @@ def test_dry_run_prints_the_plan_and_changes_nothing(spark: Any, lake: Path) -> 
     assert {t: Registry(lake / "registry").versions(t) for t in TYPES} == before
     assert report["types"]["pump"]["status"] == "passed (dry run: not registered)"
     assert any(line.startswith("rollout plan (dry run)") for line in lines)
+
+
+class _Twins:
+    """`FleetControl` in memory (the hub-backed one runs in test_fleet_rollout): each device reports the
+    model it is told to run at once."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, dict[str, Any]] = {}
+
+    def devices(self, device_type: str) -> list[str]:
+        return sorted(self.state)
+
+    def set_model(self, device: str, spec: dict[str, Any] | None) -> None:
+        self.state[device] = {"model": spec, "model_rollout": {"status": "ok", "version": (spec or {}).get("version")}}
+
+    def reported(self, device: str) -> dict[str, Any]:
+        return self.state.get(device, {})
+
+    def invoke(self, device: str, method: str, payload: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+        return 200, None
+
+
+@pytest.mark.parametrize(("anomalies", "rolled_back"), [(27, False), (60, True)])
+def test_a_canary_is_rolled_back_only_when_its_alert_rate_is_surely_above_the_limit(anomalies: int,
+                                                                                   rolled_back: bool) -> None:
+    """The demo run that rolled back a sound chiller model: one canary met a real fault, 27 alerts in 521
+    readings (5.2 %) against the 5 % limit. At 99 % confidence that is chance; 60 (11.5 %) is not."""
+    from cloud_jobs.config import RolloutConfig
+    from cloud_jobs.retrain.rollout import RolloutPlan, execute
+
+    twins = _Twins()
+    old, new = {"version": 1, "sha256": "a"}, {"version": 2, "sha256": "b"}
+    for d in ("c1", "r1"):
+        twins.set_model(d, old)
+    plan = RolloutPlan("chiller", new, old, ("c1",), ("r1",))
+    out = execute(plan, twins, lambda devices, sha, version, since: (521, anomalies),
+                  RolloutConfig(min_canary_readings=200, poll_s=0.01))
+    assert (out.status == "rolled_back") is rolled_back, out
+    assert twins.reported("r1")["model"]["version"] == (1 if rolled_back else 2)
+    if rolled_back:
+        assert "at 99% confidence: at least" in out.reason and twins.reported("c1")["model"]["version"] == 1
