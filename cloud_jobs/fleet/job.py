@@ -253,6 +253,19 @@ def old_layout(config: AggregateConfig) -> str | None:
             f"from a new --out to avoid the seam.")
 
 
+def _stop_between_batches(query: Any, timeout_s: float = 60.0) -> None:
+    """Stop a running query once no micro-batch is in flight (waiting at most `timeout_s`).
+
+    Stopping mid-batch is safe (the batch is replayed from the checkpoint on the next start) but interrupts
+    its Python workers, and Spark then logs a StackOverflowError from matching the interrupted worker's
+    long error text in the stream thread (seen in the latency benchmark and the demo before December
+    2026). A trigger may still start between the check and the stop; that batch is then replayed."""
+    deadline = time.monotonic() + timeout_s
+    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    query.stop()
+
+
 def main(config: AggregateConfig, *, spark: Any = None, on_batch: Callable[[BatchStats], None] | None = None,
          stop: threading.Event | None = None) -> JobReport:
     """Run the aggregation; returns when an available-now run is done, or when `stop` is set."""
@@ -278,7 +291,7 @@ def main(config: AggregateConfig, *, spark: Any = None, on_batch: Callable[[Batc
                     stop.set()
                     if exc is not None:
                         raise RuntimeError(f"query {query.name} failed: {exc}")
-            query.stop()
+            _stop_between_batches(query)
         time.sleep(0.2)  # the listener's last progress events
     finally:
         spark.streams.removeListener(listener)

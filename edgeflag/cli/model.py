@@ -241,7 +241,10 @@ def inspect_cmd(args: argparse.Namespace) -> int:
         f"  form          {m.form}  opsets {dict(m.opsets)}",
         f"  model.onnx    {m.model_bytes:,} bytes  sha256 {m.sha256}",
         f"  io            {m.input_name} float32[N,{bundle.spec.n_features}] -> {m.output_name} float32[N,1]",
-        f"  features      {', '.join(bundle.spec.names)} over {', '.join(bundle.spec.channels)}",
+        f"  features      {bundle.spec.algo}: {', '.join(bundle.spec.names)} over {', '.join(bundle.spec.channels)}",
+        "  range guard   " + ("on: score + widths beyond " + ", ".join(
+            f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(t["range_guard"]["lo"], t["range_guard"]["hi"], strict=True))
+            if t.get("range_guard") else "off (the forest's score alone)"),
         f"  feature hash  {m.feature_hash}",
         f"  threshold     {m.threshold:.6f}  (score >= threshold is an anomaly; higher = more anomalous)",
         f"  training      {t.get('fit_rows', '?'):,} rows fitted of {t.get('rows', '?'):,}, "
