@@ -69,6 +69,8 @@ V2_EXTRA_NAMES = ("max_step_sq", "max_stuck_frac")
 #: What training fits unless told otherwise (`model train --features`, `TrainConfig.features`).
 TRAIN_ALGO = FEATURE_ALGO_V4
 V3_NAMES = ("max_z_long_sq", "max_gated_shift_sq", "max_ratio", "min_ratio")
+#: |difference of two readings| -> noise sd: 1.4826 (MAD -> sd of a normal) / √2 (a difference of two).
+DIFF_SD = 1.4826 / np.sqrt(2.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,7 +395,7 @@ def _dscale(p: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     diffs = np.abs(np.diff(p, axis=1))
     floor = np.asarray(spec.floors)[:, None]
     med = _median_of([diffs[:, L - S + j : L - S + j + m] for j in range(S)])
-    out: np.ndarray = med * (1.4826 / np.sqrt(2.0)) + floor
+    out: np.ndarray = med * DIFF_SD + floor
     return out
 
 
@@ -458,7 +460,7 @@ def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Su
         run_mean, run_sd = _run_stats(p, S)
         b_mean = [at(run_mean, b * S) for b in range(B)]
         diffs = np.abs(np.diff(p, axis=1))  # diffs[k] = |p[k+1] - p[k]|
-        dscale = _median_of([at(diffs, L - S + j) for j in range(S)]) * (1.4826 / np.sqrt(2.0)) + floor
+        dscale = _median_of([at(diffs, L - S + j) for j in range(S)]) * DIFF_SD + floor
         s_median = _median_of([at(p, L - S + j) for j in range(S)])  # the S readings before
         centre = _median_of(b_mean)
         scale = _median_of([at(run_sd, b * S) for b in range(B)]) + floor
@@ -507,28 +509,32 @@ def _summary(st: Stats) -> np.ndarray:
     return _four(z_long, np.abs(st.s_median - st.centre) / st.scale, ratio, ratio)
 
 
-def _summary_v3(st: Stats) -> np.ndarray:
-    """v3's features (n, 4): v1's, the shift gated by the reading, the stuck ratio from the third equal
-    reading (see `_features_v3`)."""
+def _gated(st: Stats) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """v3's and v4's per-channel z_long, shift gated by the reading, ratio, and whether the reading
+    equals the two before it."""
     z_long = np.abs(st.cur - st.centre) / st.scale
     shift = np.minimum(np.abs(st.s_median - st.centre) / st.scale, 2.0 * z_long)
     ratio = np.log(st.dscale / st.scale)
     held = (st.cur == st.prev) & (st.prev == st.prev2)  # NaN (no history) is never equal
+    return z_long, shift, ratio, held
+
+
+def _summary_v3(st: Stats) -> np.ndarray:
+    """v3's features (n, 4): v1's, the shift gated by the reading, the stuck ratio from the third equal
+    reading (see `_features_v3`)."""
+    z_long, shift, ratio, held = _gated(st)
     return _four(z_long, shift, ratio, np.where(held, np.minimum(ratio, np.log(st.floor / st.scale)), ratio))
 
 
 def _summary_v4(st: Stats) -> np.ndarray:
     """v4's features (n, 4): v3's z_long and gated shift, the noise ratios bounded by the reading's own
     last steps and a held reading's stuck ratio at -inf (see `_features_v4`)."""
-    z_long = np.abs(st.cur - st.centre) / st.scale
-    shift = np.minimum(np.abs(st.s_median - st.centre) / st.scale, 2.0 * z_long)
-    ratio = np.log(st.dscale / st.scale)
-    k = 1.4826 / np.sqrt(2.0)  # dscale's normalisation, so the bounds are on ratio's own scale
+    z_long, shift, ratio, held = _gated(st)
     d0, d1, d2 = np.abs(st.cur - st.prev), np.abs(st.prev - st.prev2), np.abs(st.prev2 - st.prev3)
     # fmax / fmin: a step the device has no history for (NaN) bounds nothing
-    recent_hi = np.log((np.fmax(np.fmax(d0, d1), d2) * k + st.floor) / st.scale)
-    recent_lo = np.log((np.fmax(d0, d1) * k + st.floor) / st.scale)
-    held = (st.cur == st.prev) & (st.prev == st.prev2)
+    # on dscale's scale (DIFF_SD, plus the floor), so the bounds are on ratio's own scale
+    recent_hi = np.log((np.fmax(np.fmax(d0, d1), d2) * DIFF_SD + st.floor) / st.scale)
+    recent_lo = np.log((np.fmax(d0, d1) * DIFF_SD + st.floor) / st.scale)
     ratio_lo = np.where(held, -np.inf, np.fmax(ratio, recent_lo))  # clipped to -clip: see `_features_v4`
     return _four(z_long, shift, np.fmin(ratio, recent_hi), ratio_lo)
 

@@ -145,10 +145,11 @@ def _against_champion(cand: dict[str, Any], champ: dict[str, Any], gate: GateCon
     if low > cap:
         reasons.append(f"alert rate {cand['alert_rate']:.4f} on recent data above {cap:.4f} (the champion's "
                        f"{champ['alert_rate']:.4f}; at {conf:.0%} confidence: at least {low:.4f})")
+    events = cand["alert_events"] / max(rows, 1)
     limit = max(champ["alert_events"] / max(rows, 1) * gate.alert_rate_factor, 1e-3)
-    low = rate_lower_bound(cand["alert_events"] / max(rows, 1), rows, conf)
+    low = rate_lower_bound(events, rows, conf)
     if low > limit:
         reasons.append(f"{cand['alert_events']} alert events on recent data against the champion's "
-                       f"{champ['alert_events']} ({cand['alert_events'] / max(rows, 1) * 1000:.2f} per 1,000 readings "
-                       f"above {limit * 1000:.2f}; at {conf:.0%} confidence: at least {low * 1000:.2f})")
+                       f"{champ['alert_events']} ({events * 1000:.2f} per 1,000 readings above {limit * 1000:.2f}; "
+                       f"at {conf:.0%} confidence: at least {low * 1000:.2f})")
     return reasons
