@@ -38,6 +38,10 @@ Algorithms are a registry keyed by ``spec.algo`` (`ALGORITHMS`), so older bundle
   features, the two noise ratios bounded by the reading's own last steps (`_features_v4`), so a stuck
   span, a dropout or a noise burst no longer flags the S readings after it, and a reading equal to the
   two before it at ``-clip`` in ``min_ratio``. Measured in docs/detection.md.
+* ``values-v1``: no window at all: one ``value_z_<channel>`` per channel, ``(x - level) / spread``
+  against the baseline learned in training, signed (`_features_values`). For readings that are
+  independent records rather than a time series, whose order carries nothing a window could learn
+  (River's Shuttle); `model train` picks it for such data (`models.training.autofeatures`).
 
 Guarantee: features depend only on the reading and the `long_window` readings before
 it, and are bitwise identical whether computed one reading at a time
@@ -64,9 +68,13 @@ FEATURE_ALGO = "robust-blocks-v1"
 FEATURE_ALGO_V2 = "robust-blocks-v2"
 FEATURE_ALGO_V3 = "robust-blocks-v3"
 FEATURE_ALGO_V4 = "robust-blocks-v4"
+FEATURE_ALGO_VALUES = "values-v1"
+#: Algorithms that learn a per-channel baseline (`FeatureSpec.level` / `spread`) in training.
+BASELINE_ALGOS = (FEATURE_ALGO_V2, FEATURE_ALGO_VALUES)
 FEATURE_NAMES = ("max_z_long_sq", "max_shift_sq", "max_ratio", "min_ratio")
 V2_EXTRA_NAMES = ("max_step_sq", "max_stuck_frac")
-#: What training fits unless told otherwise (`model train --features`, `TrainConfig.features`).
+#: What training fits on a time series (`model train --features auto`, the default, fits it unless the
+#: readings have no serial structure: `models.training.autofeatures`); the retraining job's default.
 TRAIN_ALGO = FEATURE_ALGO_V4
 V3_NAMES = ("max_z_long_sq", "max_gated_shift_sq", "max_ratio", "min_ratio")
 #: |difference of two readings| -> noise sd: 1.4826 (MAD -> sd of a normal) / √2 (a difference of two).
@@ -84,7 +92,7 @@ class FeatureSpec:
         blocks: blocks in the long window (long_window = blocks * short_window).
         clip: every feature is clipped to [-clip, clip].
         algo: the feature algorithm (a key of `ALGORITHMS`).
-        level / spread: per-channel baseline learned in training (``robust-blocks-v2`` only).
+        level / spread: per-channel baseline learned in training (``robust-blocks-v2`` and ``values-v1``).
     """
 
     channels: tuple[str, ...]
@@ -108,11 +116,11 @@ class FeatureSpec:
         if self.algo not in ALGORITHMS:
             raise FeatureError(f"unknown feature algorithm {self.algo!r}; this build computes "
                                f"{', '.join(sorted(ALGORITHMS))}")
-        if self.algo == FEATURE_ALGO_V2:
+        if self.algo in BASELINE_ALGOS:
             c = len(self.channels)
             if (self.level is None or self.spread is None or len(self.level) != c or len(self.spread) != c
                     or not all(v > 0 for v in self.spread) or not all(np.isfinite(self.level))):
-                raise FeatureError(f"{FEATURE_ALGO_V2} needs a finite level and a positive spread per channel")
+                raise FeatureError(f"{self.algo} needs a finite level and a positive spread per channel")
 
     @property
     def long_window(self) -> int:
@@ -124,6 +132,8 @@ class FeatureSpec:
             return FEATURE_NAMES + V2_EXTRA_NAMES + tuple(f"base_z_{c}" for c in self.channels)
         if self.algo in (FEATURE_ALGO_V3, FEATURE_ALGO_V4):
             return V3_NAMES
+        if self.algo == FEATURE_ALGO_VALUES:
+            return tuple(f"value_z_{c}" for c in self.channels)
         return FEATURE_NAMES
 
     @property
@@ -158,12 +168,12 @@ class FeatureSpec:
         stream) nor 1e-6 of its typical magnitude (`stream_resolution`), so a quantised or constant
         channel does not drive the features to their clip. ``robust-blocks-v2`` also learns each
         channel's baseline: level = median of the streams' medians, spread = 1.4826·MAD of all
-        readings (between-device differences included), at least 10 floors."""
+        readings (between-device differences included), at least 10 floors; so does ``values-v1``."""
         streams = [np.asarray(v, dtype=np.float64) for v in streams]
         est = [e for e in (stream_noise(v) for v in streams) if e is not None]
         res = [r for r in (stream_resolution(v) for v in streams) if r is not None]
         spec = cls.from_noise(channels, est, resolutions=res, floor_fraction=floor_fraction, **kwargs)
-        if algo != FEATURE_ALGO_V2:  # no baseline to learn: the spec records the algorithm alone
+        if algo not in BASELINE_ALGOS:  # no baseline to learn: the spec records the algorithm alone
             return replace(spec, algo=algo)
         usable = [v for v in streams if len(v)]
         if not usable:
@@ -179,7 +189,7 @@ class FeatureSpec:
                    resolutions: Sequence[tuple[np.ndarray, np.ndarray]] = (), **kwargs: Any) -> FeatureSpec:
         """`fit` from per-stream `stream_noise` (and `stream_resolution`) estimates computed elsewhere
         (e.g. one per device on Spark): the same floors as `fit` over the same streams. Any algorithm
-        but ``robust-blocks-v2`` (`algo=`; its baseline needs the readings, `fit`)."""
+        but ``robust-blocks-v2`` and ``values-v1`` (`algo=`; their baseline needs the readings, `fit`)."""
         if not len(estimates):
             raise FeatureError("need at least one stream of 3+ readings to fit noise floors")
         noise = np.median(np.vstack(estimates), axis=0)
@@ -388,6 +398,21 @@ def _features_v4(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.nda
     return _block_features(spec, padded, _summary_v4)
 
 
+def _features_values(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``values-v1``: each reading's own channel values against the training baseline, ``(x - level) /
+    spread`` per channel, signed, clipped to [-clip, clip]. No window and no warm-up: a reading's
+    features read that reading alone, so the batch-size invariance holds trivially (the padded
+    history is ignored)."""
+    assert spec.level is not None and spec.spread is not None
+    L = spec.long_window
+    level, spread = np.asarray(spec.level), np.asarray(spec.spread)
+    out = []
+    for pad in padded:
+        z = (pad[L:] - level) / spread
+        out.append(np.clip(z, -spec.clip, spec.clip, out=z))
+    return out
+
+
 def _dscale(p: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """v1's short-term noise scale of each new reading of one padded stream (C, L + n), same operations."""
     L, S = spec.long_window, spec.short_window
@@ -499,6 +524,7 @@ ALGORITHMS: dict[str, Callable[[FeatureSpec, Sequence[np.ndarray]], list[np.ndar
     FEATURE_ALGO_V2: _features_v2,
     FEATURE_ALGO_V3: _features_v3,
     FEATURE_ALGO_V4: _features_v4,
+    FEATURE_ALGO_VALUES: _features_values,
 }
 
 

@@ -42,10 +42,13 @@ def register(sub: Any) -> None:
     t.add_argument("--form", choices=("fused", "skl2onnx"), default=d.form, help="ONNX form to write")
     from models.features import ALGORITHMS
 
-    t.add_argument("--features", choices=sorted(ALGORITHMS), default=d.features,
-                   help="feature algorithm (models/features.py: v3 is v1 with the shift gated by the reading "
-                        "and stuck seen from the third equal reading; v4 is v3 with the noise ratios bounded by "
-                        "the reading's own last steps; v2 adds baseline, step and stuck features)")
+    t.add_argument("--features", choices=["auto", *sorted(ALGORITHMS)], default=d.features,
+                   help="feature algorithm (models/features.py). auto: robust-blocks-v4 on a time series, values-v1 "
+                        "on readings with no serial structure (independent records; models/training/"
+                        "autofeatures.py). v3 is v1 with the shift gated by the reading and stuck seen from the "
+                        "third equal reading; v4 is v3 with the noise ratios bounded by the reading's own last "
+                        "steps; v2 adds baseline, step and stuck features; values-v1 scores each reading's own "
+                        "values against the training baseline, with no window")
     t.add_argument("--no-range-guard", action="store_true", default=not d.range_guard,
                    help="score with the forest alone: no range guard (models/training/guard.py), which scores "
                         "readings outside the range of the calibration rows higher")
@@ -102,7 +105,7 @@ def _resolve(ref: Path, name: str | None) -> Path:
 def train_cmd(args: argparse.Namespace) -> int:
     try:
         from models.training.pipeline import build_bundle
-        from models.training.trainer import TrainConfig, clean_rows, feature_table, fit_spec
+        from models.training.trainer import TrainConfig, clean_rows, feature_table, fit_spec, resolve_features
     except ImportError as exc:
         raise CliError(f"training needs the 'train' extra (pip install 'edgeflag[train]'): {exc}") from None
     from models.registry import Registry
@@ -116,6 +119,7 @@ def train_cmd(args: argparse.Namespace) -> int:
                                  seed=args.seed, target_fpr=args.target_fpr, form=args.form,
                                  features=args.features, holdout_fraction=args.holdout,
                                  range_guard=not args.no_range_guard)
+            config = resolve_features(blocks, config)
             spec = fit_spec(blocks, config)
             status.update(f"computing {spec.n_features} features for {sum(len(b) for b in blocks.values()):,} readings")
             table = feature_table(blocks, spec)
@@ -128,8 +132,10 @@ def train_cmd(args: argparse.Namespace) -> int:
             raise CliError(str(exc)) from None
     s = cand.manifest.training
     cal, held = s["calibration"], s["held_out"]
+    choice = s.get("features_choice")
     console.print(
         f"trained {args.name} v{int(path.name[1:])} -> {path}\n"
+        f"  features {spec.algo}" + (f" (auto: {choice['reason']})" if choice else "") + "\n"
         f"  {s['fit_rows']:,} of {s['rows']:,} readings fitted ({s['devices']} devices), "
         f"{s['estimator']['n_estimators']} trees; threshold {cand.manifest.threshold:.4f} "
         f"(target FPR {args.target_fpr:g}, {cal['method']} on {s['calibration_rows']:,} clean readings)\n"
@@ -241,7 +247,9 @@ def inspect_cmd(args: argparse.Namespace) -> int:
         f"  form          {m.form}  opsets {dict(m.opsets)}",
         f"  model.onnx    {m.model_bytes:,} bytes  sha256 {m.sha256}",
         f"  io            {m.input_name} float32[N,{bundle.spec.n_features}] -> {m.output_name} float32[N,1]",
-        f"  features      {bundle.spec.algo}: {', '.join(bundle.spec.names)} over {', '.join(bundle.spec.channels)}",
+        f"  features      {bundle.spec.algo}: {', '.join(bundle.spec.names)} over {', '.join(bundle.spec.channels)}"
+        + (f"\n                chosen by --features auto: {t['features_choice']['reason']}"
+           if t.get("features_choice") else ""),
         "  range guard   " + ("on: score + widths beyond " + ", ".join(
             f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(t["range_guard"]["lo"], t["range_guard"]["hi"], strict=True))
             if t.get("range_guard") else "off (the forest's score alone)"),

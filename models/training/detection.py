@@ -5,8 +5,9 @@ detector learns from the prefix only, sets its threshold there at the same targe
 and scores the rest:
 
 * ``edgeflag``: the product's path, `trainer.train` -> fused ONNX bundle -> `OnnxScorer` over
-  `models.features` (what the agent runs), with the defaults: features `models.features.TRAIN_ALGO`
-  (``robust-blocks-v4``) and the range guard (`models.training.guard`);
+  `models.features` (what the agent runs), with the defaults: ``--features auto``
+  (`models.training.autofeatures`: ``robust-blocks-v4`` on a time series, ``values-v1`` on
+  independent records, which Shuttle is) and the range guard (`models.training.guard`);
 * ``edgeflag-unguarded``: the same without the range guard (the forest alone);
 * ``edgeflag-v3`` / ``edgeflag-v1`` / ``edgeflag-v2``: the forest alone with ``robust-blocks-v3`` (the
   default from 1 to 2 December 2026), ``robust-blocks-v1`` (before) and ``robust-blocks-v2`` (baseline,
@@ -40,7 +41,6 @@ import numpy as np
 
 from contracts.block import ReadingBlock
 from models.events import alert_spans
-from models.features import TRAIN_ALGO
 from models.training.evaluate import fault_events
 
 ZSCORE_WINDOW = 12
@@ -274,7 +274,7 @@ def fit_halfspacetrees(train: Blocks, target_fpr: float, warm: int = 250) -> tup
     return score, _threshold(np.asarray(calib), target_fpr)
 
 
-def fit_edgeflag(train: Blocks, target_fpr: float, *, features: str = TRAIN_ALGO, n_estimators: int = 100,
+def fit_edgeflag(train: Blocks, target_fpr: float, *, features: str = "auto", n_estimators: int = 100,
                  range_guard: bool = True, progress: Callable[[str], None] | None = None) -> tuple[Scorer, float]:
     """Train, export the fused ONNX bundle and score through onnxruntime with the features the agent
     computes (a continuing test stream starts with its device's training history in the windows)."""

@@ -17,8 +17,8 @@ Without labels every row is used for both. On data like the training data about
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,7 +28,9 @@ from contracts.block import ReadingBlock, device_spans
 from contracts.manifest import ModelManifest
 from models.bundle import sha256_bytes
 from models.errors import TrainingError
-from models.features import TRAIN_ALGO, FeatureSpec, columns_for, compute_features
+from models.features import FeatureSpec, columns_for, compute_features
+from models.training import autofeatures
+from models.training.autofeatures import AUTO
 from models.training.guard import RangeGuard, append_to_onnx
 
 
@@ -49,7 +51,9 @@ class TrainConfig:
         form: "fused" (default; falls back to skl2onnx for estimators it cannot fuse)
             or "skl2onnx".
         short_window / blocks: feature windows (see models.features).
-        features: the feature algorithm (`models.features.ALGORITHMS`).
+        features: the feature algorithm (`models.features.ALGORITHMS`), or "auto" (the default): the
+            time-series features (`models.features.TRAIN_ALGO`) unless the readings have no serial
+            structure, then ``values-v1`` (`models.training.autofeatures`; `resolve_features`).
         range_guard: add the range guard to the score (`models.training.guard`): a row outside the
             range of the calibration rows scores higher by how far out it lies, which the forest
             alone cannot say. On by default since December 2026.
@@ -66,7 +70,7 @@ class TrainConfig:
     form: str = "fused"
     short_window: int = 10
     blocks: int = 12
-    features: str = TRAIN_ALGO
+    features: str = AUTO
     range_guard: bool = True
     channels: tuple[str, ...] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -80,8 +84,9 @@ class TrainConfig:
             raise TrainingError(f"form must be 'fused' or 'skl2onnx', got {self.form!r}")
         from models.features import ALGORITHMS
 
-        if self.features not in ALGORITHMS:
-            raise TrainingError(f"features must be one of {', '.join(sorted(ALGORITHMS))}, got {self.features!r}")
+        if self.features != AUTO and self.features not in ALGORITHMS:
+            raise TrainingError(f"features must be {AUTO} or one of {', '.join(sorted(ALGORITHMS))}, "
+                                f"got {self.features!r}")
         if self.n_estimators < 1:
             raise TrainingError("n_estimators must be >= 1")
 
@@ -154,25 +159,48 @@ class TrainedModel:
         return out + self.guard.excess(x) if self.guard is not None else out
 
 
-def fit_spec(blocks: Mapping[str, ReadingBlock], config: TrainConfig) -> FeatureSpec:
-    """The feature spec (channels, noise floors, windows) for these readings."""
+def _channels(blocks: Mapping[str, ReadingBlock], config: TrainConfig) -> tuple[str, ...]:
     if not blocks:
         raise TrainingError("no readings")
-    first = next(iter(blocks.values()))
-    channels = config.channels or first.channels
+    channels = config.channels or next(iter(blocks.values())).channels
     for dev, b in blocks.items():
         if not set(channels) <= set(b.channels):
             raise TrainingError(f"device {dev} lacks channels {sorted(set(channels) - set(b.channels))}")
-    streams = (b.values[:, [list(b.channels).index(c) for c in channels]] for b in blocks.values())
-    return FeatureSpec.fit(channels, streams, short_window=config.short_window, blocks=config.blocks,
-                           algo=config.features)
+    return tuple(channels)
+
+
+def _streams(blocks: Mapping[str, ReadingBlock], channels: Sequence[str]) -> Iterator[np.ndarray]:
+    return (b.values[:, [list(b.channels).index(c) for c in channels]] for b in blocks.values())
+
+
+def resolve_features(blocks: Mapping[str, ReadingBlock], config: TrainConfig) -> TrainConfig:
+    """`config` with ``features="auto"`` replaced by the algorithm chosen for these readings
+    (`models.training.autofeatures.choose`), the choice and its evidence recorded in the manifest
+    (``training.features_choice``); any other config unchanged."""
+    if config.features != AUTO:
+        return config
+    choice = autofeatures.choose(_channels(blocks, config), _streams(blocks, _channels(blocks, config)))
+    return replace(config, features=choice.algo, extra={**config.extra, "features_choice": choice.to_dict()})
+
+
+def fit_spec(blocks: Mapping[str, ReadingBlock], config: TrainConfig) -> FeatureSpec:
+    """The feature spec (channels, noise floors, windows) for these readings (``features="auto"``
+    resolved here when the caller has not: `resolve_features`)."""
+    config = resolve_features(blocks, config)
+    channels = _channels(blocks, config)
+    return FeatureSpec.fit(channels, _streams(blocks, channels), short_window=config.short_window,
+                           blocks=config.blocks, algo=config.features)
 
 
 def train(blocks: Mapping[str, ReadingBlock], config: TrainConfig,
           progress: Callable[[str], None] | None = None) -> TrainedModel:
     """Features where the data is, then `fit`: the whole training path for readings held in memory."""
+    config = resolve_features(blocks, config)
     spec = fit_spec(blocks, config)
     say = progress or (lambda _m: None)
+    choice = config.extra.get("features_choice")
+    if choice:
+        say(f"features {choice['algo']}: {choice['reason']}")
     say(f"computing {spec.n_features} features for {sum(len(b) for b in blocks.values())} readings")
     table = feature_table(blocks, spec)
     clean = clean_rows(blocks, 2 * spec.long_window) if table.labels is not None else None

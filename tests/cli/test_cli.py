@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -23,6 +24,7 @@ def test_the_issue_walkthrough_works_and_a_flipped_byte_fails_verify(tmp_path: P
     assert "3,000 readings" in r.stdout
     r = edgeflag("model", "train", "--data", "data.jsonl", "--out", "registry/", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert "features robust-blocks-v4 (auto: a time series" in r.stdout, r.stdout
     bundle = tmp_path / "registry" / "edgeflag" / "v0001"
     assert (bundle / "model.onnx").exists()
     r = edgeflag("model", "verify", str(bundle))
@@ -240,3 +242,19 @@ def test_the_demo_runs_the_whole_loop_and_leaves_a_report_nothing_lost_and_nothi
     assert summary["timeline_s"]["outage_end"] > summary["timeline_s"]["outage_start"]
     left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
     assert left.stdout.strip() == "", f"processes still running: {left.stdout}"
+
+
+def test_auto_features_score_a_table_of_independent_records_by_their_own_values(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    rows = ["timestamp,temp,flow"]
+    for i in range(1500):  # rows in no meaningful order: a table, not a time series
+        temp, flow = rng.normal(40, 2), rng.normal(300, 25)
+        rows.append(f"{1_767_225_600 + i},{temp:.3f},{flow:.2f}")
+    data = tmp_path / "records.csv"
+    data.write_text("\n".join(rows) + "\n")
+    r = edgeflag("model", "train", "--data", str(data), "--out", str(tmp_path / "r"), "--device-id", "line-1",
+                 "--trees", "20", "--name", "records")
+    assert r.returncode == 0, r.stderr
+    assert "features values-v1 (auto: independent records" in r.stdout, r.stdout
+    r = edgeflag("model", "inspect", str(tmp_path / "r"))
+    assert "values-v1: value_z_temp, value_z_flow" in r.stdout and "chosen by --features auto" in r.stdout, r.stdout

@@ -262,3 +262,26 @@ def test_v4_ratios_end_with_the_stuck_span_and_the_noise_burst() -> None:
     assert (v3[621:625, 2] > 1).all() and (v3[621:625, 2] - v4[621:625, 2]).sum() > 1.5
     # the z-score and the gated shift are v3's
     assert np.array_equal(v4[:, :2], v3[:, :2])
+
+
+VALUES = FeatureSpec.fit(("a", "b", "c"), [stream(2000, 9)], algo="values-v1")
+
+
+@settings(max_examples=20, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=12), seed=st.integers(0, 1000))
+def test_values_any_micro_batching_equals_the_whole_array(cuts: list[int], seed: int) -> None:
+    x = stream(sum(cuts), seed)
+    assert np.array_equal(batched(VALUES, x, cuts), compute_features(VALUES, x))
+
+
+def test_values_are_each_readings_own_values_against_the_training_baseline() -> None:
+    assert VALUES.level is not None and VALUES.spread is not None
+    assert VALUES.names == ("value_z_a", "value_z_b", "value_z_c")
+    assert FeatureSpec.from_dict(VALUES.to_dict()) == VALUES  # the baseline travels in the manifest
+    x = stream(300, 4)
+    x[7, 1] = 1e9  # no warm-up, no window: the first readings have features, an outlier moves its row only
+    f = compute_features(VALUES, x)
+    expected = np.clip((x - np.asarray(VALUES.level)) / np.asarray(VALUES.spread), -VALUES.clip, VALUES.clip)
+    assert np.array_equal(f, expected) and f[7, 1] == VALUES.clip and (np.abs(f[8]) < 100).all()
+    with pytest.raises(FeatureError, match="values-v1 needs a finite level"):
+        FeatureSpec(channels=("a",), floors=(0.1,), algo="values-v1")
