@@ -12,10 +12,10 @@ from enum import Enum
 from pathlib import Path
 
 from cloud_jobs.errors import ConfigError
-from models.features import FEATURE_ALGO, FEATURE_ALGO_V3, FEATURE_ALGO_V4, TRAIN_ALGO
+from models.features import FEATURE_ALGO, FEATURE_ALGO_V3, FEATURE_ALGO_V4, FEATURE_ALGO_V5, TRAIN_ALGO
 
 #: Feature algorithms the retraining job fits (its spec comes from per-device noise estimates).
-RETRAIN_ALGOS = (FEATURE_ALGO, FEATURE_ALGO_V3, FEATURE_ALGO_V4)
+RETRAIN_ALGOS = (FEATURE_ALGO, FEATURE_ALGO_V3, FEATURE_ALGO_V4, FEATURE_ALGO_V5)
 
 
 class InputFormat(str, Enum):
@@ -284,7 +284,8 @@ class RetrainConfig:
     max_samples: int = 256
     target_fpr: float = 0.001
     seed: int = 0
-    features: str = TRAIN_ALGO              # models.features: robust-blocks-v1, -v3 or -v4 (v2 needs `model train`)
+    # models.features: robust-blocks-v1, -v3, -v4 or -v5 (v2 and values-v1 need `model train`)
+    features: str = TRAIN_ALGO
     range_guard: bool = True                # models.training.guard: score rows outside the fitted range higher
     sign_key: str | None = None
     mlflow_tracking_uri: str | None = None  # default: sqlite under `out`; "databricks" on Databricks

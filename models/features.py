@@ -38,6 +38,9 @@ Algorithms are a registry keyed by ``spec.algo`` (`ALGORITHMS`), so older bundle
   features, the two noise ratios bounded by the reading's own last steps (`_features_v4`), so a stuck
   span, a dropout or a noise burst no longer flags the S readings after it, and a reading equal to the
   two before it at ``-clip`` in ``min_ratio``. Measured in docs/detection.md.
+* ``robust-blocks-v5``: v4's features, then ``max_rough_ratio``, short-term noise on second
+  differences (`_features_v5`), for smooth signals, where a first difference is mostly the slope; what
+  `model train` picks for them (`models.training.autofeatures`).
 * ``values-v1``: no window at all: one ``value_z_<channel>`` per channel, ``(x - level) / spread``
   against the baseline learned in training, signed (`_features_values`). For readings that are
   independent records rather than a time series, whose order carries nothing a window could learn
@@ -68,6 +71,7 @@ FEATURE_ALGO = "robust-blocks-v1"
 FEATURE_ALGO_V2 = "robust-blocks-v2"
 FEATURE_ALGO_V3 = "robust-blocks-v3"
 FEATURE_ALGO_V4 = "robust-blocks-v4"
+FEATURE_ALGO_V5 = "robust-blocks-v5"
 FEATURE_ALGO_VALUES = "values-v1"
 #: Algorithms that learn a per-channel baseline (`FeatureSpec.level` / `spread`) in training.
 BASELINE_ALGOS = (FEATURE_ALGO_V2, FEATURE_ALGO_VALUES)
@@ -77,6 +81,13 @@ V2_EXTRA_NAMES = ("max_step_sq", "max_stuck_frac")
 #: readings have no serial structure: `models.training.autofeatures`); the retraining job's default.
 TRAIN_ALGO = FEATURE_ALGO_V4
 V3_NAMES = ("max_z_long_sq", "max_gated_shift_sq", "max_ratio", "min_ratio")
+V5_NAMES = (*V3_NAMES, "max_rough_ratio")
+#: v5's roughness: the median of this many second differences (reading x and the 8 before it).
+ROUGH_N = 7
+#: |second difference| -> noise sd: 1.4826 (MAD -> sd of a normal) / √6 (x - 2·x₋₁ + x₋₂ of white noise).
+ROUGH_SD = 1.4826 / np.sqrt(6.0)
+#: mean |second difference| -> noise sd: 1 / (√6 · √(2/π)), the mean of a half-normal.
+ROUGH_MEAN_SD = float(np.sqrt(np.pi / 12.0))
 #: |difference of two readings| -> noise sd: 1.4826 (MAD -> sd of a normal) / √2 (a difference of two).
 DIFF_SD = 1.4826 / np.sqrt(2.0)
 
@@ -113,6 +124,9 @@ class FeatureSpec:
             raise FeatureError("feature spec needs one positive noise floor per channel")
         if self.short_window < 2 or self.blocks < 3:
             raise FeatureError("need short_window >= 2 and blocks >= 3")
+        if self.algo == FEATURE_ALGO_V5 and self.short_window < ROUGH_N + 1:
+            raise FeatureError(f"{FEATURE_ALGO_V5} needs short_window >= {ROUGH_N + 1} (its roughness reads the "
+                               f"{ROUGH_N + 1} readings before x)")
         if self.algo not in ALGORITHMS:
             raise FeatureError(f"unknown feature algorithm {self.algo!r}; this build computes "
                                f"{', '.join(sorted(ALGORITHMS))}")
@@ -132,6 +146,8 @@ class FeatureSpec:
             return FEATURE_NAMES + V2_EXTRA_NAMES + tuple(f"base_z_{c}" for c in self.channels)
         if self.algo in (FEATURE_ALGO_V3, FEATURE_ALGO_V4):
             return V3_NAMES
+        if self.algo == FEATURE_ALGO_V5:
+            return V5_NAMES
         if self.algo == FEATURE_ALGO_VALUES:
             return tuple(f"value_z_{c}" for c in self.channels)
         return FEATURE_NAMES
@@ -289,6 +305,16 @@ def _median_of(columns: Sequence[np.ndarray]) -> np.ndarray:
     return mid
 
 
+def _run_mean(p: np.ndarray, s: int) -> np.ndarray:
+    """Mean of every run of s consecutive columns (run k covers p[:, k : k+s]), summed in a fixed order."""
+    k = p.shape[1] - s + 1
+    acc = p[:, 0:k].copy()
+    for j in range(1, s):
+        acc += p[:, j : j + k]
+    out: np.ndarray = acc / s
+    return out
+
+
 def _run_stats(p: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (population) sd of every run of s consecutive readings: run k covers p[:, k : k+s].
 
@@ -296,10 +322,7 @@ def _run_stats(p: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
     readings, never on where it sits in the array (this keeps features chunking-invariant).
     """
     k = p.shape[1] - s + 1
-    acc = p[:, 0:k].copy()
-    for j in range(1, s):
-        acc += p[:, j : j + k]
-    mean = acc / s
+    mean = _run_mean(p, s)
     var = np.zeros_like(mean)
     dev = np.empty_like(mean)
     for j in range(s):
@@ -413,6 +436,32 @@ def _features_values(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np
     return out
 
 
+def _features_v5(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``robust-blocks-v5``: v4's features, then ``max_rough_ratio``: short-term noise measured on
+    second differences, for signals sampled faster than they change.
+
+    On such a signal (a pressure wave, a temperature curve) a first difference is mostly the signal's
+    own slope and a block's sd mostly its swing, so v4's noise ratio follows the waveform and a burst
+    of noise hides in it. A second difference ``x - 2·x₋₁ + x₋₂`` cancels any locally straight stretch
+    and leaves the noise. Per channel::
+
+        rough  = ROUGH_SD · median of the last ROUGH_N |second differences| + f   (x and the 8 before)
+        rscale = ROUGH_MEAN_SD · median over the B blocks of their mean |second difference| + f
+        max_rough_ratio = max over channels of min(log(rough / rscale), log(recent / rscale))
+
+    where ``recent`` is the same as ``rough`` over the reading's own last two second differences: the
+    median of 7 ignores one spike or step (each moves at most 3 second differences), and the bound ends
+    the feature with the burst, as v4 bounds its ratios. A block's mean uses only the second
+    differences inside it, so nothing is read before the reading's window.
+
+    On a noise-dominated channel it adds little to v4's ratio and costs some spike precision
+    (measured in docs/detection.md), so ``--features auto`` picks v5 only for smooth signals
+    (`models.training.autofeatures`). Needs ``short_window >= 8`` (the 8 readings before x lie in the
+    short window); same float operations wherever the reading sits, so the batch-size invariance
+    holds as for v4."""
+    return _block_features(spec, padded, _summary_v5, rough=True)
+
+
 def _dscale(p: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """v1's short-term noise scale of each new reading of one padded stream (C, L + n), same operations."""
     L, S = spec.long_window, spec.short_window
@@ -433,7 +482,9 @@ def _features_v1(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.nda
 class Stats:
     """The per-channel statistics of the readings being featurised, channel-major (C, n): the reading,
     the three before it (NaN where the device has none), the block centre and scale, dscale, the median
-    of the S readings before, and the noise floors (C, 1)."""
+    of the S readings before, the noise floors (C, 1), `back(k)`: the readings k before (k <= S,
+    computed on demand), and for v5 the roughness scale: the median over the blocks of their mean
+    |second difference|, on the sd's scale (`ROUGH_MEAN_SD`), plus the floor."""
 
     cur: np.ndarray
     prev: np.ndarray
@@ -444,13 +495,16 @@ class Stats:
     dscale: np.ndarray
     s_median: np.ndarray
     floor: np.ndarray
+    back: Callable[[int], np.ndarray]
+    rscale: np.ndarray | None = None
 
 
 #: `Stats` -> features (n, F).
 Summary = Callable[[Stats], np.ndarray]
 
 
-def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Summary) -> list[np.ndarray]:
+def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Summary,
+                    rough: bool = False) -> list[np.ndarray]:
     """Block statistics for several streams at once, summarised into features by `summary`; each item
     is [previous L rows; new rows] of one device.
 
@@ -464,6 +518,9 @@ def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Su
     statistics of all such rows are shifted slices of the run statistics, so when most rows
     are new ("dense") every row is computed with plain contiguous slices and the new ones
     picked at the end; otherwise the new rows are gathered first.
+
+    `rough`: also the blocks' roughness scale (`Stats.rscale`, v5), from each block's own second
+    differences only, so it never reads before the reading's window either.
     """
     L, S, B = spec.long_window, spec.short_window, spec.blocks
     counts = [len(p) - L for p in padded]
@@ -489,8 +546,13 @@ def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Su
         s_median = _median_of([at(p, L - S + j) for j in range(S)])  # the S readings before
         centre = _median_of(b_mean)
         scale = _median_of([at(run_sd, b * S) for b in range(B)]) + floor
+        run_r = rscale = None
+        if rough:
+            d2 = np.abs(p[:, 2:] - 2.0 * p[:, 1:-1] + p[:, :-2])  # d2[:, c - 2]: the one ending at reading c
+            run_r = _run_mean(d2, S - 2)  # run k: block k's own, ending at readings k + 2 .. k + S - 1
+            rscale = _median_of([at(run_r, b * S) for b in range(B)]) * ROUGH_MEAN_SD + floor
         out = summary(Stats(at(p, L), at(p, L - 1), at(p, L - 2), at(p, L - 3), centre, scale, dscale, s_median,
-                            floor))
+                            floor, lambda k: at(p, L - k), rscale))
     if dense:
         out = out[new]
     first_block = b_mean[0][0, new] if dense else b_mean[0][0]
@@ -506,6 +568,7 @@ def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Su
         w_dscale = dscale[:, rows] if dense else dscale[:, sub_idx]
         w_smed = s_median[:, rows] if dense else s_median[:, sub_idx]
         w_cur, w_prev, w_prev2, w_prev3 = (p[:, rows + L - k] for k in range(4))
+        wb_r = run_r[:, starts] if run_r is not None else None
         for k in np.unique(complete).tolist():
             sel = complete == k
             if k == 0:  # fewer than S previous readings: no evidence, features are 0
@@ -514,7 +577,9 @@ def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Su
             out[sub_idx[sel]] = summary(Stats(w_cur[:, sel], w_prev[:, sel], w_prev2[:, sel], w_prev3[:, sel],
                                               _median_last(wb_mean[:, sel, B - k :]),
                                               _median_last(wb_sd[:, sel, B - k :]) + floor, w_dscale[:, sel],
-                                              w_smed[:, sel], floor))
+                                              w_smed[:, sel], floor, _back(p, rows[sel] + L),
+                                              None if wb_r is None else
+                                              _median_last(wb_r[:, sel, B - k :]) * ROUGH_MEAN_SD + floor))
     np.clip(out, -spec.clip, spec.clip, out=out)
     return np.split(out, np.cumsum(counts)[:-1])
 
@@ -524,8 +589,14 @@ ALGORITHMS: dict[str, Callable[[FeatureSpec, Sequence[np.ndarray]], list[np.ndar
     FEATURE_ALGO_V2: _features_v2,
     FEATURE_ALGO_V3: _features_v3,
     FEATURE_ALGO_V4: _features_v4,
+    FEATURE_ALGO_V5: _features_v5,
     FEATURE_ALGO_VALUES: _features_values,
 }
+
+
+def _back(p: np.ndarray, at: np.ndarray) -> Callable[[int], np.ndarray]:
+    """`Stats.back` for the readings at columns `at` of the channel-major history `p`."""
+    return lambda k: p[:, at - k]
 
 
 def _summary(st: Stats) -> np.ndarray:
@@ -563,6 +634,19 @@ def _summary_v4(st: Stats) -> np.ndarray:
     recent_lo = np.log((np.fmax(d0, d1) * DIFF_SD + st.floor) / st.scale)
     ratio_lo = np.where(held, -np.inf, np.fmax(ratio, recent_lo))  # clipped to -clip: see `_features_v4`
     return _four(z_long, shift, np.fmin(ratio, recent_hi), ratio_lo)
+
+
+def _summary_v5(st: Stats) -> np.ndarray:
+    """v5's features (n, 5): v4's, then the roughness ratio (see `_features_v5`)."""
+    assert st.rscale is not None
+    x = [st.back(k) for k in range(ROUGH_N + 2)]
+    d2 = [np.abs(x[k] - 2.0 * x[k + 1] + x[k + 2]) for k in range(ROUGH_N)]  # d2[0]: the one ending at x
+    rough = np.log((_median_of(d2) * ROUGH_SD + st.floor) / st.rscale)
+    recent = np.log((np.maximum(d2[0], d2[1]) * ROUGH_SD + st.floor) / st.rscale)
+    out = np.empty((st.cur.shape[1], len(V5_NAMES)), dtype=np.float64)
+    out[:, :4] = _summary_v4(st)
+    out[:, 4] = np.minimum(rough, recent).max(axis=0)
+    return out
 
 
 def _four(z_long: np.ndarray, shift: np.ndarray, ratio_hi: np.ndarray, ratio_lo: np.ndarray) -> np.ndarray:

@@ -9,12 +9,22 @@ nothing from the order, and the noise of its statistics hides what the values th
 Shuttle, ROC-AUC 0.946 with v4 and 0.996 with ``values-v1``, which scores each reading's own values
 (measured in docs/detection.md).
 
-The test: the lag-1 autocorrelation of each channel within each device's stream, its median over the
-streams; the readings are a time series when any channel's is at least `SERIAL_MIN`. Measured in
-December 2026: the simulator's channels 0.15-0.72 (the most related channel of each type 0.60 or more),
-Daphnet's 0.55-0.85, KDD-TSAD_135's 0.999; Shuttle's 0.011 at most. A channel that is white noise
-around a constant has none either, but a sensor whose every channel is is rare; when the test cannot be
-made (streams shorter than `MIN_ROWS`, constant channels) the choice is the time-series algorithm.
+The tests, on each channel within each device's stream, the median over the streams:
+
+1. **Serial structure**: the lag-1 autocorrelation of the readings. Below `SERIAL_MIN` on every
+   channel: independent records, ``values-v1``. Measured in December 2026: the simulator's channels
+   0.15-0.72 (the most related channel of each type 0.60 or more), Daphnet's 0.55-0.85, KDD-TSAD_135's
+   0.999; Shuttle's 0.011 at most. A channel that is white noise around a constant has none either,
+   but a sensor whose every channel is is rare.
+2. **Smoothness**: the lag-1 autocorrelation of the first differences. Noise makes consecutive
+   differences anti-correlated (-0.5 for white noise); a signal sampled faster than it changes makes
+   them follow its slope (towards +1). At `SMOOTH_MIN` or above on any channel: ``robust-blocks-v5``,
+   whose roughness feature reads second differences. Measured: the simulator's channels -0.5 to -0.26,
+   Daphnet's -0.35 to 0.37, KDD-TSAD_135's 0.95 (a blood-pressure wave).
+3. Otherwise the time-series default, ``robust-blocks-v4`` (`models.features.TRAIN_ALGO`).
+
+When a test cannot be made (streams shorter than `MIN_ROWS`, constant channels) it does not pick its
+algorithm.
 """
 
 from __future__ import annotations
@@ -25,25 +35,27 @@ from typing import Any
 
 import numpy as np
 
-from models.features import FEATURE_ALGO_VALUES, TRAIN_ALGO
+from models.features import FEATURE_ALGO_V5, FEATURE_ALGO_VALUES, TRAIN_ALGO
 
 AUTO = "auto"
 SERIAL_MIN = 0.1
+SMOOTH_MIN = 0.5
 MIN_ROWS = 20
 
 
 @dataclass(frozen=True)
 class Choice:
-    """The algorithm chosen, the evidence (median lag-1 autocorrelation per channel; None where it
-    could not be measured) and the reason in words."""
+    """The algorithm chosen, the evidence per channel (median lag-1 autocorrelation of the readings and
+    of their first differences; None where it could not be measured) and the reason in words."""
 
     algo: str
     lag1: dict[str, float | None]
     reason: str
+    diff_lag1: dict[str, float | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"requested": AUTO, "algo": self.algo, "serial_min": SERIAL_MIN, "lag1_autocorrelation": self.lag1,
-                "reason": self.reason}
+        return {"requested": AUTO, "algo": self.algo, "serial_min": SERIAL_MIN, "smooth_min": SMOOTH_MIN,
+                "lag1_autocorrelation": self.lag1, "diff_lag1_autocorrelation": self.diff_lag1, "reason": self.reason}
 
 
 def lag1_autocorrelation(values: np.ndarray) -> np.ndarray:
@@ -60,25 +72,44 @@ def lag1_autocorrelation(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def choose(channels: Sequence[str], streams: Iterable[np.ndarray]) -> Choice:
-    """The algorithm for these streams (one (n, C) array per device, columns in `channels` order)."""
-    per_stream = [lag1_autocorrelation(v) for v in streams]
+def _medians(channels: Sequence[str], per_stream: list[np.ndarray]) -> np.ndarray | None:
+    """Median over streams per channel (NaN where no stream measured it); None if none measured any."""
+    import warnings
+
     measured = [r for r in per_stream if np.isfinite(r).any()]
     if not measured:
-        return Choice(TRAIN_ALGO, dict.fromkeys(channels), f"no stream of {MIN_ROWS}+ varying readings to test "
-                      "for serial structure: the time-series features")
-    with np.errstate(all="ignore"):
-        import warnings
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column: a constant channel
+        return np.asarray(np.nanmedian(np.vstack(measured), axis=0))
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column: a constant channel
-            med = np.nanmedian(np.vstack(measured), axis=0)
-    lag1 = {c: None if not np.isfinite(v) else round(float(v), 4) for c, v in zip(channels, med, strict=True)}
-    finite = med[np.isfinite(med)]
-    if not len(finite):
-        return Choice(TRAIN_ALGO, lag1, "every channel is constant: the time-series features")
-    top = float(finite.max())
-    if top >= SERIAL_MIN:
-        return Choice(TRAIN_ALGO, lag1, f"a time series (largest lag-1 autocorrelation {top:.2f} >= {SERIAL_MIN})")
-    return Choice(FEATURE_ALGO_VALUES, lag1, f"independent records, no serial structure (largest lag-1 "
-                  f"autocorrelation {top:.3f} < {SERIAL_MIN}): each reading's own values")
+
+def _rounded(channels: Sequence[str], med: np.ndarray | None) -> dict[str, float | None]:
+    if med is None:
+        return dict.fromkeys(channels)
+    return {c: None if not np.isfinite(v) else round(float(v), 4) for c, v in zip(channels, med, strict=True)}
+
+
+def _top(med: np.ndarray | None) -> float | None:
+    finite = med[np.isfinite(med)] if med is not None else np.empty(0)
+    return float(finite.max()) if len(finite) else None
+
+
+def choose(channels: Sequence[str], streams: Iterable[np.ndarray]) -> Choice:
+    """The algorithm for these streams (one (n, C) array per device, columns in `channels` order)."""
+    streams = [np.asarray(v, dtype=np.float64) for v in streams]
+    med = _medians(channels, [lag1_autocorrelation(v) for v in streams])
+    dmed = _medians(channels, [lag1_autocorrelation(np.diff(v, axis=0)) for v in streams if len(v) > 1])
+    lag1, diff_lag1 = _rounded(channels, med), _rounded(channels, dmed)
+    top, dtop = _top(med), _top(dmed)
+    if top is None:
+        return Choice(TRAIN_ALGO, lag1, f"no stream of {MIN_ROWS}+ varying readings to test for serial structure: "
+                      "the time-series features", diff_lag1)
+    if top < SERIAL_MIN:
+        return Choice(FEATURE_ALGO_VALUES, lag1, f"independent records, no serial structure (largest lag-1 "
+                      f"autocorrelation {top:.3f} < {SERIAL_MIN}): each reading's own values", diff_lag1)
+    if dtop is not None and dtop >= SMOOTH_MIN:
+        return Choice(FEATURE_ALGO_V5, lag1, f"a smooth time series (largest lag-1 autocorrelation of the first "
+                      f"differences {dtop:.2f} >= {SMOOTH_MIN}): noise measured on second differences", diff_lag1)
+    return Choice(TRAIN_ALGO, lag1, f"a time series (largest lag-1 autocorrelation {top:.2f} >= {SERIAL_MIN})",
+                  diff_lag1)

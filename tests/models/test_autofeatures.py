@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from contracts.block import ReadingBlock
-from models.features import FEATURE_ALGO_VALUES, TRAIN_ALGO, compute_features
-from models.training.autofeatures import MIN_ROWS, SERIAL_MIN, choose, lag1_autocorrelation
+from models.features import FEATURE_ALGO_V5, FEATURE_ALGO_VALUES, TRAIN_ALGO, compute_features
+from models.training.autofeatures import MIN_ROWS, SERIAL_MIN, SMOOTH_MIN, choose, lag1_autocorrelation
 
 
 def test_lag1_autocorrelation_tells_a_signal_from_shuffled_rows() -> None:
@@ -36,6 +36,13 @@ def test_choose_picks_values_for_records_and_the_window_features_for_a_time_seri
     assert choose(("r", "s", "k"), mixed).lag1["k"] is None
     short = choose(("a", "b"), [x[:5] for x in records])
     assert short.algo == TRAIN_ALGO and "no stream" in short.reason
+    # noise-dominated steps alternate (first differences anti-correlated): v4; a wave sampled faster
+    # than it changes, whose steps follow its slope: v5, which reads noise on second differences
+    assert all(v is not None and v < 0 for v in ts.diff_lag1.values())  # type: ignore[union-attr]
+    smooth = [70 + 20 * np.sin(t / 12 + k) + 0.05 * rng.normal(size=(2000, 1)) for k in range(3)]
+    wave = choose(("abp",), smooth)
+    assert wave.algo == FEATURE_ALGO_V5 and wave.diff_lag1 is not None
+    assert (wave.diff_lag1["abp"] or 0) >= SMOOTH_MIN and "smooth" in wave.reason
 
 
 def test_training_resolves_auto_and_records_the_choice() -> None:

@@ -285,3 +285,38 @@ def test_values_are_each_readings_own_values_against_the_training_baseline() -> 
     assert np.array_equal(f, expected) and f[7, 1] == VALUES.clip and (np.abs(f[8]) < 100).all()
     with pytest.raises(FeatureError, match="values-v1 needs a finite level"):
         FeatureSpec(channels=("a",), floors=(0.1,), algo="values-v1")
+
+
+V5 = FeatureSpec(channels=("a", "b", "c"), floors=(0.05, 0.05, 0.05), algo="robust-blocks-v5")
+
+
+@settings(max_examples=30, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=12), seed=st.integers(0, 1000))
+def test_v5_any_micro_batching_equals_the_whole_array(cuts: list[int], seed: int) -> None:
+    x = stream(sum(cuts), seed)
+    x[len(x) // 3 : len(x) // 3 + 25, 2] = 0.0  # a dropout
+    x[len(x) // 2 : len(x) // 2 + 40, 1] = 7.0  # a stuck stretch
+    burst = x[2 * len(x) // 3 : 2 * len(x) // 3 + 20, 0]
+    burst += np.random.default_rng(seed).normal(0, 8, len(burst))  # a noise burst
+    assert np.array_equal(batched(V5, x, cuts), compute_features(V5, x))
+
+
+def test_v5_sees_noise_on_a_smooth_signal_that_v4_reads_as_slope_and_not_a_spike() -> None:
+    t = np.arange(1500)
+    rng = np.random.default_rng(11)
+    x = np.column_stack([50 + 20 * np.sin(t / 15), 10 + 5 * np.cos(t / 25), 3 + 0.01 * rng.normal(size=len(t))])
+    x[:, 0] += 0.02 * rng.normal(size=len(t))
+    x[800:812, 0] += rng.normal(0, 3, 12)  # a burst of jitter, small against the wave's swing
+    x[1200, 0] += 3.0  # one spike of the same size
+    v4, v5 = compute_features(V4, x), compute_features(V5, x)
+    assert V5.names[:4] == V4.names and V5.names[4] == "max_rough_ratio"
+    assert np.array_equal(v5[:, :4], v4)  # v4's features, bit for bit
+    quiet_v4, quiet_v5 = np.quantile(v4[200:790, 2], 0.999), np.quantile(v5[200:790, 4], 0.999)
+    # v4's noise ratio follows the slope: the burst does not leave its normal range for long
+    assert np.mean(v4[804:812, 2] > quiet_v4) < 0.5
+    # v5's roughness stands far out of its own through the burst, from its fourth reading
+    assert (v5[803:812, 4] > quiet_v5 + 2).all()
+    # and is back within a few readings after it, and never moved by the single spike
+    assert (v5[815:830, 4] <= quiet_v5 + 0.5).all() and (v5[1199:1210, 4] <= quiet_v5 + 0.5).all()
+    with pytest.raises(FeatureError, match="short_window >= 8"):
+        FeatureSpec(channels=("a",), floors=(0.1,), short_window=6, algo="robust-blocks-v5")
