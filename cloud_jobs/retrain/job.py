@@ -32,7 +32,7 @@ from cloud_jobs.config import RetrainConfig
 from cloud_jobs.errors import CloudJobError
 from cloud_jobs.retrain import transforms as T
 from cloud_jobs.retrain.gate import verdict
-from cloud_jobs.retrain.rollout import CanaryStats
+from cloud_jobs.retrain.rollout import CanaryStats, ControlStats
 
 log = logging.getLogger("edgeflag.cloud.retrain")
 
@@ -73,24 +73,43 @@ def _silver(spark: Any, config: RetrainConfig) -> Any:
     return io.read_table(spark, config.silver, StructType.fromDDL(SILVER_DDL), config.table_format, streaming=False)
 
 
+def _silver_counts(spark: Any, config: RetrainConfig, devices: list[str], since_s: float,
+                   model: Any) -> tuple[int, int]:
+    """Readings and anomalies in silver from these senders, received since then, where `model` holds."""
+    from pyspark.sql import functions as F
+
+    df = _silver(spark, config)
+    r = (df.where(F.col("source_device").isin(devices) & model
+                  & (F.col("received_at") >= F.timestamp_millis(F.lit(int(since_s * 1000)))))
+         .agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("anomaly").cast("long")).alias("a")).first())
+    return int(r["n"] or 0), int(r["a"] or 0)
+
+
 def silver_canary_stats(spark: Any, config: RetrainConfig) -> CanaryStats:
     """Readings and anomalies in silver from these senders, scored by this model, received since then."""
     from pyspark.sql import functions as F
 
     def stats(devices: list[str], sha256: str, version: int, since_s: float) -> tuple[int, int]:
-        df = _silver(spark, config)
-        r = (df.where(F.col("source_device").isin(devices) & (F.col("model_sha256") == sha256)
-                      & (F.col("model_version") == version)
-                      & (F.col("received_at") >= F.timestamp_millis(F.lit(int(since_s * 1000)))))
-             .agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("anomaly").cast("long")).alias("a")).first())
-        return int(r["n"] or 0), int(r["a"] or 0)
+        return _silver_counts(spark, config, devices, since_s,
+                              (F.col("model_sha256") == sha256) & (F.col("model_version") == version))
+    return stats
+
+
+def silver_control_stats(spark: Any, config: RetrainConfig) -> ControlStats:
+    """Readings and anomalies in silver from these senders, scored by any version but this one, received
+    since then: the control group of a canary rollout."""
+    from pyspark.sql import functions as F
+
+    def stats(devices: list[str], version: int, since_s: float) -> tuple[int, int]:
+        return _silver_counts(spark, config, devices, since_s, F.col("model_version") != version)
     return stats
 
 
 def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None] | None = None,
-         control: Any = None, canary_stats: CanaryStats | None = None) -> dict[str, Any]:
+         control: Any = None, canary_stats: CanaryStats | None = None,
+         control_stats: ControlStats | None = None) -> dict[str, Any]:
     """Run the job; returns the report. `control` (a `rollout.FleetControl`) defaults to the hub named by
-    `config.rollout.hub_state`; `canary_stats` to a read of silver."""
+    `config.rollout.hub_state`; `canary_stats` and `control_stats` to reads of silver."""
     from cloud_jobs.retrain.rollout import execute, model_spec, plan_rollout
     from cloud_jobs.retrain.tracking import Tracker
     from cloud_jobs.spark import get_spark
@@ -222,7 +241,7 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
             rplan = plan_rollout(dtype, control_obj.devices(dtype), desired, prev_spec, config.rollout)
             say("rollout plan\n" + rplan.describe())
             outcome = execute(rplan, control_obj, canary_stats or silver_canary_stats(spark, config),
-                              config.rollout, say)
+                              config.rollout, say, control_stats or silver_control_stats(spark, config))
             entry["rollout"] = {**rplan.to_dict(), **outcome.to_dict()}
             tracker.tag_run(run_id, {"rollout": outcome.status, "rollout_reason": outcome.reason or "-"})
             if outcome.status == "rolled_back":

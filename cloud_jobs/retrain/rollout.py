@@ -7,7 +7,11 @@ order, at least one) and the rest; `execute` then
 2. waits for each to report ``model_rollout`` for that version (an agent refuses a bundle whose
    signature or hash does not verify, reports why, and keeps scoring with its old model);
 3. watches the canaries' alert rate in silver: readings scored by the new model since the rollout,
-   until `min_canary_readings` have arrived;
+   until `min_canary_readings` have arrived, beside the control group's: the rest of the type, still on
+   the previous model, over the same time. The canaries are rolled back only when their rate is surely
+   (at `canary_confidence`) above `max_canary_alert_rate` *and* surely above the control's: faults are
+   real in the field, and a fleet that meets a heat wave or a bad batch of sensors alerts more on any
+   model; what a rollout must catch is the new model alerting more than the old one on the same days;
 4. on success sets the desired model on the rest (devices that refuse are recorded, not retried);
    on any failure sets the canaries' desired model back to the previous one (or, without one, calls
    their ``rollback_model`` method) and returns the reason.
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cloud_jobs.config import RolloutConfig
-from cloud_jobs.retrain.gate import rate_lower_bound
+from models.training.threshold import wilson_interval
 
 
 class FleetControl(Protocol):
@@ -123,6 +127,8 @@ class RolloutOutcome:
     reason: str = ""
     canary_readings: int = 0
     canary_anomalies: int = 0
+    control_readings: int = 0
+    control_anomalies: int = 0
     refused: dict[str, str] = field(default_factory=dict)
     updated: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -131,13 +137,21 @@ class RolloutOutcome:
     def canary_alert_rate(self) -> float | None:
         return self.canary_anomalies / self.canary_readings if self.canary_readings else None
 
+    @property
+    def control_alert_rate(self) -> float | None:
+        return self.control_anomalies / self.control_readings if self.control_readings else None
+
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "canary_alert_rate": self.canary_alert_rate}
+        return {**self.__dict__, "canary_alert_rate": self.canary_alert_rate,
+                "control_alert_rate": self.control_alert_rate}
 
 
 #: (canary devices, model sha256, model version, since epoch s) -> (readings, anomalies) scored by that model
 #: since then (a bundle that only changes the threshold keeps the ONNX sha256: the version tells them apart)
 CanaryStats = Callable[[list[str], str, int, float], tuple[int, int]]
+#: (control devices, the new model's version, since epoch s) -> (readings, anomalies) those devices sent since
+#: then scored by any other version: the previous model over the same time
+ControlStats = Callable[[list[str], int, float], tuple[int, int]]
 
 
 def _wait_reports(control: FleetControl, devices: list[str], version: int, before: dict[str, Any],
@@ -166,9 +180,34 @@ def _wait_reports(control: FleetControl, devices: list[str], version: int, befor
     return ok, refused
 
 
+def _verdict(out: RolloutOutcome, config: RolloutConfig) -> str:
+    """Why the canaries go back, or "" when they pass: their alert rate's one-sided Wilson lower bound
+    must be above the limit and, when the control group sent readings, above the control's upper bound."""
+    rate = out.canary_alert_rate
+    if rate is None:
+        return ""
+    low = wilson_interval(rate, out.canary_readings, config.canary_confidence)[0]
+    if low <= config.max_canary_alert_rate:
+        return ""
+    why = (f"canary alert rate {rate:.4f} over {out.canary_readings} readings is above "
+           f"{config.max_canary_alert_rate:.4f} (at {config.canary_confidence:.0%} confidence: at least {low:.4f})")
+    crate = out.control_alert_rate
+    if crate is None:
+        return why + "; no control readings to compare with"
+    high = wilson_interval(crate, out.control_readings, config.canary_confidence)[1]
+    if low <= high:
+        return ""
+    return why + (f" and above the control's {crate:.4f} over {out.control_readings} readings on the previous "
+                  f"model (at most {high:.4f})")
+
+
 def execute(plan: RolloutPlan, control: FleetControl, canary_stats: CanaryStats, config: RolloutConfig,
-            say: Callable[[str], None] = lambda _m: None) -> RolloutOutcome:
-    """Run the plan: canaries, watch, rest or roll back. Never raises for a device's behaviour."""
+            say: Callable[[str], None] = lambda _m: None,
+            control_stats: ControlStats | None = None) -> RolloutOutcome:
+    """Run the plan: canaries, watch, rest or roll back. Never raises for a device's behaviour.
+
+    `control_stats` counts the rest of the type over the canaries' watch; without it (or without a rest,
+    or when the rest sent nothing) the canaries are judged against the limit alone."""
     t0 = time.monotonic()
     if not plan.canaries:
         return RolloutOutcome("no_devices", f"no device of type {plan.device_type} in the hub's registry")
@@ -195,14 +234,15 @@ def execute(plan: RolloutPlan, control: FleetControl, canary_stats: CanaryStats,
                               f"{config.min_canary_readings}; is the aggregation job running?)")
                 break
             time.sleep(config.poll_s)
-        rate = out.canary_alert_rate
-        low = None if rate is None else rate_lower_bound(rate, out.canary_readings, config.canary_confidence)
-        if not out.reason and low is not None and low > config.max_canary_alert_rate:
-            out.reason = (f"canary alert rate {rate:.4f} over {out.canary_readings} readings is above "
-                          f"{config.max_canary_alert_rate:.4f} (at {config.canary_confidence:.0%} confidence: "
-                          f"at least {low:.4f})")
+        if control_stats is not None and plan.rest:
+            out.control_readings, out.control_anomalies = control_stats(list(plan.rest), version, started)
+        if not out.reason:
+            out.reason = _verdict(out, config)
+        rate, crate = out.canary_alert_rate, out.control_alert_rate
         say(f"{plan.device_type}: canaries scored {out.canary_readings} readings with v{version}, alert rate "
-            + (f"{rate:.4f}" if rate is not None else "n/a"))
+            + (f"{rate:.4f}" if rate is not None else "n/a")
+            + (f"; the rest on the previous model {crate:.4f} over {out.control_readings}" if crate is not None
+               else ""))
     if out.reason:
         for d in plan.canaries:
             if plan.previous is not None:

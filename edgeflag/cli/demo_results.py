@@ -211,6 +211,10 @@ def _retrain_table(demo: Any) -> dict[str, Any]:
     rep = demo.retrain_report
     if not rep:
         return {"-": "did not run"}
+
+    def _rate(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2%}"
+
     out: dict[str, Any] = {}
     for dtype, e in sorted(rep.get("types", {}).items()):
         r = e.get("rollout") or {}
@@ -219,8 +223,9 @@ def _retrain_table(demo: Any) -> dict[str, Any]:
             text += f" v{e['version']}"
         if r:
             text += (f"; rollout {r.get('status')}: canary {', '.join(r.get('canaries', []))} "
-                     f"({r.get('canary_readings')} readings, alert rate {r.get('canary_alert_rate')}), "
-                     f"then {', '.join(r.get('rest', [])) or '-'}")
+                     f"({r.get('canary_readings')} readings, alert rate {_rate(r.get('canary_alert_rate'))}; "
+                     f"the rest on the old model {_rate(r.get('control_alert_rate'))} over "
+                     f"{r.get('control_readings', 0)}), then {', '.join(r.get('rest', [])) or '-'}")
         reasons = e.get("reason") or "; ".join((e.get("verdict") or {}).get("reasons") or [])
         if reasons:
             text += f" ({reasons})"

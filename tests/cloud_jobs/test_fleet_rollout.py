@@ -30,7 +30,7 @@ def test_a_retrained_model_reaches_the_agents_through_a_canary_and_a_bad_one_is_
         spark: Any, tmp_path: Path) -> None:
     from cloud_jobs.fleet.job import main as aggregate
     from cloud_jobs.retrain.job import main as retrain
-    from cloud_jobs.retrain.job import silver_canary_stats
+    from cloud_jobs.retrain.job import silver_canary_stats, silver_control_stats
     from cloud_jobs.retrain.rollout import HubControl, RolloutPlan, execute, model_spec
     from edge_agent.agent import Agent
     from edge_agent.config import build_config
@@ -94,6 +94,7 @@ def test_a_retrained_model_reaches_the_agents_through_a_canary_and_a_bad_one_is_
         assert pump["rollout"]["status"] == "rolled_out", pump["rollout"]
         assert pump["rollout"]["canaries"] == ["gw-1"] and pump["rollout"]["rest"] == ["gw-2"]
         assert pump["rollout"]["canary_readings"] >= 150 and pump["rollout"]["canary_alert_rate"] <= 0.05
+        assert pump["rollout"]["control_readings"] > 0, pump["rollout"]  # gw-2 on v1 over the same time
         for a in AGENTS:
             rep = hub.twins.twin(a)["reported"]
             assert rep["model"]["version"] == 2 and rep["model_rollout"]["status"] == "ok", (a, rep)
@@ -108,10 +109,11 @@ def test_a_retrained_model_reaches_the_agents_through_a_canary_and_a_bad_one_is_
                            ("gw-1",), ("gw-2",))
         control = HubControl(tmp_path / "hub", f"127.0.0.1:{hub.port}")  # the job's own control client
         try:
-            outcome = execute(plan, control, stats, rollout)
+            outcome = execute(plan, control, stats, rollout, control_stats=silver_control_stats(spark, cfg))
         finally:
             control.close()
         assert outcome.status == "rolled_back" and "canary alert rate" in outcome.reason, outcome
+        assert outcome.control_readings > 0 and "above the control's" in outcome.reason, outcome
         assert outcome.canary_alert_rate is not None and outcome.canary_alert_rate > 0.9
         hub.twins.wait_reported("gw-1", lambda r: r.get("model", {}).get("version") == 2, 20)
         assert hub.twins.twin("gw-2")["reported"]["model"]["version"] == 2
