@@ -137,7 +137,7 @@ class Demo:
         from models.errors import BundleError
         from models.registry import Registry
         from models.training.pipeline import build_bundle
-        from models.training.trainer import TrainConfig, feature_table, fit_spec
+        from models.training.trainer import TrainConfig, feature_table, fit_spec, resolve_features
         from simulators import Fleet, FleetConfig
         from simulators.types import pick_types
 
@@ -146,7 +146,7 @@ class Demo:
         for i, dtype in enumerate(TYPES):
             blocks = Fleet(FleetConfig(devices=4, seed=self.plan.seed + 1000 + i, anomaly_rate=0.0,
                                        device_types=pick_types([dtype]))).generate(3000)
-            tc = TrainConfig(name=dtype, n_estimators=60)
+            tc = resolve_features(blocks, TrainConfig(name=dtype, n_estimators=60))  # the choice goes in the manifest
             spec = fit_spec(blocks, tc)
             path, _ = build_bundle(feature_table(blocks, spec), spec, tc, registry)
             registry.set_champion(dtype, 1)
