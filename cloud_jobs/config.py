@@ -223,14 +223,14 @@ class RolloutConfig:
 
     A canary set (`canary_fraction` of the type's devices, at least one) gets the desired ``model``
     first. Each must report ``model_rollout.status == "ok"`` for the new version within
-    `report_timeout_s`; then their alert rate in silver (readings scored by the new version since the
-    rollout) must stay at or below `max_canary_alert_rate` once `min_canary_readings` have arrived
-    (waiting at most `watch_timeout_s`, polling every `poll_s`), or at or below the control group's (the
-    rest of the type, on the previous model over the same time), judged as the gate judges alert rates:
-    rolled back only when the rate's one-sided Wilson lower bound at `canary_confidence` is above the
-    limit and above the control's upper bound, so a canary that meets real faults in its few hundred
-    readings is not taken for a broken model. Pass: the rest of the type follows. Fail: the canaries go
-    back to the previous model and the reason is recorded.
+    `report_timeout_s`; then, once `min_canary_readings` scored by the new version have arrived in silver
+    (waiting at most `watch_timeout_s`, polling every `poll_s`), each device behind the canaries is judged
+    as the gate judges alert rates: *over* when its rate's one-sided Wilson lower bound at
+    `canary_confidence` is above `max_canary_alert_rate` and above the control group's upper bound (the
+    rest of the type, on the previous model over the same time). The canaries are rolled back when most
+    of their devices are over, so a canary device that meets real faults in its few hundred readings is
+    not taken for a broken model. Pass: the rest of the type follows. Fail: the canaries go back to the
+    previous model and the reason is recorded.
     """
 
     hub_state: str | None = None          # the hub's state directory (registry tags, twins); None: no rollout

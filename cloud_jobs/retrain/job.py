@@ -32,7 +32,7 @@ from cloud_jobs.config import RetrainConfig
 from cloud_jobs.errors import CloudJobError
 from cloud_jobs.retrain import transforms as T
 from cloud_jobs.retrain.gate import verdict
-from cloud_jobs.retrain.rollout import CanaryStats, ControlStats
+from cloud_jobs.retrain.rollout import CanaryStats, ControlStats, Counts
 
 log = logging.getLogger("edgeflag.cloud.retrain")
 
@@ -73,34 +73,36 @@ def _silver(spark: Any, config: RetrainConfig) -> Any:
     return io.read_table(spark, config.silver, StructType.fromDDL(SILVER_DDL), config.table_format, streaming=False)
 
 
-def _silver_counts(spark: Any, config: RetrainConfig, devices: list[str], since_s: float,
-                   model: Any) -> tuple[int, int]:
-    """Readings and anomalies in silver from these senders, received since then, where `model` holds."""
+def _silver_counts(spark: Any, config: RetrainConfig, agents: list[str], since_s: float, model: Any) -> Counts:
+    """Readings and anomalies per device in silver from these agents, received since then, where `model`
+    holds."""
     from pyspark.sql import functions as F
 
     df = _silver(spark, config)
-    r = (df.where(F.col("source_device").isin(devices) & model
-                  & (F.col("received_at") >= F.timestamp_millis(F.lit(int(since_s * 1000)))))
-         .agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("anomaly").cast("long")).alias("a")).first())
-    return int(r["n"] or 0), int(r["a"] or 0)
+    rows = (df.where(F.col("source_device").isin(agents) & model
+                     & (F.col("received_at") >= F.timestamp_millis(F.lit(int(since_s * 1000)))))
+            .groupBy("device_id")
+            .agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("anomaly").cast("long")).alias("a")).collect())
+    return {r["device_id"]: (int(r["n"]), int(r["a"] or 0)) for r in rows}
 
 
 def silver_canary_stats(spark: Any, config: RetrainConfig) -> CanaryStats:
-    """Readings and anomalies in silver from these senders, scored by this model, received since then."""
+    """Readings and anomalies per device in silver from these agents, scored by this model, received since
+    then."""
     from pyspark.sql import functions as F
 
-    def stats(devices: list[str], sha256: str, version: int, since_s: float) -> tuple[int, int]:
+    def stats(devices: list[str], sha256: str, version: int, since_s: float) -> Counts:
         return _silver_counts(spark, config, devices, since_s,
                               (F.col("model_sha256") == sha256) & (F.col("model_version") == version))
     return stats
 
 
 def silver_control_stats(spark: Any, config: RetrainConfig) -> ControlStats:
-    """Readings and anomalies in silver from these senders, scored by any version but this one, received
-    since then: the control group of a canary rollout."""
+    """Readings and anomalies per device in silver from these agents, scored by any version but this one,
+    received since then: the control group of a canary rollout."""
     from pyspark.sql import functions as F
 
-    def stats(devices: list[str], version: int, since_s: float) -> tuple[int, int]:
+    def stats(devices: list[str], version: int, since_s: float) -> Counts:
         return _silver_counts(spark, config, devices, since_s, F.col("model_version") != version)
     return stats
 

@@ -6,12 +6,15 @@ order, at least one) and the rest; `execute` then
 1. sets the desired ``model`` ({version, url, sha256}) on the canaries;
 2. waits for each to report ``model_rollout`` for that version (an agent refuses a bundle whose
    signature or hash does not verify, reports why, and keeps scoring with its old model);
-3. watches the canaries' alert rate in silver: readings scored by the new model since the rollout,
-   until `min_canary_readings` have arrived, beside the control group's: the rest of the type, still on
-   the previous model, over the same time. The canaries are rolled back only when their rate is surely
-   (at `canary_confidence`) above `max_canary_alert_rate` *and* surely above the control's: faults are
-   real in the field, and a fleet that meets a heat wave or a bad batch of sensors alerts more on any
-   model; what a rollout must catch is the new model alerting more than the old one on the same days;
+3. watches the canaries' alert rates in silver, per device behind them: readings scored by the new
+   model since the rollout, until `min_canary_readings` have arrived in all, beside the control group's:
+   the rest of the type, still on the previous model, over the same time. A device is *over* when its
+   rate is surely (one-sided Wilson bound at `canary_confidence`) above `max_canary_alert_rate` and
+   above the control's rate. The canaries are rolled back when most of their devices are over. Faults
+   are real in the field and alarms come in runs: one device that meets a dropout or a stuck sensor
+   during the watch alerts above any limit on any model, and a fleet that meets a heat wave alerts more
+   on any model. A broken model alerts more on most devices at once, and more than the old one on the
+   same days;
 4. on success sets the desired model on the rest (devices that refuse are recorded, not retried);
    on any failure sets the canaries' desired model back to the previous one (or, without one, calls
    their ``rollback_model`` method) and returns the reason.
@@ -129,6 +132,8 @@ class RolloutOutcome:
     canary_anomalies: int = 0
     control_readings: int = 0
     control_anomalies: int = 0
+    canary_devices: dict[str, tuple[int, int]] = field(default_factory=dict)  # device -> (readings, anomalies)
+    over: list[str] = field(default_factory=list)  # canary devices surely above the limit and the control
     refused: dict[str, str] = field(default_factory=dict)
     updated: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -146,12 +151,18 @@ class RolloutOutcome:
                 "control_alert_rate": self.control_alert_rate}
 
 
-#: (canary devices, model sha256, model version, since epoch s) -> (readings, anomalies) scored by that model
-#: since then (a bundle that only changes the threshold keeps the ONNX sha256: the version tells them apart)
-CanaryStats = Callable[[list[str], str, int, float], tuple[int, int]]
-#: (control devices, the new model's version, since epoch s) -> (readings, anomalies) those devices sent since
-#: then scored by any other version: the previous model over the same time
-ControlStats = Callable[[list[str], int, float], tuple[int, int]]
+#: readings and anomalies per device (the devices behind the agents asked about)
+Counts = dict[str, tuple[int, int]]
+#: (canary agents, model sha256, model version, since epoch s) -> `Counts` scored by that model since then
+#: (a bundle that only changes the threshold keeps the ONNX sha256: the version tells them apart)
+CanaryStats = Callable[[list[str], str, int, float], Counts]
+#: (control agents, the new model's version, since epoch s) -> `Counts` those agents sent since then scored
+#: by any other version: the previous model over the same time
+ControlStats = Callable[[list[str], int, float], Counts]
+
+
+def _totals(counts: Counts) -> tuple[int, int]:
+    return sum(n for n, _ in counts.values()), sum(a for _, a in counts.values())
 
 
 def _wait_reports(control: FleetControl, devices: list[str], version: int, before: dict[str, Any],
@@ -181,24 +192,27 @@ def _wait_reports(control: FleetControl, devices: list[str], version: int, befor
 
 
 def _verdict(out: RolloutOutcome, config: RolloutConfig) -> str:
-    """Why the canaries go back, or "" when they pass: their alert rate's one-sided Wilson lower bound
-    must be above the limit and, when the control group sent readings, above the control's upper bound."""
-    rate = out.canary_alert_rate
-    if rate is None:
-        return ""
-    low = wilson_interval(rate, out.canary_readings, config.canary_confidence)[0]
-    if low <= config.max_canary_alert_rate:
-        return ""
-    why = (f"canary alert rate {rate:.4f} over {out.canary_readings} readings is above "
-           f"{config.max_canary_alert_rate:.4f} (at {config.canary_confidence:.0%} confidence: at least {low:.4f})")
+    """Why the canaries go back, or "" when they pass: most canary devices with readings must be over,
+    each one's one-sided Wilson lower bound above the limit and, when the control group sent readings,
+    above the control's upper bound (`out.over` lists them)."""
+    conf = config.canary_confidence
+    limit, why_control = config.max_canary_alert_rate, "; no control readings to compare with"
     crate = out.control_alert_rate
-    if crate is None:
-        return why + "; no control readings to compare with"
-    high = wilson_interval(crate, out.control_readings, config.canary_confidence)[1]
-    if low <= high:
+    if crate is not None:
+        high = wilson_interval(crate, out.control_readings, conf)[1]
+        limit = max(limit, high)
+        why_control = (f", and above the control's {crate:.4f} over {out.control_readings} readings on the "
+                       f"previous model (at most {high:.4f})")
+    lows = {d: wilson_interval(a / n, n, conf)[0] for d, (n, a) in sorted(out.canary_devices.items()) if n}
+    out.over = [d for d, low in lows.items() if low > limit]
+    if not lows or 2 * len(out.over) <= len(lows):
         return ""
-    return why + (f" and above the control's {crate:.4f} over {out.control_readings} readings on the previous "
-                  f"model (at most {high:.4f})")
+    rate = out.canary_alert_rate or 0.0
+    each = ", ".join(f"{d} {out.canary_devices[d][1] / out.canary_devices[d][0]:.4f} (at least {lows[d]:.4f})"
+                     for d in out.over)
+    return (f"canary alert rate {rate:.4f} over {out.canary_readings} readings: {len(out.over)} of {len(lows)} "
+            f"canary devices alert above {config.max_canary_alert_rate:.4f} at {conf:.0%} confidence{why_control}: "
+            f"{each}")
 
 
 def execute(plan: RolloutPlan, control: FleetControl, canary_stats: CanaryStats, config: RolloutConfig,
@@ -224,8 +238,8 @@ def execute(plan: RolloutPlan, control: FleetControl, canary_stats: CanaryStats,
     else:
         deadline = time.monotonic() + config.watch_timeout_s
         while True:
-            out.canary_readings, out.canary_anomalies = canary_stats(list(plan.canaries), plan.spec["sha256"], version,
-                                                                      started)
+            out.canary_devices = canary_stats(list(plan.canaries), plan.spec["sha256"], version, started)
+            out.canary_readings, out.canary_anomalies = _totals(out.canary_devices)
             if out.canary_readings >= config.min_canary_readings:
                 break
             if time.monotonic() > deadline:
@@ -235,7 +249,7 @@ def execute(plan: RolloutPlan, control: FleetControl, canary_stats: CanaryStats,
                 break
             time.sleep(config.poll_s)
         if control_stats is not None and plan.rest:
-            out.control_readings, out.control_anomalies = control_stats(list(plan.rest), version, started)
+            out.control_readings, out.control_anomalies = _totals(control_stats(list(plan.rest), version, started))
         if not out.reason:
             out.reason = _verdict(out, config)
         rate, crate = out.canary_alert_rate, out.control_alert_rate

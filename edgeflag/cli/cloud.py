@@ -83,7 +83,8 @@ def register(sub: Any) -> None:
     r.add_argument("--bundle-url", help="base URL agents fetch bundles from (default: file:// of --registry)")
     r.add_argument("--canary-fraction", type=float, default=0.2, help="share of a type's devices canaried first")
     r.add_argument("--max-canary-alert-rate", type=float, default=0.05,
-                   help="roll back above this canary rate and above the rest of the type's on the old model")
+                   help="roll back when most canary devices alert surely above this rate and above the "
+                        "rest of the type on the old model")
     r.add_argument("--min-canary-readings", type=int, default=200, help="canary readings in silver before deciding")
     r.add_argument("--watch-timeout", type=float, default=180.0, help="seconds to wait for canary readings")
     r.add_argument("--dry-run", action="store_true", help="train and gate, print the rollout plan; change nothing")

@@ -327,8 +327,10 @@ class Demo:
         from cloud_jobs.retrain.rollout import HubControl
 
         logging.getLogger("mlflow").setLevel(logging.ERROR)
+        # watch up to 150 s: under the demo's load a micro-batch can take a minute, so a canary's first
+        # readings may reach silver two batches after the rollout (a 60 s watch rolled back sound chillers)
         rollout = RolloutConfig(canary_fraction=0.5, min_canary_readings=100, max_canary_alert_rate=0.05,
-                                report_timeout_s=60, watch_timeout_s=60, poll_s=1.0)
+                                report_timeout_s=60, watch_timeout_s=150, poll_s=1.0)
         cfg = RetrainConfig(silver=self.agg_config.table("silver"), registry=str(self.wd / "registry"),
                             out=str(self.wd / "retrain"), incidents=str(Path(self.agg_config.out) / "incidents.jsonl"),
                             min_rows=RETRAIN_MIN_ROWS, n_estimators=60, rollout=rollout)

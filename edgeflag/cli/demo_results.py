@@ -225,7 +225,8 @@ def _retrain_table(demo: Any) -> dict[str, Any]:
             text += (f"; rollout {r.get('status')}: canary {', '.join(r.get('canaries', []))} "
                      f"({r.get('canary_readings')} readings, alert rate {_rate(r.get('canary_alert_rate'))}; "
                      f"the rest on the old model {_rate(r.get('control_alert_rate'))} over "
-                     f"{r.get('control_readings', 0)}), then {', '.join(r.get('rest', [])) or '-'}")
+                     f"{r.get('control_readings', 0)}; devices over: {len(r.get('over') or [])} of "
+                     f"{len(r.get('canary_devices') or {})}), then {', '.join(r.get('rest', [])) or '-'}")
         reasons = e.get("reason") or "; ".join((e.get("verdict") or {}).get("reasons") or [])
         if reasons:
             text += f" ({reasons})"

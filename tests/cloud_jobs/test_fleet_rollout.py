@@ -100,7 +100,8 @@ def test_a_retrained_model_reaches_the_agents_through_a_canary_and_a_bad_one_is_
             assert rep["model"]["version"] == 2 and rep["model_rollout"]["status"] == "ok", (a, rep)
         v2 = load_bundle(registry.path("pump", 2)).manifest
         stats = silver_canary_stats(spark, cfg)
-        wait_for(lambda: stats(["gw-2"], v2.sha256, 2, 0)[0] > 0, 30, "gw-2's readings scored by v2 in silver")
+        wait_for(lambda: sum(n for n, _ in stats(["gw-2"], v2.sha256, 2, 0).values()) > 0, 30,
+                 "gw-2's readings scored by v2 in silver")
 
         # a bundle that flags everything: the canary's alert rate explodes, it goes back to v2, gw-2 never sees v3
         bad = publish(replace(_candidate(registry, 2), manifest=replace(v2, threshold=-1e9)), registry)
@@ -114,6 +115,7 @@ def test_a_retrained_model_reaches_the_agents_through_a_canary_and_a_bad_one_is_
             control.close()
         assert outcome.status == "rolled_back" and "canary alert rate" in outcome.reason, outcome
         assert outcome.control_readings > 0 and "above the control's" in outcome.reason, outcome
+        assert outcome.over == sorted(outcome.canary_devices) and outcome.over, outcome  # every device behind gw-1
         assert outcome.canary_alert_rate is not None and outcome.canary_alert_rate > 0.9
         hub.twins.wait_reported("gw-1", lambda r: r.get("model", {}).get("version") == 2, 20)
         assert hub.twins.twin("gw-2")["reported"]["model"]["version"] == 2

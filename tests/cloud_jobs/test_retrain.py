@@ -235,37 +235,10 @@ class _Twins:
         return 200, None
 
 
-@pytest.mark.parametrize(("anomalies", "rolled_back"), [(27, False), (60, True)])
-def test_a_canary_is_rolled_back_only_when_its_alert_rate_is_surely_above_the_limit(anomalies: int,
-                                                                                   rolled_back: bool) -> None:
-    """The demo run that rolled back a sound chiller model: one canary met a real fault, 27 alerts in 521
-    readings (5.2 %) against the 5 % limit. At 99 % confidence that is chance; 60 (11.5 %) is not."""
-    from cloud_jobs.config import RolloutConfig
-    from cloud_jobs.retrain.rollout import RolloutPlan, execute
-
-    twins = _Twins()
-    old, new = {"version": 1, "sha256": "a"}, {"version": 2, "sha256": "b"}
-    for d in ("c1", "r1"):
-        twins.set_model(d, old)
-    plan = RolloutPlan("chiller", new, old, ("c1",), ("r1",))
-    out = execute(plan, twins, lambda devices, sha, version, since: (521, anomalies),
-                  RolloutConfig(min_canary_readings=200, poll_s=0.01))
-    assert (out.status == "rolled_back") is rolled_back, out
-    assert twins.reported("r1")["model"]["version"] == (1 if rolled_back else 2)
-    if rolled_back:
-        assert "at 99% confidence: at least" in out.reason and twins.reported("c1")["model"]["version"] == 1
-
-
-@pytest.mark.parametrize(("canary", "control", "rolled_back"), [
-    ((61, 703), (52, 698), False),   # the demo's compressors: 8.7 % against 7.5 % on the old model, same minutes
-    ((61, 703), (5, 698), True),     # the same canary rate where the old model alerts at 0.7 %: the new one is worse
-    ((703, 703), (52, 698), True),   # a model that flags everything
-    ((61, 703), (0, 0), True),       # the control sent nothing: the limit alone, as without a control group
-])
-def test_a_canary_is_judged_against_the_rest_of_its_type_on_the_previous_model(
-        canary: tuple[int, int], control: tuple[int, int], rolled_back: bool) -> None:
-    """Faults are real in the field: a canary that meets them alerts above the limit on any model. It goes
-    back only when it alerts surely more than the devices still on the previous model over the same time."""
+def _rollout(canary: dict[str, tuple[int, int]], control: dict[str, tuple[int, int]] | None = None,
+             ) -> tuple[Any, _Twins, list[tuple[list[str], int]]]:
+    """A rollout of v2 to canary agent c1 (the rest: r1, r2) whose devices scored `canary` (device ->
+    (readings, anomalies)); the rest's devices scored `control` on v1 (None: no control group)."""
     from cloud_jobs.config import RolloutConfig
     from cloud_jobs.retrain.rollout import RolloutPlan, execute
 
@@ -275,16 +248,59 @@ def test_a_canary_is_judged_against_the_rest_of_its_type_on_the_previous_model(
         twins.set_model(d, old)
     asked: list[tuple[list[str], int]] = []
 
-    def control_stats(devices: list[str], version: int, since: float) -> tuple[int, int]:
-        asked.append((devices, version))
-        return control[1], control[0]
+    def control_stats(agents: list[str], version: int, since: float) -> dict[str, tuple[int, int]]:
+        asked.append((agents, version))
+        return control or {}
 
-    plan = RolloutPlan("compressor", new, old, ("c1",), ("r1", "r2"))
-    out = execute(plan, twins, lambda devices, sha, version, since: (canary[1], canary[0]),
-                  RolloutConfig(min_canary_readings=200, poll_s=0.01), control_stats=control_stats)
-    assert asked == [(["r1", "r2"], 2)]
-    assert (out.control_readings, out.control_anomalies) == (control[1], control[0])
+    out = execute(RolloutPlan("compressor", new, old, ("c1",), ("r1", "r2")), twins,
+                  lambda agents, sha, version, since: canary, RolloutConfig(min_canary_readings=200, poll_s=0.01),
+                  control_stats=control_stats if control is not None else None)
+    return out, twins, asked
+
+
+@pytest.mark.parametrize(("anomalies", "rolled_back"), [(27, False), (60, True)])
+def test_a_canary_is_rolled_back_only_when_its_alert_rate_is_surely_above_the_limit(anomalies: int,
+                                                                                   rolled_back: bool) -> None:
+    """The demo run that rolled back a sound chiller model: one canary met a real fault, 27 alerts in 521
+    readings (5.2 %) against the 5 % limit. At 99 % confidence that is chance; 60 (11.5 %) is not."""
+    out, twins, _ = _rollout({"d1": (521, anomalies)})
     assert (out.status == "rolled_back") is rolled_back, out
     assert twins.reported("r1")["model"]["version"] == (1 if rolled_back else 2)
-    if rolled_back and control[1]:
+    if rolled_back:
+        assert "at 99% confidence" in out.reason and "d1 0.1152 (at least 0.08" in out.reason, out.reason
+        assert twins.reported("c1")["model"]["version"] == 1
+
+
+QUIET = {f"d{i}": (150, 2) for i in range(1, 5)}  # four canary devices at 1.3 %
+
+
+@pytest.mark.parametrize(("canary", "control", "rolled_back"), [
+    # the demo's compressors: 8.7 % against 7.5 % on the old model, the same minutes
+    ({"d1": (703, 61)}, {"e1": (698, 52)}, False),
+    # the same canary rate where the old model alerts at 0.7 %: the new one is worse
+    ({"d1": (703, 61)}, {"e1": (698, 5)}, True),
+    # a model that flags everything
+    ({"d1": (703, 703)}, {"e1": (698, 52)}, True),
+    # the control sent nothing: the limit alone, as without a control group
+    ({"d1": (703, 61)}, {}, True),
+    # a demo run's pumps: one of five canary devices met a long fault (20 %), the old model's devices did
+    # not (0.2 %); the other four alert as usual: a sound model, kept
+    ({**QUIET, "d5": (759, 153)}, {"e1": (1132, 2)}, False),
+    # three of five devices far above: a broken model, rolled back
+    ({"d1": (150, 2), "d2": (150, 2), "d3": (150, 60), "d4": (150, 75), "d5": (150, 90)}, {"e1": (1132, 2)}, True),
+])
+def test_a_canary_is_judged_per_device_against_the_rest_of_its_type_on_the_previous_model(
+        canary: dict[str, tuple[int, int]], control: dict[str, tuple[int, int]], rolled_back: bool) -> None:
+    """Faults are real in the field and alarms come in runs: a canary device that meets a fault alerts
+    above the limit on any model. The canaries go back only when most of their devices alert surely more
+    than the limit and than the devices still on the previous model over the same time."""
+    out, twins, asked = _rollout(canary, control)
+    assert asked == [(["r1", "r2"], 2)]
+    assert (out.control_readings, out.control_anomalies) == (sum(n for n, _ in control.values()),
+                                                             sum(a for _, a in control.values()))
+    assert (out.canary_readings, out.canary_anomalies) == (sum(n for n, _ in canary.values()),
+                                                           sum(a for _, a in canary.values()))
+    assert (out.status == "rolled_back") is rolled_back, out
+    assert twins.reported("r1")["model"]["version"] == (1 if rolled_back else 2)
+    if rolled_back and control:
         assert "above the control's" in out.reason, out.reason
