@@ -16,6 +16,26 @@ from models.features import FEATURE_ALGO, FEATURE_ALGO_V3, FEATURE_ALGO_V4, FEAT
 
 #: Feature algorithms the retraining job fits (its spec comes from per-device noise estimates).
 RETRAIN_ALGOS = (FEATURE_ALGO, FEATURE_ALGO_V3, FEATURE_ALGO_V4, FEATURE_ALGO_V5)
+#: `RetrainConfig.features` default: each type's candidate keeps its champion's algorithm (`candidate_algo`).
+CHAMPION_ALGO = "champion"
+
+
+def candidate_algo(requested: str, champion: str | None) -> tuple[str, str]:
+    """The feature algorithm of a type's candidate, and why in words.
+
+    `requested` is `RetrainConfig.features`: an algorithm of `RETRAIN_ALGOS` is used as named;
+    ``"champion"`` keeps the champion's (``model train --features auto`` may have picked v5 for a smooth
+    signal: a retrain must not silently swap it for the time-series default), falling back to
+    `TRAIN_ALGO` when there is no champion or the job cannot fit its algorithm (v2 and values-v1 learn a
+    baseline from the readings in one place: `model train`)."""
+    if requested != CHAMPION_ALGO:
+        return requested, "as configured"
+    if champion is None:
+        return TRAIN_ALGO, "no champion: the time-series default"
+    if champion in RETRAIN_ALGOS:
+        return champion, "the champion's"
+    return TRAIN_ALGO, (f"the champion's {champion} needs `model train` (a baseline learned from the readings); "
+                        f"the time-series default instead")
 
 
 class InputFormat(str, Enum):
@@ -285,8 +305,8 @@ class RetrainConfig:
     max_samples: int = 256
     target_fpr: float = 0.001
     seed: int = 0
-    # models.features: robust-blocks-v1, -v3, -v4 or -v5 (v2 and values-v1 need `model train`)
-    features: str = TRAIN_ALGO
+    # "champion" (each type keeps its champion's algorithm: `candidate_algo`) or one of RETRAIN_ALGOS
+    features: str = CHAMPION_ALGO
     range_guard: bool = True                # models.training.guard: score rows outside the fitted range higher
     sign_key: str | None = None
     mlflow_tracking_uri: str | None = None  # default: sqlite under `out`; "databricks" on Databricks
@@ -303,9 +323,10 @@ class RetrainConfig:
             raise ConfigError("target_fpr", "must be in (0, 0.5)")
         if self.min_rows < 100 or self.n_estimators < 1:
             raise ConfigError("min_rows", "min_rows must be >= 100 and n_estimators >= 1")
-        if self.features not in RETRAIN_ALGOS:
-            raise ConfigError("features", f"must be one of {', '.join(RETRAIN_ALGOS)} (robust-blocks-v2 learns a "
-                                          f"baseline from the readings themselves: train it with `model train`)")
+        if self.features not in (CHAMPION_ALGO, *RETRAIN_ALGOS):
+            raise ConfigError("features", f"must be {CHAMPION_ALGO} or one of {', '.join(RETRAIN_ALGOS)} "
+                                          f"(robust-blocks-v2 and values-v1 learn a baseline from the readings "
+                                          f"themselves: train them with `model train`)")
 
     @property
     def tracking_uri(self) -> str:

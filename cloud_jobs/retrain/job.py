@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud_jobs.config import RetrainConfig
+from cloud_jobs.config import RetrainConfig, candidate_algo
 from cloud_jobs.errors import CloudJobError
 from cloud_jobs.retrain import transforms as T
 from cloud_jobs.retrain.gate import verdict
@@ -138,6 +138,7 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
         "(" + ", ".join(f"{k} {v['rows']:,}" for k, v in sorted(ranges.items())) + ")")
     incidents = _incident_windows(config.incidents)
     plans: dict[str, T.TypePlan] = {}
+    algos: dict[str, str] = {}
     for dtype, r in sorted(ranges.items()):
         if r["rows"] < config.min_rows:
             report["types"][dtype] = {"status": "skipped",
@@ -145,6 +146,9 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
             continue
         champ = registry.champion(dtype)
         cb = load_bundle(registry.path(dtype, champ)) if champ is not None else None
+        algo, why = candidate_algo(config.features, cb.spec.algo if cb else None)
+        algos[dtype] = algo
+        say(f"{dtype}: candidate features {algo} ({why})")
         plans[dtype] = T.TypePlan(
             dtype, r["channels"], int(r["t0"] + (1 - config.holdout_fraction) * (r["t1"] - r["t0"])),
             champion_spec=cb.spec.to_dict() if cb else None, champion_onnx=cb.model_bytes if cb else None,
@@ -160,7 +164,7 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
         mine = [n for n in noise if n["device_type"] == dtype]
         est = [np.asarray(n["noise"]) for n in mine if n["noise"]]
         res = [(np.asarray(n["step"]), np.asarray(n["magnitude"])) for n in mine if n["step"]]
-        fspec = FeatureSpec.from_noise(tplan.channels, est, resolutions=res, algo=config.features)
+        fspec = FeatureSpec.from_noise(tplan.channels, est, resolutions=res, algo=algos[dtype])
         plans[dtype] = T.TypePlan(**{**tplan.__dict__, "spec": fspec.to_dict()})
     say(f"feature specs for {len(plans)} types from {len(noise)} devices ({time.monotonic() - t:.1f} s)")
 
@@ -180,7 +184,8 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
     try:
         for c in sorted(cands, key=lambda c: c["device_type"]):
             dtype = c["device_type"]
-            entry: dict[str, Any] = {"rows": ranges[dtype]["rows"], "devices": ranges[dtype]["devices"]}
+            entry: dict[str, Any] = {"rows": ranges[dtype]["rows"], "devices": ranges[dtype]["devices"],
+                                     "features": algos[dtype]}
             report["types"][dtype] = entry
             params = {"device_type": dtype, "since": config.since, "until": config.until,
                       "split_ms": plans[dtype].split_ms, "holdout_fraction": config.holdout_fraction,

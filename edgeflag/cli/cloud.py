@@ -62,11 +62,11 @@ def register(sub: Any) -> None:
     r.add_argument("--include-labelled", action="store_true", help="fit on labelled anomalies too")
     r.add_argument("--min-rows", type=int, default=1000, help="skip a type with fewer readings")
     r.add_argument("--trees", type=int, default=100, help="IsolationForest trees")
-    from cloud_jobs.config import RETRAIN_ALGOS
-    from models.features import TRAIN_ALGO
+    from cloud_jobs.config import CHAMPION_ALGO, RETRAIN_ALGOS
 
-    r.add_argument("--features", choices=RETRAIN_ALGOS, default=TRAIN_ALGO,
-                   help="feature algorithm of the candidates (models/features.py)")
+    r.add_argument("--features", choices=(CHAMPION_ALGO, *RETRAIN_ALGOS), default=CHAMPION_ALGO,
+                   help="feature algorithm of the candidates (models/features.py); champion: each type keeps "
+                        "its champion's (the time-series default when there is none or this job cannot fit it)")
     r.add_argument("--no-range-guard", action="store_true",
                    help="score with the forest alone (models/training/guard.py; the guard is on by default)")
     r.add_argument("--target-fpr", type=float, default=0.001, help="share of normal readings above the threshold")

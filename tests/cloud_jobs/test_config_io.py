@@ -79,14 +79,21 @@ def test_a_checkpoint_from_the_two_query_layout_is_warned_about(tmp_path: Path) 
     assert old_layout(cfg) is None
 
 
-def test_retraining_fits_the_default_features_and_refuses_what_it_cannot_fit() -> None:
-    from models.features import TRAIN_ALGO, FeatureSpec
+def test_retraining_keeps_the_champions_features_and_refuses_what_it_cannot_fit() -> None:
+    from cloud_jobs.config import CHAMPION_ALGO, candidate_algo
+    from models.features import FEATURE_ALGO_V5, FEATURE_ALGO_VALUES, TRAIN_ALGO, FeatureSpec
 
     cfg = RetrainConfig(silver="s", registry="r", out="o")
-    assert cfg.features == TRAIN_ALGO == "robust-blocks-v4" and cfg.range_guard
+    assert cfg.features == CHAMPION_ALGO and cfg.range_guard
     assert RetrainConfig(silver="s", registry="r", out="o", features="robust-blocks-v1").features == "robust-blocks-v1"
     with pytest.raises(ConfigError, match="model train"):
         RetrainConfig(silver="s", registry="r", out="o", features="robust-blocks-v2")
+    # a smooth signal's champion (auto picked v5) keeps v5; a retrain must not swap it silently
+    assert candidate_algo(CHAMPION_ALGO, FEATURE_ALGO_V5) == (FEATURE_ALGO_V5, "the champion's")
+    assert candidate_algo(CHAMPION_ALGO, None)[0] == TRAIN_ALGO == "robust-blocks-v4"
+    algo, why = candidate_algo(CHAMPION_ALGO, FEATURE_ALGO_VALUES)  # needs a baseline: said, not hidden
+    assert algo == TRAIN_ALGO and "values-v1 needs `model train`" in why
+    assert candidate_algo("robust-blocks-v3", FEATURE_ALGO_V5) == ("robust-blocks-v3", "as configured")
     # the job's spec: floors from per-device noise, the algorithm recorded, no baseline
-    spec = FeatureSpec.from_noise(("a", "b"), [np.array([0.5, 0.2])], algo=cfg.features)
+    spec = FeatureSpec.from_noise(("a", "b"), [np.array([0.5, 0.2])], algo=candidate_algo(cfg.features, None)[0])
     assert spec.algo == TRAIN_ALGO and spec.level is None and "level" not in spec.to_dict()
