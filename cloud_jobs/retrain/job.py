@@ -91,8 +91,8 @@ def silver_canary_stats(spark: Any, config: RetrainConfig) -> CanaryStats:
     then."""
     from pyspark.sql import functions as F
 
-    def stats(devices: list[str], sha256: str, version: int, since_s: float) -> Counts:
-        return _silver_counts(spark, config, devices, since_s,
+    def stats(agents: list[str], sha256: str, version: int, since_s: float) -> Counts:
+        return _silver_counts(spark, config, agents, since_s,
                               (F.col("model_sha256") == sha256) & (F.col("model_version") == version))
     return stats
 
@@ -102,8 +102,8 @@ def silver_control_stats(spark: Any, config: RetrainConfig) -> ControlStats:
     received since then: the control group of a canary rollout."""
     from pyspark.sql import functions as F
 
-    def stats(devices: list[str], version: int, since_s: float) -> Counts:
-        return _silver_counts(spark, config, devices, since_s, F.col("model_version") != version)
+    def stats(agents: list[str], version: int, since_s: float) -> Counts:
+        return _silver_counts(spark, config, agents, since_s, F.col("model_version") != version)
     return stats
 
 
