@@ -22,7 +22,7 @@ from edge_agent import sinks as _sinks  # noqa: F401  (register sinks)
 from edge_agent import sources as _sources  # noqa: F401  (register sources)
 from edge_agent.config import AgentConfig
 from edge_agent.control import ControlPlane, SettingsPlan, Unchanged
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, OutboxError
 from edge_agent.flow import TokenBucket
 from edge_agent.ingest import IngestStage
 from edge_agent.intake import Intake, Quarantine, StreamState
@@ -85,6 +85,15 @@ class Agent:
                                   events=EventConfig(config.events.close_after, config.events.release,
                                                      config.events.update_every_s),
                                   on_quarantined=self._quarantine_log.add, on_error=self._set_error)
+        state = self.outbox.state()
+        unreadable = self.ingest.restore_events(state)
+        if unreadable:
+            event(self.log, logging.WARNING, "stored anomaly events not continued (state unreadable)",
+                  devices=",".join(sorted(unreadable)))
+        taken, left = self.ingest.restore_windows(state)
+        if taken or left:
+            event(self.log, logging.INFO, "rolling windows from the last clean stop", taken_back=taken,
+                  left_out=left)
         self.sink = sink or make_sink(config.uplink)
         self.outbox_component = self.metrics.component("buffer", "outbox", type(self.outbox).__name__.lower())
         if source is not None:
@@ -143,6 +152,7 @@ class Agent:
         for s in self.pump.slots:
             self._join(f"edgeflag-source-{s.label}", 5)
         self._join("edgeflag-ingest", 30)
+        self._save_windows()
         deadline = time.monotonic() + flush_timeout
         sender = next((t for t in self._threads if t.name == "edgeflag-sender"), None)
         while (time.monotonic() < deadline and self.fatal is None and sender is not None and sender.is_alive()
@@ -160,6 +170,18 @@ class Agent:
         event(self.log, logging.INFO, "agent stopped", **self.status())
         self.outbox.close()
         self.metrics.close()
+
+    def _save_windows(self) -> None:
+        """Store the devices' rolling windows once ingest has stopped (a restart then scores as if none was)."""
+        if any(t.name == "edgeflag-ingest" and t.is_alive() for t in self._threads):
+            return  # ingest is stuck: its windows may be mid-batch
+        try:
+            n = self.ingest.save_windows()
+        except OutboxError as exc:
+            event(self.log, logging.WARNING, "rolling windows not stored; they warm up again at start",
+                  error=str(exc))
+            return
+        event(self.log, logging.INFO, "rolling windows stored", devices=n)
 
     def _join(self, name: str, timeout: float) -> None:
         for t in self._threads:

@@ -6,12 +6,25 @@ with the streams' positions and the sources' checkpoints in one transaction, and
 the sources. Guarantees:
 - A source batch is acknowledged only after its readings are durable in the outbox (or quarantined).
 - Every reading read ends as scored-and-stored or quarantined with a reason; `readings_in` = both.
-- When the outbox write fails (disk full, I/O error), `ingest_with_retry` restores the intake's stream
-  state, keeps the batch and retries with backoff: nothing is acknowledged, nothing is skipped.
+- When the outbox write fails (disk full, I/O error), `ingest` returns the intake's stream state, the
+  devices' rolling feature windows and the anomaly events to where they were before the batch, and
+  `ingest_with_retry` keeps the batch and retries with backoff: nothing is acknowledged, nothing is
+  skipped, and the retry scores and announces exactly what the first try would have.
+- Open anomaly events are stored with the readings that moved them (outbox state ``events/<device>``)
+  and taken back by `restore_events` at start: an event in progress goes on under its id after a
+  restart, and is closed once, not left open or opened twice.
+- A clean stop stores each device's rolling window (`save_windows`, outbox state ``window/<device>``,
+  with the stream position it belongs to); `restore_windows` takes back those whose position is still
+  the stream's and whose feature spec is the model's, so after a stop and start the readings score as
+  if the agent had never stopped. After a crash the stored windows are behind the streams and are left
+  out: the devices warm up again, as on a first start.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 import threading
 import time
@@ -34,6 +47,8 @@ from models.bundle import Bundle
 from models.events import EventConfig, EventTracker
 
 _EVENTS = ("\0anomaly_event",)  # the event context's key among the channel-set contexts (no channel is named so)
+_EVENT_STATE = "events/"  # outbox state key prefix of a device's open anomaly event
+_WINDOW_STATE = "window/"  # outbox state key prefix of a device's rolling window, stored at a clean stop
 
 
 class IngestStage:
@@ -50,6 +65,7 @@ class IngestStage:
         self._on_model, self._on_dropped = on_model, on_dropped
         self._on_quarantined, self._on_error = on_quarantined, on_error
         self._contexts: dict[tuple[str, ...], int] = {}
+        self._stored = False  # the current batch is in the outbox
         self.events = EventTracker(events or EventConfig())
         self.component = metrics.component("transform", "score", "onnx")
 
@@ -57,12 +73,10 @@ class IngestStage:
         """`ingest`, retried with backoff while the outbox fails; False when `stop` is set first."""
         backoff: Backoff | None = None  # created on the first failure only (seeding a Random is not free)
         while True:
-            snapshot = {d: StreamState(s.boot_id, s.last_seq, s.channels) for d, s in self.intake.streams.items()}
             try:
                 self.ingest(batches)
                 return True
             except OutboxError as exc:  # disk full, I/O error: keep the batch, keep trying, never ack
-                self.intake.streams = snapshot
                 self.component.error("outbox_write")
                 self._on_error(str(exc))
                 event(self.log, logging.ERROR, "outbox write failed; retrying", error=str(exc))
@@ -71,8 +85,66 @@ class IngestStage:
                     return False
 
     def ingest(self, batches: list[Batch]) -> None:
-        """Validate, score and store one micro-batch; acknowledge its sources once durable."""
+        """Validate, score and store one micro-batch; acknowledge its sources once durable. When it raises,
+        the stream state, feature windows and events are as before the call (the batch can come again)."""
         self._swap()
+        stage = self.slot.stage
+        streams = {d: StreamState(s.boot_id, s.last_seq, s.channels) for d, s in self.intake.streams.items()}
+        self._stored = False
+        try:
+            self._ingest(batches)
+        except BaseException:
+            if not self._stored:  # once the outbox holds the batch, its state stands
+                self.intake.streams = streams
+                stage.rollback()
+                self.events.rollback()
+            raise
+
+    def restore_events(self, state: dict[str, str]) -> list[str]:
+        """Take back the open events stored in the outbox state at start; returns the devices whose stored
+        state could not be read (their event, if any, is not continued)."""
+        return self.events.restore({k[len(_EVENT_STATE):]: v for k, v in state.items() if k.startswith(_EVENT_STATE)})
+
+    def save_windows(self) -> int:
+        """Store every device's rolling window with its stream position (call once ingest has stopped);
+        returns how many were stored."""
+        stage = self.slot.stage
+        state: dict[str, str | None] = {}
+        for d, tail in stage.windows().items():
+            st = self.intake.streams.get(d)
+            if st is None:
+                continue
+            state[_WINDOW_STATE + d] = json.dumps({
+                "v": 1, "spec": stage.bundle.spec.hash, "boot_id": st.boot_id, "last_seq": st.last_seq,
+                "shape": list(tail.shape), "data": base64.b64encode(tail.astype("<f8").tobytes()).decode()})
+        if state:
+            self.outbox.append([], state=state)
+        return len(state)
+
+    def restore_windows(self, state: dict[str, str]) -> tuple[int, int]:
+        """Take back the windows `save_windows` stored that still fit (see the module docstring); returns
+        (taken back, left out)."""
+        stage = self.slot.stage
+        taken = left = 0
+        for key, text in state.items():
+            if not key.startswith(_WINDOW_STATE):
+                continue
+            d = key[len(_WINDOW_STATE):]
+            st = self.intake.streams.get(d)
+            try:
+                w = json.loads(text)
+                fits = (w["v"] == 1 and w["spec"] == stage.bundle.spec.hash and st is not None
+                        and (w["boot_id"], w["last_seq"]) == (st.boot_id, st.last_seq))
+                if fits:
+                    tail = np.frombuffer(base64.b64decode(w["data"]), dtype="<f8").reshape(w["shape"])
+                    stage.set_window(d, tail.astype(np.float64))
+            except (ValueError, TypeError, KeyError, binascii.Error):
+                fits = False
+            taken += fits
+            left += not fits
+        return taken, left
+
+    def _ingest(self, batches: list[Batch]) -> None:
         t0 = time.perf_counter()
         accepted: list[tuple[ReadingBlock, str]] = []
         rejected: list[Rejected] = []
@@ -104,7 +176,11 @@ class IngestStage:
                                      for (blk, boot), res in zip(accepted, results, strict=True)])
         touched = {blk.device_id for blk, _ in accepted}
         streams = {d: (self.intake.streams[d].boot_id, self.intake.streams[d].last_seq) for d in touched}
-        evicted = self.outbox.append(segments, streams=streams, checkpoint=checkpoint)
+        evicted = self.outbox.append(segments, streams=streams, checkpoint=checkpoint,
+                                     state={_EVENT_STATE + d: v for d, v in self.events.changed().items()})
+        self._stored = True
+        self.slot.stage.commit()
+        self.events.commit()
         for b in batches:
             if b.ack is not None:
                 b.ack()

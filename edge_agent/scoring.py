@@ -3,6 +3,9 @@
 Guarantees: a device's readings must arrive in seq order; `score_many` returns one score
 and one flag per reading, identical to scoring each device's whole stream at once
 (features are chunking-invariant, see models.features). Flags are ``score >= threshold``.
+`rollback()` returns every device's rolling window to where the last `commit()` left it (the micro-batch
+could not be stored and comes again); it costs nothing until then (windows are replaced, never changed
+in place, so the undo log holds references).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class ScoringStage:
         self.threshold = self.scorer.threshold
         self.recent: np.ndarray | None = None  # the last micro-batch's features (canary input for rollouts)
         self._features: dict[str, StreamingFeatures] = {}
+        self._undo: dict[str, tuple[StreamingFeatures, np.ndarray | None]] = {}
         self._columns: dict[tuple[str, ...], list[int]] = {}
 
     def _cols(self, block: ReadingBlock) -> list[int]:
@@ -60,12 +64,36 @@ class ScoringStage:
             for i in todo:
                 (later if blocks[i].device_id in seen else now).append(i)
                 seen.add(blocks[i].device_id)
-            res = update_many([self._state(blocks[i].device_id) for i in now],
+            states = [self._state(blocks[i].device_id) for i in now]
+            for i, st in zip(now, states, strict=True):
+                self._undo.setdefault(blocks[i].device_id, (st, st.tail))
+            res = update_many(states,
                               [blocks[i].values[:, self._cols(blocks[i])] for i in now])
             for i, r in zip(now, res, strict=True):
                 out[i] = r
             todo = later
         return [o for o in out if o is not None]
+
+    def commit(self) -> None:
+        """The windows as they are now are what `rollback()` returns to."""
+        self._undo.clear()
+
+    def rollback(self) -> None:
+        """Every device's window back to where the last `commit()` left it."""
+        for st, tail in self._undo.values():
+            st.tail = tail
+        self._undo.clear()
+
+    def windows(self) -> dict[str, np.ndarray]:
+        """Each device's rolling window (its last `long_window` readings, the model's channels)."""
+        return {d: st.tail for d, st in self._features.items() if st.tail is not None}
+
+    def set_window(self, device_id: str, tail: np.ndarray) -> None:
+        """Start a device from a window `windows()` gave (same feature spec), as if it had never stopped."""
+        want = (self.bundle.spec.long_window, len(self.bundle.spec.channels))
+        if tail.shape != want:
+            raise ValueError(f"window of shape {tail.shape}; this model keeps {want}")
+        self._state(device_id).tail = tail
 
     def adopt_state(self, other: ScoringStage) -> None:
         """Keep the devices' rolling windows across a model swap when the feature spec is the same."""

@@ -11,14 +11,22 @@ and `release × threshold` neither open an event nor count as quiet.
 Pure numpy and per-device state (`EventTracker.update` one block of one device at a time, readings in
 seq order): the edge agent runs it on every scored block, and the detection benchmark runs the same
 code over test scores. Work per block is vectorised; Python only loops over the events themselves.
-Results do not depend on how readings are cut into blocks (tested). The state lives in memory: after
-a restart an event still in progress opens again.
+Results do not depend on how readings are cut into blocks (tested).
+
+State across restarts and failed writes: `changed()` gives the state of every device whose events moved
+since the last `commit()` (a small JSON text, or None once nothing is open) for the agent to store with
+the readings that moved them, in the same outbox transaction; `restore` takes it back at start, so an
+event in progress when the agent stopped or crashed goes on under its own id after the restart (the
+cloud counts it once and sees it close). `rollback()` undoes every `update` since the last `commit()`
+(the outbox write failed and the same readings come again). A device that reboots (a new boot id)
+closes the old boot's open event before anything else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -79,10 +87,17 @@ class _Device:
     quiet: int = 0  # consecutive quiet readings at the end of what was seen
 
 
+#: Version of the JSON text of a device's state (`EventTracker.changed`, `EventTracker.restore`).
+STATE_VERSION = 1
+_OPEN_FIELDS = tuple(f.name for f in fields(_Open))
+
+
 @dataclass
 class EventTracker:
     config: EventConfig = field(default_factory=EventConfig)
     devices: dict[str, _Device] = field(default_factory=dict)
+    #: each device's state as of the last `commit()`, for the devices `update` touched since
+    _undo: dict[str, tuple[_Open | None, int]] = field(default_factory=dict)
 
     @property
     def open_events(self) -> int:
@@ -92,13 +107,18 @@ class EventTracker:
                threshold: float) -> list[AnomalyEvent]:
         """Events announced by one device's next readings (in seq order), in order."""
         st = self.devices.setdefault(device_id, _Device())
-        if st.open is not None and st.open.boot_id != boot_id:  # a reboot ends what the old boot had open
-            st.open, st.quiet = None, 0
         flagged = scores >= threshold
         if st.open is None and not flagged.any():
             return []
-        quiet = scores < self.config.release * threshold
+        if device_id not in self._undo:
+            self._undo[device_id] = (None if st.open is None else replace(st.open), st.quiet)
         out: list[AnomalyEvent] = []
+        if st.open is not None and st.open.boot_id != boot_id:  # a reboot ends what the old boot had open
+            out.append(self._event("close", device_id, st.open, threshold))
+            st.open, st.quiet = None, 0
+            if not flagged.any():
+                return out
+        quiet = scores < self.config.release * threshold
         i, n = 0, len(scores)
         while i < n:
             if st.open is None:
@@ -123,6 +143,42 @@ class EventTracker:
             st.open, st.quiet = None, 0
             i = stop
         return out
+
+    def changed(self) -> dict[str, str | None]:
+        """The state of each device `update` touched since the last `commit()`: JSON text while an event
+        is open, None when none is (what to store, or delete, with the readings that led to it)."""
+        out: dict[str, str | None] = {}
+        for device_id in self._undo:
+            st = self.devices[device_id]
+            out[device_id] = None if st.open is None else json.dumps(
+                {"v": STATE_VERSION, "quiet": st.quiet, "open": asdict(st.open)}, separators=(",", ":"))
+        return out
+
+    def commit(self) -> None:
+        """What `changed()` gave is stored: later `rollback()`s return to here."""
+        self._undo.clear()
+
+    def rollback(self) -> None:
+        """Undo every `update` since the last `commit()`."""
+        for device_id, (ev, quiet) in self._undo.items():
+            self.devices[device_id] = _Device(ev, quiet)
+        self._undo.clear()
+
+    def restore(self, states: Mapping[str, str]) -> list[str]:
+        """Take back stored states (`changed()`'s texts by device); returns the devices whose text is
+        not a state of this version (left without an open event)."""
+        bad = []
+        for device_id, text in states.items():
+            try:
+                d = json.loads(text)
+                if d.get("v") != STATE_VERSION or set(d["open"]) != set(_OPEN_FIELDS):
+                    raise ValueError("unknown state")
+                o = d["open"]
+                ev = _Open(**{**o, "announced": (int(o["announced"][0]), float(o["announced"][1]))})
+                self.devices[device_id] = _Device(ev, int(d["quiet"]))
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                bad.append(device_id)
+        return bad
 
     def _close_at(self, quiet: np.ndarray, i: int, carry: int) -> int | None:
         """Index just past the reading that closes an event open before `i`, or None in this block."""

@@ -716,5 +716,15 @@ class StreamingFeatures:
         self.spec = spec
         self._tail: np.ndarray | None = None
 
+    @property
+    def tail(self) -> np.ndarray | None:
+        """The last `long_window` readings seen (None before any): replaced by `update`, never changed in
+        place, so a reference taken now keeps this moment's window."""
+        return self._tail
+
+    @tail.setter
+    def tail(self, value: np.ndarray | None) -> None:
+        self._tail = value
+
     def update(self, values: np.ndarray) -> np.ndarray:
         return update_many([self], [values])[0]

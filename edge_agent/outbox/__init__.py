@@ -6,8 +6,9 @@ Contract (every implementation; tests/edge_agent/test_outbox_contract.py runs on
   in seq order, already rendered as telemetry JSON fragments, holding either only normal
   readings (kind 0) or only flagged readings (kind 1), at most one uplink message long.
 * **Durability.** `append` returns only after its segments, the per-device stream state
-  (boot_id, last seq) and the source checkpoint are committed in ONE transaction. The
-  agent acknowledges its source only after `append` returns.
+  (boot_id, last seq), the source checkpoint and the agent state that follows from those
+  readings (open anomaly events; a key set to None is deleted) are committed in ONE
+  transaction. The agent acknowledges its source only after `append` returns.
 * **Leaving.** A segment leaves only through `ack` (after the uplink confirmed delivery)
   or eviction. Nothing else deletes.
 * **Bound.** The sum of `cost(segment)` (payload bytes + a fixed per-row overhead) never

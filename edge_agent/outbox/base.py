@@ -79,10 +79,12 @@ class Outbox(ABC):
 
     @abstractmethod
     def append(self, segments: Sequence[Segment], *, streams: Mapping[str, tuple[str, int]] | None = None,
-               checkpoint: Mapping[str, str] | None = None) -> dict[str, int]:
-        """Store segments, stream state and checkpoint atomically; evict to the bound.
+               checkpoint: Mapping[str, str] | None = None,
+               state: Mapping[str, str | None] | None = None) -> dict[str, int]:
+        """Store segments, stream state, checkpoint and agent state atomically; evict to the bound.
 
-        Returns readings evicted by this call, by reason.
+        `state`: the agent's own state that follows from the readings stored (the open anomaly events),
+        by key; None deletes the key. Returns readings evicted by this call, by reason.
         """
 
     @abstractmethod
@@ -126,6 +128,10 @@ class Outbox(ABC):
     @abstractmethod
     def checkpoint(self) -> dict[str, str]:
         """Source checkpoint committed with the last append."""
+
+    @abstractmethod
+    def state(self) -> dict[str, str]:
+        """The agent state committed by the appends so far (`append`'s `state`, deleted keys left out)."""
 
     @abstractmethod
     def drops(self) -> dict[str, int]:

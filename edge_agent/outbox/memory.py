@@ -18,6 +18,7 @@ class MemoryOutbox(Outbox):
         self._contexts: dict[str, int] = {}
         self._streams: dict[str, tuple[str, int]] = {}
         self._checkpoint: dict[str, str] = {}
+        self._state: dict[str, str] = {}
         self._drops: dict[str, int] = {}
         self._lock = threading.Lock()
         self._evicted_upto = {0: 0, 1: 0}
@@ -31,7 +32,8 @@ class MemoryOutbox(Outbox):
         return next(h for h, i in self._contexts.items() if i == context_id)
 
     def append(self, segments: Sequence[Segment], *, streams: Mapping[str, tuple[str, int]] | None = None,
-               checkpoint: Mapping[str, str] | None = None) -> dict[str, int]:
+               checkpoint: Mapping[str, str] | None = None,
+               state: Mapping[str, str | None] | None = None) -> dict[str, int]:
         with self._lock:
             for s in segments:
                 self._rows[self._next] = s
@@ -39,6 +41,11 @@ class MemoryOutbox(Outbox):
                 self._bytes += cost(s)
             self._streams.update(streams or {})
             self._checkpoint.update(checkpoint or {})
+            for key, value in (state or {}).items():
+                if value is None:
+                    self._state.pop(key, None)
+                else:
+                    self._state[key] = value
             return self._evict()
 
     def _evict(self) -> dict[str, int]:
@@ -112,6 +119,9 @@ class MemoryOutbox(Outbox):
 
     def checkpoint(self) -> dict[str, str]:
         return dict(self._checkpoint)
+
+    def state(self) -> dict[str, str]:
+        return dict(self._state)
 
     def drops(self) -> dict[str, int]:
         return dict(self._drops)

@@ -9,14 +9,15 @@ On-disk format (format 2), one file ``outbox.db`` (+ ``-wal``/``-shm`` while ope
              crc)                                     -- CRC-32 of the row (format 2; NULL in rows of format 1)
     streams(device_id PRIMARY KEY, boot_id, last_seq) -- dedup state per device
     checkpoint(key PRIMARY KEY, value)                -- source position
+    state(key PRIMARY KEY, value)                     -- agent state (open anomaly events), added in place
     drops(reason PRIMARY KEY, readings)               -- evictions, persisted
 
 Invariants: ids only grow (AUTOINCREMENT never reuses an id); SUM(cost) <= max_bytes after
 every append, beyond that only by segments held in flight; a segment row is deleted only by ack or
 eviction.
 
-Crash behaviour. Every append is one transaction (segments + stream state + checkpoint +
-evictions). ``synchronous=full`` (default): the WAL is fsynced at every commit, so a
+Crash behaviour. Every append is one transaction (segments + stream state + checkpoint + agent
+state + evictions). ``synchronous=full`` (default): the WAL is fsynced at every commit, so a
 committed append survives SIGKILL *and* power loss. ``synchronous=normal``: commits survive
 SIGKILL (the WAL is in the OS page cache) but the last transactions before a power cut may
 be rolled back — faster, for devices with a UPS or where the source can replay. A crash
@@ -111,6 +112,7 @@ CREATE TABLE IF NOT EXISTS segments(
 CREATE INDEX IF NOT EXISTS segments_kind ON segments(kind, id);
 CREATE TABLE IF NOT EXISTS streams(device_id TEXT PRIMARY KEY, boot_id TEXT NOT NULL, last_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoint(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS drops(reason TEXT PRIMARY KEY, readings INTEGER NOT NULL);
 """
 
@@ -208,6 +210,7 @@ class SqliteOutbox(Outbox):
             for table, sql in (("contexts", "INSERT OR IGNORE INTO contexts VALUES(?,?)"),
                                ("streams", "INSERT OR REPLACE INTO streams VALUES(?,?,?)"),
                                ("checkpoint", "INSERT OR REPLACE INTO checkpoint VALUES(?,?)"),
+                               ("state", "INSERT OR REPLACE INTO state VALUES(?,?)"),
                                ("drops", "INSERT OR REPLACE INTO drops VALUES(?,?)")):
                 with contextlib.suppress(sqlite3.Error):
                     self._db.executemany(sql, old.execute(f"SELECT * FROM {table}").fetchall())
@@ -262,7 +265,8 @@ class SqliteOutbox(Outbox):
         return str(row[0])
 
     def append(self, segments: Sequence[Segment], *, streams: Mapping[str, tuple[str, int]] | None = None,
-               checkpoint: Mapping[str, str] | None = None) -> dict[str, int]:
+               checkpoint: Mapping[str, str] | None = None,
+               state: Mapping[str, str | None] | None = None) -> dict[str, int]:
         rows = [(s.device_id, s.boot_id, s.context_id, s.kind, s.seq_first, s.seq_last, s.n, s.anomalies,
                  s.stored_at, len(s.body) + ROW_OVERHEAD, s.body,
                  row_crc(s.device_id, s.boot_id, s.context_id, s.kind, s.seq_first, s.seq_last, s.n, s.anomalies,
@@ -271,18 +275,18 @@ class SqliteOutbox(Outbox):
         with self._lock:
             self._check_space()
             try:
-                return self._append(rows, added, streams, checkpoint)
+                return self._append(rows, added, streams, checkpoint, state)
             except sqlite3.Error as exc:
                 if not _is_full(exc) or (self.disk_full and not self._reserve.exists()):
                     raise OutboxError(f"{self.path}: append failed: {exc}") from None
                 self._enter_full(exc)
             try:  # again, now making room first inside what the file already holds
-                return self._append(rows, added, streams, checkpoint)
+                return self._append(rows, added, streams, checkpoint, state)
             except sqlite3.Error as exc:
                 raise OutboxError(f"{self.path}: append failed: {exc}") from None
 
     def _append(self, rows: list[tuple], added: _Totals, streams: Mapping[str, tuple[str, int]] | None,  # type: ignore[type-arg]
-                checkpoint: Mapping[str, str] | None) -> dict[str, int]:
+                checkpoint: Mapping[str, str] | None, state: Mapping[str, str | None] | None) -> dict[str, int]:
         evicted: dict[str, int] = {}
         marks: dict[int, int] = {}  # highest evicted id per kind, published once committed
         bound = self._bound()
@@ -299,6 +303,10 @@ class SqliteOutbox(Outbox):
                                      [(d, b, s) for d, (b, s) in streams.items()])
             if checkpoint:
                 self._db.executemany("INSERT OR REPLACE INTO checkpoint VALUES(?,?)", list(checkpoint.items()))
+            if state:
+                self._db.executemany("DELETE FROM state WHERE key=?", [(k,) for k, v in state.items() if v is None])
+                self._db.executemany("INSERT OR REPLACE INTO state VALUES(?,?)",
+                                     [(k, v) for k, v in state.items() if v is not None])
             total = added.plus(total)
             if total.bytes > bound:
                 total = self._evict(total, evicted, marks, bound=bound)
@@ -545,6 +553,10 @@ class SqliteOutbox(Outbox):
     def checkpoint(self) -> dict[str, str]:
         with self._lock:
             return dict(self._db.execute("SELECT key, value FROM checkpoint").fetchall())
+
+    def state(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._db.execute("SELECT key, value FROM state").fetchall())
 
     def drops(self) -> dict[str, int]:
         with self._lock:

@@ -87,13 +87,16 @@ def test_segments_in_flight_are_never_evicted_and_a_release_evicts_what_was_pass
     assert ob.release([8]) == {} and [s.id for s in ob.pending(0, 0, 100)] == [8, 9]
 
 
-def test_stream_state_and_checkpoint_commit_with_the_segments(make: Factory) -> None:
+def test_stream_state_checkpoint_and_agent_state_commit_with_the_segments(make: Factory) -> None:
     ob = make(1 << 20)
-    ob.append([seg()], streams={"d1": ("boot-1", 41)}, checkpoint={"jsonl.offset": "123"})
+    ob.append([seg()], streams={"d1": ("boot-1", 41)}, checkpoint={"jsonl.offset": "123"},
+              state={"events/d1": "{open}", "events/d2": "{open2}"})
     assert ob.streams() == {"d1": ("boot-1", 41)}
     assert ob.checkpoint() == {"jsonl.offset": "123"}
-    ob.append([], streams={"d1": ("boot-1", 42)})
+    assert ob.state() == {"events/d1": "{open}", "events/d2": "{open2}"}
+    ob.append([], streams={"d1": ("boot-1", 42)}, state={"events/d1": None, "events/d3": None})
     assert ob.streams()["d1"] == ("boot-1", 42)
+    assert ob.state() == {"events/d2": "{open2}"}, "None deletes; deleting a missing key is no error"
 
 
 def test_contexts_are_stable(make: Factory) -> None:
@@ -106,12 +109,14 @@ def test_the_sqlite_outbox_survives_reopening_with_everything_in_place(tmp_path:
     path = tmp_path / "o.db"
     ob = SqliteOutbox(path, 10 * cost(seg()))
     cid = ob.context_id("h")
-    ob.append([seg(seq=i) for i in range(12)], streams={"d1": ("b", 11)}, checkpoint={"k": "v"})
+    ob.append([seg(seq=i) for i in range(12)], streams={"d1": ("b", 11)}, checkpoint={"k": "v"},
+              state={"events/d1": "s"})
     before = (ob.stats(), [s.id for s in ob.pending(0, 0, 100)], ob.drops())
     ob.close()
     again = SqliteOutbox(path, 10 * cost(seg()))
     assert (again.stats(), [s.id for s in again.pending(0, 0, 100)], again.drops()) == before
     assert again.streams() == {"d1": ("b", 11)} and again.checkpoint() == {"k": "v"}
+    assert again.state() == {"events/d1": "s"}
     assert again.context(cid) == "h" and again.context_id("h") == cid
     again.append([seg(seq=50)])
     assert max(s.id for s in again.pending(0, 0, 100)) > max(before[1]), "ids are never reused"
@@ -161,7 +166,8 @@ def test_a_bit_flipped_row_is_counted_and_skipped_never_sent(tmp_path: Path) -> 
 def test_a_damaged_page_is_survived_and_every_readable_row_salvaged(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     ob = SqliteOutbox(path, 1 << 22)
-    ob.append([marked(i) for i in range(400)], streams={"d1": ("b", 399)}, checkpoint={"k": "v"})
+    ob.append([marked(i) for i in range(400)], streams={"d1": ("b", 399)}, checkpoint={"k": "v"},
+              state={"events/d1": "s"})
     ob.close()
     raw = bytearray(path.read_bytes())
     page = raw.index(b"MARK00200") // 4096
@@ -172,7 +178,7 @@ def test_a_damaged_page_is_survived_and_every_readable_row_salvaged(tmp_path: Pa
     kept = [s.segment.seq_first for s in ob.pending(0, 0, 1000)]
     assert 200 not in kept and 370 <= len(kept) < 400, len(kept)
     assert ob.salvaged["segments"] == len(kept) == ob.stats().readings
-    assert ob.streams() == {"d1": ("b", 399)} and ob.checkpoint() == {"k": "v"}
+    assert ob.streams() == {"d1": ("b", 399)} and ob.checkpoint() == {"k": "v"} and ob.state() == {"events/d1": "s"}
     ob.append([marked(1000)])
     ob.close()
 

@@ -53,12 +53,70 @@ def test_a_long_event_is_updated_at_most_every_update_interval_when_it_grows() -
     assert [e.last_seq for e in events[1:-1]] == [40, 70, 100, 130, 160, 190, 220]  # 220: the last alarms since 190
 
 
-def test_a_reboot_ends_an_open_event() -> None:
+def test_a_reboot_closes_the_old_boots_open_event() -> None:
     t = EventTracker()
     assert [e.kind for e in feed(t, np.array([0.9, 0.9]))] == ["open"]
     assert t.open_events == 1
     events = feed(t, np.array([0.9]), boot="c", t0=0)
-    assert [(e.kind, e.boot_id) for e in events] == [("open", "c")] and t.open_events == 1
+    assert [(e.kind, e.event_id) for e in events] == [("close", "d:b:0"), ("open", "d:c:0")]
+    assert events[0].alarms == 2 and events[0].last_seq == 1 and t.open_events == 1
+    quiet = EventTracker()
+    feed(quiet, np.array([0.9]))
+    assert [(e.kind, e.boot_id) for e in feed(quiet, np.array([0.1]), boot="c")] == [("close", "b")]
+    assert quiet.open_events == 0
+
+
+def _bursts(seed: int, n: int = 1500) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    s = rng.uniform(0.2, 0.55, n)
+    for start in rng.integers(0, n - 100, 6):
+        s[start : start + rng.integers(1, 80)] = rng.uniform(0.5, 1.0)  # bursts that hover around the threshold
+    return s
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), cuts=st.lists(st.integers(1, 120), min_size=1, max_size=20),
+       restarts=st.sets(st.integers(0, 19)), failures=st.sets(st.integers(0, 19)))
+def test_stored_state_carries_events_across_restarts_and_failed_writes(seed: int, cuts: list[int],
+                                                                        restarts: set[int],
+                                                                        failures: set[int]) -> None:
+    """As the agent runs it: after each block the changed states are stored (None deletes) and committed;
+    a restart is a new tracker restored from the store; a failed write rolls the block back and feeds it
+    again. The events are those of one uninterrupted run."""
+    s = _bursts(seed)
+    cfg = EventConfig(close_after=20, update_every_s=15)
+    whole = feed(EventTracker(cfg), s)
+    store: dict[str, str] = {}
+    t, out, i = EventTracker(cfg), [], 0
+    seq = np.arange(len(s))
+    for k, n in enumerate([*cuts, len(s)]):
+        part = slice(i, min(i + n, len(s)))
+        if k in failures:
+            t.update("d", "b", seq[part], seq[part].astype(float), s[part], THR)
+            t.rollback()
+        out += t.update("d", "b", seq[part], seq[part].astype(float), s[part], THR)
+        for dev, text in t.changed().items():
+            if text is None:
+                store.pop(dev, None)
+            else:
+                store[dev] = text
+        t.commit()
+        if k in restarts:
+            t = EventTracker(cfg)
+            assert t.restore(store) == []
+        i = part.stop
+    assert out == whole
+    assert (store == {}) == (whole[-1].kind == "close" if whole else True)
+
+
+def test_a_state_that_is_not_this_versions_is_named_and_left_closed() -> None:
+    t = EventTracker()
+    feed(t, np.array([0.9]))
+    good = t.changed()["d"]
+    assert good is not None
+    fresh = EventTracker()
+    assert fresh.restore({"d": good, "x": "{", "y": '{"v": 99}', "z": "[1]"}) == ["x", "y", "z"]
+    assert fresh.open_events == 1 and [e.kind for e in feed(fresh, np.full(30, 0.1), t0=1)] == ["close"]
 
 
 @settings(max_examples=60, deadline=None)
