@@ -16,8 +16,8 @@ the sources. Guarantees:
 - A clean stop stores each device's rolling window (`save_windows`, outbox state ``window/<device>``,
   with the stream position it belongs to); `restore_windows` takes back those whose position is still
   the stream's and whose feature spec is the model's, so after a stop and start the readings score as
-  if the agent had never stopped. After a crash the stored windows are behind the streams and are left
-  out: the devices warm up again, as on a first start.
+  if the agent had never stopped. A start deletes them once read, so after a crash there are none: the
+  devices warm up again, as on a first start.
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ class IngestStage:
         return len(state)
 
     def restore_windows(self, state: dict[str, str]) -> tuple[int, int]:
-        """Take back the windows `save_windows` stored that still fit (see the module docstring); returns
-        (taken back, left out)."""
+        """Take back the windows `save_windows` stored that still fit (see the module docstring) and delete
+        them all from the outbox; returns (taken back, left out)."""
         stage = self.slot.stage
         taken = left = 0
         for key, text in state.items():
@@ -142,6 +142,8 @@ class IngestStage:
                 fits = False
             taken += fits
             left += not fits
+        if taken or left:  # used up: the windows move on from here, a later crash leaves none behind
+            self.outbox.append([], state={k: None for k in state if k.startswith(_WINDOW_STATE)})
         return taken, left
 
     def _ingest(self, batches: list[Batch]) -> None:

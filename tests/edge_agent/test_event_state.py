@@ -133,6 +133,8 @@ def test_after_a_crash_mid_event_the_event_goes_on_under_its_id_and_closes_once(
     feed(first, batches[:2])
     first.stop(flush_timeout=0)  # a clean stop early on: windows stored at batch 2
     crashing = make_agent(tmp_path / "1", bundle, SqliteOutbox(path, 1 << 30, reserve_bytes=0))
+    assert len(crashing.ingest.slot.stage.windows()) == DEVICES
+    assert not any(k.startswith("window/") for k in crashing.outbox.state()), "taken back, then deleted"
     feed(crashing, batches[2:cut])
     spanning = {d: st.open.event_id for d, st in crashing.ingest.events.devices.items() if st.open is not None}
     assert spanning
@@ -156,4 +158,24 @@ def test_after_a_crash_mid_event_the_event_goes_on_under_its_id_and_closes_once(
     assert len(still_open) == second.ingest.events.open_events
     assert {k for k in outbox.state() if k.startswith("events/")} == {
         f"events/{d}" for d, st in second.ingest.events.devices.items() if st.open is not None}
+    outbox.close()
+
+
+def test_a_window_that_does_not_fit_the_stream_or_the_model_is_left_out(tmp_path: Path, trained_small,  # type: ignore[no-untyped-def]
+                                                                        batches: list[Batch]) -> None:
+    bundle = trained_small[0]
+    path = tmp_path / "outbox.db"
+    first = make_agent(tmp_path / "1", bundle, SqliteOutbox(path, 1 << 30, reserve_bytes=0))
+    feed(first, batches[:2])
+    first.stop(flush_timeout=0)
+    outbox = SqliteOutbox(path, 1 << 30, reserve_bytes=0)
+    windows = {k: json.loads(v) for k, v in outbox.state().items() if k.startswith("window/")}
+    assert len(windows) == DEVICES
+    a, b, c = sorted(windows)
+    windows[a]["last_seq"] -= 1  # readings stored after the window: it is behind the stream
+    windows[b]["spec"] = "0" * 64  # another model's features
+    outbox.append([], state={k: json.dumps(v) for k, v in windows.items()} | {"window/dev-9999": "not json"})
+    agent = make_agent(tmp_path / "2", bundle, outbox)
+    assert list(agent.ingest.slot.stage.windows()) == [c.removeprefix("window/")]
+    assert not any(k.startswith("window/") for k in outbox.state())
     outbox.close()
