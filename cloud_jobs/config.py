@@ -146,13 +146,21 @@ class IncidentConfig:
     A device is anomalous in a window when at least `device_anomaly_rate` of its readings there are
     flagged. A window of a type raises (or extends) an incident when at least `min_devices` of its
     devices are anomalous, or at least `min_fraction` of those reporting (and never fewer than two:
-    one device is not a fleet event). An open incident closes after `close_after_windows` windows
-    of that type without the condition.
+    one device is not a fleet event), **and** that many anomalous devices at once would come by
+    chance with probability at most `max_chance` if each device were anomalous independently at the
+    type's own baseline rate (binomial tail; the baseline is learned from the type's earlier windows
+    without the condition, `baseline_windows` of them weighing most, starting from `baseline_prior`).
+    So independent faults that coincide in a large fleet are not an incident; correlated ones are.
+    `max_chance = 1` keeps the count and fraction rule alone. An open incident closes after
+    `close_after_windows` windows of that type without the condition.
     """
 
     min_devices: int = 3
     min_fraction: float = 0.3
     device_anomaly_rate: float = 0.1
+    max_chance: float = 1e-3
+    baseline_windows: int = 60
+    baseline_prior: float = 0.01
     close_after_windows: int = 2
     webhook_url: str | None = None
     webhook_timeout_s: float = 5.0
@@ -164,6 +172,10 @@ class IncidentConfig:
             raise ConfigError("incidents.min_devices", "must be >= 2 (one device is not a fleet event)")
         if not 0 < self.min_fraction <= 1 or not 0 < self.device_anomaly_rate <= 1:
             raise ConfigError("incidents", "min_fraction and device_anomaly_rate must be in (0, 1]")
+        if not 0 < self.max_chance <= 1 or not 0 < self.baseline_prior < 1:
+            raise ConfigError("incidents", "max_chance must be in (0, 1] and baseline_prior in (0, 1)")
+        if self.baseline_windows < 1:
+            raise ConfigError("incidents.baseline_windows", "must be >= 1")
         if self.close_after_windows < 1 or self.webhook_attempts < 1:
             raise ConfigError("incidents", "close_after_windows and webhook_attempts must be >= 1")
 

@@ -1,8 +1,11 @@
 """Fleet incidents: correlated anomalies across devices of one type, one incident per event.
 
 `IncidentTracker.observe(windows)` is pure: it takes the finalised windows of a micro-batch (per
-device type: devices reporting, which were anomalous) and returns incident events. An incident
-**opens** on the first window that meets the `IncidentConfig` condition, **updates** on a later one
+device type: devices reporting, which were anomalous) and returns incident events. The condition
+(`IncidentConfig`) is a count or fraction of anomalous devices that the type's baseline rate of
+anomalous devices would not explain (`chance`, a binomial tail); the baseline is an exponentially
+weighted rate over the type's earlier windows that did not meet the condition. An incident
+**opens** on the first window that meets the condition, **updates** on a later one
 only when it adds something (new devices, a new peak; a window that adds nothing is counted in
 ``windows``, not announced), and **closes** once `close_after_windows` windows pass without it. Its id,
 ``inc-<type>-<first window start, UTC>``, depends only on the data, so a re-run over the same
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import urllib.error
@@ -49,15 +53,48 @@ def _iso(ts: datetime) -> str:
     return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def chance(anomalous: int, reporting: int, rate: float) -> float:
+    """P(at least `anomalous` of `reporting` devices are anomalous), each independently with `rate`."""
+    if anomalous <= 0:
+        return 1.0
+    if anomalous > reporting:
+        return 0.0
+    log_p, log_q = math.log(rate), math.log1p(-rate)
+    terms = [math.lgamma(reporting + 1) - math.lgamma(k + 1) - math.lgamma(reporting - k + 1)
+             + k * log_p + (reporting - k) * log_q for k in range(anomalous, reporting + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+#: The baseline prior's weight, in device-windows.
+PRIOR_WEIGHT = 50.0
+
+
 @dataclass
 class IncidentTracker:
     config: IncidentConfig
     open: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: per type: [anomalous, reporting] device-windows, exponentially weighted (windows without the condition)
+    baseline: dict[str, list[float]] = field(default_factory=dict)
+
+    def base_rate(self, device_type: str) -> float:
+        """The type's baseline rate of anomalous devices per window (the prior until windows are seen)."""
+        a, r = self.baseline.get(device_type, (0.0, 0.0))
+        prior = self.config.baseline_prior
+        return (a + prior * PRIOR_WEIGHT) / (r + PRIOR_WEIGHT)
 
     def triggered(self, w: TypeWindow) -> bool:
         n = len(w.anomalous_devices)
         frac = n / w.devices_reporting if w.devices_reporting else 0.0
-        return n >= self.config.min_devices or (n >= 2 and frac >= self.config.min_fraction)
+        counted = n >= self.config.min_devices or (n >= 2 and frac >= self.config.min_fraction)
+        if not counted or self.config.max_chance >= 1:
+            return counted
+        return chance(n, w.devices_reporting, self.base_rate(w.device_type)) <= self.config.max_chance
+
+    def _learn(self, w: TypeWindow) -> None:
+        keep = 1.0 - 1.0 / self.config.baseline_windows
+        a, r = self.baseline.get(w.device_type, (0.0, 0.0))
+        self.baseline[w.device_type] = [a * keep + len(w.anomalous_devices), r * keep + w.devices_reporting]
 
     def observe(self, windows: Iterable[TypeWindow]) -> list[dict[str, Any]]:
         """Events (open / update / close) for these windows, in event-time order."""
@@ -67,6 +104,7 @@ class IncidentTracker:
             latest_end = w.window_end if latest_end is None else max(latest_end, w.window_end)
             self._close_stale(w.window_start, events, only=w.device_type)
             if not self.triggered(w):
+                self._learn(w)
                 continue
             inc = self.open.get(w.device_type)
             if inc is None:
@@ -75,6 +113,7 @@ class IncidentTracker:
                     "device_type": w.device_type, "opened_at": _iso(w.window_start), "version": 0,
                     "windows": 0, "devices": [], "peak_devices_anomalous": 0, "peak_fraction": 0.0,
                     "window_s": int((w.window_end - w.window_start).total_seconds()),
+                    "baseline_rate": round(self.base_rate(w.device_type), 6), "min_chance": 1.0,
                 }
                 kind = "open"
             else:
@@ -85,6 +124,8 @@ class IncidentTracker:
             inc["devices"] = sorted(set(inc["devices"]) | set(w.anomalous_devices))
             inc["peak_devices_anomalous"] = max(inc["peak_devices_anomalous"], len(w.anomalous_devices))
             inc["peak_fraction"] = max(inc["peak_fraction"], len(w.anomalous_devices) / max(w.devices_reporting, 1))
+            p = chance(len(w.anomalous_devices), w.devices_reporting, self.base_rate(w.device_type))
+            inc["min_chance"] = min(inc.get("min_chance", 1.0), float(f"{p:.3g}"))
             if kind == "open" or (len(inc["devices"]), inc["peak_devices_anomalous"], inc["peak_fraction"]) != before:
                 events.append(self._event(inc, kind))  # a window that adds nothing is counted, not announced
         if latest_end is not None:
@@ -155,7 +196,7 @@ class IncidentLog:
         state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
         self.batch_id: int = state.get("batch_id", -1)
         self.committed_bytes: int = state.get("jsonl_bytes", 0)
-        self.tracker = IncidentTracker(config, state.get("open", {}))
+        self.tracker = IncidentTracker(config, state.get("open", {}), state.get("baseline", {}))
         self.webhook = (Webhook(config.webhook_url, timeout_s=config.webhook_timeout_s,
                                 attempts=config.webhook_attempts, backoff_s=config.webhook_backoff_s)
                         if config.webhook_url else None)
@@ -181,7 +222,8 @@ class IncidentLog:
             for ev in events:
                 self.webhook.post(ev)
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"batch_id": batch_id, "jsonl_bytes": size, "open": self.tracker.open}))
+        tmp.write_text(json.dumps({"batch_id": batch_id, "jsonl_bytes": size, "open": self.tracker.open,
+                                   "baseline": self.tracker.baseline}))
         os.replace(tmp, self.state_file)
         self.batch_id, self.committed_bytes = batch_id, size
         self.events_total += len(events)

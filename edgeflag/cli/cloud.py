@@ -40,6 +40,9 @@ def register(sub: Any) -> None:
                    help="delta needs Databricks (or a Spark with the Delta jars)")
     a.add_argument("--incident-min-devices", type=int, default=3, help="anomalous devices of a type for an incident")
     a.add_argument("--incident-min-fraction", type=float, default=0.3, help="… or this fraction of those reporting")
+    a.add_argument("--incident-max-chance", type=float, default=1e-3,
+                   help="… and that many anomalous devices at once would come by chance (each at the type's "
+                        "learned baseline rate) at most this probability; 1 = the count rule alone")
     a.add_argument("--device-anomaly-rate", type=float, default=0.1,
                    help="a device is anomalous in a window when this share of its readings is flagged")
     a.add_argument("--webhook", help="POST every incident event here (retried; Idempotency-Key header)")
@@ -112,6 +115,7 @@ def build_config(args: argparse.Namespace) -> Any:
             watermark_s=_seconds(args.watermark, "watermark"),
             windows=tuple(WindowSpec.parse(w) for w in args.windows.split(",") if w.strip()),
             incidents=IncidentConfig(min_devices=args.incident_min_devices, min_fraction=args.incident_min_fraction,
+                                     max_chance=args.incident_max_chance,
                                      device_anomaly_rate=args.device_anomaly_rate, webhook_url=args.webhook),
         )
     except ConfigError as exc:

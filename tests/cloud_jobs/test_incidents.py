@@ -10,18 +10,45 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 
 from cloud_jobs.config import IncidentConfig
-from cloud_jobs.fleet.incidents import IncidentLog, IncidentTracker, TypeWindow, Webhook, read_incidents
+from cloud_jobs.fleet.incidents import IncidentLog, IncidentTracker, TypeWindow, Webhook, chance, read_incidents
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def win(minute: int, dtype: str, anomalous: int, reporting: int = 10) -> TypeWindow:
+def win(minute: int, dtype: str, anomalous: int | list[int], reporting: int = 10) -> TypeWindow:
     start = T0 + timedelta(minutes=minute)
-    return TypeWindow(start, start + timedelta(minutes=1), dtype, reporting,
-                      tuple(f"{dtype}-{i:04d}" for i in range(anomalous)))
+    ids = range(anomalous) if isinstance(anomalous, int) else anomalous
+    return TypeWindow(start, start + timedelta(minutes=1), dtype, reporting, tuple(f"{dtype}-{i:04d}" for i in ids))
+
+
+def test_chance_is_the_binomial_tail() -> None:
+    assert chance(2, 4, 0.01) == pytest.approx(1 - 0.99**4 - 4 * 0.01 * 0.99**3, rel=1e-9)
+    assert chance(1, 3, 0.2) == pytest.approx(1 - 0.8**3, rel=1e-9)
+    assert chance(0, 5, 0.1) == 1.0 and chance(6, 5, 0.1) == 0.0 and chance(5, 5, 0.1) == pytest.approx(1e-5)
+    assert 0 < chance(400, 2000, 0.05) < 1e-100  # large fleets: no overflow
+
+
+def test_independent_faults_coinciding_in_a_large_fleet_are_no_incident_a_correlated_one_is() -> None:
+    """60 pumps, each anomalous in a window with probability 0.04 on its own: 3 or more at once is common
+    (a third of the windows), so the count rule alone raises incident after incident. Against the learned
+    baseline those coincidences are unremarkable; 15 pumps at once (a bad firmware push) is one incident."""
+    rng = np.random.default_rng(7)
+    windows = [win(m, "pump", np.flatnonzero(rng.random(60) < 0.04).tolist(), reporting=60) for m in range(300)]
+    windows[200] = win(200, "pump", list(range(15)), reporting=60)
+    windows[201] = win(201, "pump", list(range(10, 30)), reporting=60)
+    plain = IncidentTracker(IncidentConfig(max_chance=1.0)).observe(windows)
+    assert sum(e["event"] == "open" for e in plain) >= 20
+    tracker = IncidentTracker(IncidentConfig())
+    events = tracker.observe(windows[:150]) + tracker.observe(windows[150:])
+    opened = [e for e in events if e["event"] == "open"]
+    assert [e["incident_id"] for e in opened] == ["inc-pump-20260101T032000Z"], [e["opened_at"] for e in opened]
+    closed = next(e for e in events if e["event"] == "close")
+    assert len(closed["devices"]) >= 30 and closed["min_chance"] < 1e-10
+    assert 0.03 < tracker.base_rate("pump") < 0.05, "learned from the windows without an incident"
 
 
 def test_a_correlated_event_is_one_incident_that_opens_updates_and_closes() -> None:
@@ -52,6 +79,8 @@ def test_events_are_committed_once_per_batch_and_a_crashed_attempt_leaves_no_lin
     again = IncidentLog(tmp_path, cfg)  # restart: state says batch 0 is the last committed
     events = again.process(1, [win(1, "pump", 0), win(2, "pump", 0), win(3, "pump", 0)])
     assert [e["event"] for e in events or []] == ["close"]
+    assert IncidentLog(tmp_path, cfg).tracker.baseline == again.tracker.baseline == {"pump": [0.0, pytest.approx(
+        10 * (1 + 59 / 60 + (59 / 60) ** 2))]}, "the baseline is committed with the batch"
     assert [(e["event"], e["batch_id"]) for e in read_incidents(tmp_path / "incidents.jsonl")] == [
         ("open", 0), ("close", 1)]
 
