@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import threading
@@ -143,7 +144,8 @@ class IngestStage:
             taken += fits
             left += not fits
         if taken or left:  # used up: the windows move on from here, a later crash leaves none behind
-            self.outbox.append([], state={k: None for k in state if k.startswith(_WINDOW_STATE)})
+            with contextlib.suppress(OutboxError):  # full disk: left behind, they fit only until the streams move
+                self.outbox.append([], state={k: None for k in state if k.startswith(_WINDOW_STATE)})
         return taken, left
 
     def _ingest(self, batches: list[Batch]) -> None:
