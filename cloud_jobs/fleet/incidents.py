@@ -84,12 +84,17 @@ class IncidentTracker:
         return (a + prior * PRIOR_WEIGHT) / (r + PRIOR_WEIGHT)
 
     def triggered(self, w: TypeWindow) -> bool:
+        return self._condition(w)[0]
+
+    def _condition(self, w: TypeWindow) -> tuple[bool, float]:
+        """Whether the window meets the condition, and the chance of its count at the baseline rate (1.0
+        when the count rule alone fails)."""
         n = len(w.anomalous_devices)
         frac = n / w.devices_reporting if w.devices_reporting else 0.0
-        counted = n >= self.config.min_devices or (n >= 2 and frac >= self.config.min_fraction)
-        if not counted or self.config.max_chance >= 1:
-            return counted
-        return chance(n, w.devices_reporting, self.base_rate(w.device_type)) <= self.config.max_chance
+        if not (n >= self.config.min_devices or (n >= 2 and frac >= self.config.min_fraction)):
+            return False, 1.0
+        p = chance(n, w.devices_reporting, self.base_rate(w.device_type))
+        return self.config.max_chance >= 1 or p <= self.config.max_chance, p
 
     def _learn(self, w: TypeWindow) -> None:
         keep = 1.0 - 1.0 / self.config.baseline_windows
@@ -103,7 +108,8 @@ class IncidentTracker:
         for w in sorted(windows, key=lambda x: (x.window_start, x.device_type)):
             latest_end = w.window_end if latest_end is None else max(latest_end, w.window_end)
             self._close_stale(w.window_start, events, only=w.device_type)
-            if not self.triggered(w):
+            met, p = self._condition(w)
+            if not met:
                 self._learn(w)
                 continue
             inc = self.open.get(w.device_type)
@@ -124,7 +130,6 @@ class IncidentTracker:
             inc["devices"] = sorted(set(inc["devices"]) | set(w.anomalous_devices))
             inc["peak_devices_anomalous"] = max(inc["peak_devices_anomalous"], len(w.anomalous_devices))
             inc["peak_fraction"] = max(inc["peak_fraction"], len(w.anomalous_devices) / max(w.devices_reporting, 1))
-            p = chance(len(w.anomalous_devices), w.devices_reporting, self.base_rate(w.device_type))
             inc["min_chance"] = min(inc.get("min_chance", 1.0), float(f"{p:.3g}"))
             if kind == "open" or (len(inc["devices"]), inc["peak_devices_anomalous"], inc["peak_fraction"]) != before:
                 events.append(self._event(inc, kind))  # a window that adds nothing is counted, not announced
