@@ -218,7 +218,12 @@ class Agent:
 
     def _run_ingest(self) -> None:
         pump = self.pump
+        idle_s = self.config.events.idle_close_s
+        next_idle_check = time.monotonic() + 1.0
         while True:
+            if idle_s and time.monotonic() >= next_idle_check:  # between batches: silent devices' open events
+                next_idle_check = time.monotonic() + 1.0
+                self.ingest.close_idle(idle_s)
             batches = pump.take(self._batch_limit, 0.05)
             if not batches:
                 if self._stop_ingest.is_set() or (pump.done.is_set() and pump.stop.is_set()):

@@ -147,16 +147,19 @@ class ScoringSection(Section, frozen=True, forbid_unknown_fields=True):
 class EventsSection(Section, frozen=True, forbid_unknown_fields=True):
     """[events]: one alert per anomaly event (`models.events`): an event opens on a flagged reading and
     closes after close_after consecutive readings below release × threshold; while open it is updated at
-    most every update_every_s of event time, when it has grown."""
+    most every update_every_s of event time, when it has grown. An open event of a device that has sent
+    nothing for idle_close_s seconds (wall clock; 0 = never) closes as of its last reading."""
 
     close_after: int = 30
     release: float = 0.9
     update_every_s: float = 10.0
+    idle_close_s: float = 600.0
 
     def __post_init__(self) -> None:
         check(self.close_after >= 1, "close_after", "must be >= 1")
         check(0 < self.release <= 1, "release", "must be in (0, 1]")
         check(self.update_every_s >= 0, "update_every_s", "must be >= 0")
+        check(self.idle_close_s >= 0, "idle_close_s", "must be >= 0")
 
 
 class OutboxSection(Section, frozen=True, forbid_unknown_fields=True):

@@ -67,6 +67,7 @@ class IngestStage:
         self._on_quarantined, self._on_error = on_quarantined, on_error
         self._contexts: dict[tuple[str, ...], int] = {}
         self._stored = False  # the current batch is in the outbox
+        self._seen: dict[str, float] = {}  # device -> clock() of its last accepted readings (idle events)
         self.events = EventTracker(events or EventConfig())
         self.component = metrics.component("transform", "score", "onnx")
 
@@ -104,7 +105,36 @@ class IngestStage:
     def restore_events(self, state: dict[str, str]) -> list[str]:
         """Take back the open events stored in the outbox state at start; returns the devices whose stored
         state could not be read (their event, if any, is not continued)."""
-        return self.events.restore({k[len(_EVENT_STATE):]: v for k, v in state.items() if k.startswith(_EVENT_STATE)})
+        stored = {k[len(_EVENT_STATE):]: v for k, v in state.items() if k.startswith(_EVENT_STATE)}
+        now = self.clock()
+        self._seen.update(dict.fromkeys(stored, now))  # silent from here on: idle from the start
+        return self.events.restore(stored)
+
+    def close_idle(self, idle_s: float) -> int:
+        """Close the open events of devices that have sent nothing for `idle_s` seconds (call from the
+        ingest thread, between batches): announced and stored like any close; returns how many closed.
+        When the outbox write fails they stay open and the next call tries again."""
+        now = self.clock()
+        thr = float(self.slot.threshold)
+        closed = [ev for d, st in list(self.events.devices.items())
+                  if st.open is not None and now - self._seen.get(d, now) >= idle_s
+                  for ev in [self.events.close(d, thr)] if ev is not None]
+        if not closed:
+            return 0
+        try:
+            self.outbox.append([event_segment(ev, self._event_context(), now) for ev in closed],
+                               state={_EVENT_STATE + d: v for d, v in self.events.changed().items()})
+        except OutboxError as exc:
+            self.events.rollback()
+            event(self.log, logging.ERROR, "closing idle anomaly events failed; retrying", error=str(exc))
+            return 0
+        self.events.commit()
+        for ev in closed:
+            self.metrics.anomaly_events.labels(kind="close").inc()
+            event(self.log, logging.INFO, "anomaly event close (device silent)", device=ev.device_id,
+                  event_id=ev.event_id, alarms=ev.alarms, silent_s=round(now - self._seen.get(ev.device_id, now)))
+        self.metrics.anomaly_events_open.set(self.events.open_events)
+        return len(closed)
 
     def save_windows(self) -> int:
         """Store every device's rolling window with its stream position (call once ingest has stopped);
@@ -179,6 +209,8 @@ class IngestStage:
             segments += self._track([(blk, boot, res.scores)
                                      for (blk, boot), res in zip(accepted, results, strict=True)])
         touched = {blk.device_id for blk, _ in accepted}
+        now = self.clock()
+        self._seen.update(dict.fromkeys(touched, now))
         streams = {d: (self.intake.streams[d].boot_id, self.intake.streams[d].last_seq) for d in touched}
         evicted = self.outbox.append(segments, streams=streams, checkpoint=checkpoint,
                                      state={_EVENT_STATE + d: v for d, v in self.events.changed().items()})

@@ -144,6 +144,18 @@ class EventTracker:
             i = stop
         return out
 
+    def close(self, device_id: str, threshold: float) -> AnomalyEvent | None:
+        """Close the device's open event now, as of its last reading (the device went silent); None when
+        nothing is open."""
+        st = self.devices.get(device_id)
+        if st is None or st.open is None:
+            return None
+        if device_id not in self._undo:
+            self._undo[device_id] = (replace(st.open), st.quiet)
+        ev = self._event("close", device_id, st.open, threshold)
+        st.open, st.quiet = None, 0
+        return ev
+
     def changed(self) -> dict[str, str | None]:
         """The state of each device `update` touched since the last `commit()`: JSON text while an event
         is open, None when none is (what to store, or delete, with the readings that led to it)."""

@@ -50,12 +50,12 @@ def batches() -> list[Batch]:
     return [Batch(blocks=[b.slice(i, i + BATCH) for b in blocks.values()]) for i in range(0, READINGS, BATCH)]
 
 
-def make_agent(tmp_path: Path, bundle: Path, outbox: Outbox) -> Agent:
+def make_agent(tmp_path: Path, bundle: Path, outbox: Outbox, clock: Any = lambda: 1_000.0) -> Agent:
     """An agent over `outbox` whose streams carry fixed boot ids, so two runs' messages compare byte for byte."""
     if not outbox.streams():
         outbox.append([], streams={d: (f"boot-{d}", -1) for d in DEVICE_IDS})
     cfg = build_config(agent_config(tmp_path / "state", bundle, 1), environ={})  # never started: no uplink
-    return Agent(cfg, outbox=outbox, clock=lambda: 1_000.0)
+    return Agent(cfg, outbox=outbox, clock=clock)
 
 
 def feed(agent: Agent, batches: list[Batch]) -> None:
@@ -179,3 +179,35 @@ def test_a_window_that_does_not_fit_the_stream_or_the_model_is_left_out(tmp_path
     assert list(agent.ingest.slot.stage.windows()) == [c.removeprefix("window/")]
     assert not any(k.startswith("window/") for k in outbox.state())
     outbox.close()
+
+
+def test_the_open_event_of_a_device_gone_silent_closes_after_idle_close_s(tmp_path: Path, trained_small,  # type: ignore[no-untyped-def]
+                                                                          batches: list[Batch]) -> None:
+    bundle = trained_small[0]
+    cut, _ = _cut_with_an_open_event(bundle, tmp_path, batches)
+    now = [1_000.0]
+    outbox = FailingOutbox(1 << 30, fail_on=set())
+    agent = make_agent(tmp_path / "a", bundle, outbox, clock=lambda: now[0])
+    feed(agent, batches[:cut])
+    open_before = {d: st.open.event_id for d, st in agent.ingest.events.devices.items() if st.open is not None}
+    assert open_before
+    first = DEVICE_IDS[0]
+    now[0] += 400
+    feed(agent, [Batch(blocks=[batches[cut].blocks[0]])])  # one device keeps sending
+    still = {d: st.open.event_id for d, st in agent.ingest.events.devices.items() if st.open is not None}
+    silent = {d: eid for d, eid in still.items() if d != first}
+    assert silent, "some device with an open event went silent"
+    now[0] += 199
+    assert agent.ingest.close_idle(600) == 0, "the silent ones are 599 s silent"
+    now[0] += 2
+    outbox.fail_on = {outbox.calls + 1}
+    assert agent.ingest.close_idle(600) == 0, "the write failed: they stay open, and are tried again"
+    assert {d for d, st in agent.ingest.events.devices.items() if st.open is not None} == set(still)
+    assert agent.ingest.close_idle(600) == len(silent) and agent.ingest.close_idle(600) == 0
+    assert {d for d, st in agent.ingest.events.devices.items() if st.open is not None} == set(still) - set(silent)
+    last = {}
+    for e in events(outbox):
+        last[e["event_id"]] = e
+    for eid in silent.values():
+        assert last[eid]["kind"] == "close", eid
+    assert set(outbox.state()) == {f"events/{d}" for d in set(still) - set(silent)}
