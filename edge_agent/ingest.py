@@ -116,9 +116,9 @@ class IngestStage:
         When the outbox write fails they stay open and the next call tries again."""
         now = self.clock()
         thr = float(self.slot.threshold)
-        closed = [ev for d, st in list(self.events.devices.items())
-                  if st.open is not None and now - self._seen.get(d, now) >= idle_s
-                  for ev in [self.events.close(d, thr)] if ev is not None]
+        silent = [d for d, st in self.events.devices.items()
+                  if st.open is not None and now - self._seen.get(d, now) >= idle_s]
+        closed = [ev for ev in (self.events.close(d, thr) for d in silent) if ev is not None]
         if not closed:
             return 0
         try:
@@ -126,6 +126,7 @@ class IngestStage:
                                state={_EVENT_STATE + d: v for d, v in self.events.changed().items()})
         except OutboxError as exc:
             self.events.rollback()
+            self.component.error("outbox_write")
             event(self.log, logging.ERROR, "closing idle anomaly events failed; retrying", error=str(exc))
             return 0
         self.events.commit()

@@ -202,6 +202,7 @@ def test_the_open_event_of_a_device_gone_silent_closes_after_idle_close_s(tmp_pa
     now[0] += 2
     outbox.fail_on = {outbox.calls + 1}
     assert agent.ingest.close_idle(600) == 0, "the write failed: they stay open, and are tried again"
+    assert agent.ingest.component.snapshot()["errors"] == {"outbox_write": 1}, "and the failure is counted"
     assert {d for d, st in agent.ingest.events.devices.items() if st.open is not None} == set(still)
     assert agent.ingest.close_idle(600) == len(silent) and agent.ingest.close_idle(600) == 0
     assert {d for d, st in agent.ingest.events.devices.items() if st.open is not None} == set(still) - set(silent)
