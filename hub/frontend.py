@@ -389,8 +389,11 @@ class FrontEnd:
             b_reader, b_writer = await asyncio.open_connection(*self.backend)
             session.transports.append(b_writer.transport)
             keepalive = self._keepalive(connect.keepalive)
+            # The front end enforces the device's keep-alive (1.5 x, in `_up`) and counts it; the broker gets
+            # twice as long, so a silent device is cut here, with its reason, never first by the broker.
             backend_connect = w.Connect(client_id=connect.client_id, username=device, password=password,
-                                        keepalive=keepalive, clean_session=connect.clean_session, will=None)
+                                        keepalive=min(2 * keepalive, 0xFFFF), clean_session=connect.clean_session,
+                                        will=None)
             b_writer.write(backend_connect.encode())
             self.stats.accepted += 1
             await asyncio.gather(self._up(reader, b_writer, device, 1.5 * keepalive), self._down(b_reader, writer, sid))
