@@ -88,6 +88,7 @@ class Agent:
         state = self.outbox.state()
         unreadable = self.ingest.restore_events(state)
         if unreadable:
+            self.ingest.component.error("event_state_unreadable")
             event(self.log, logging.WARNING, "stored anomaly events not continued (state unreadable)",
                   devices=",".join(sorted(unreadable)))
         taken, left = self.ingest.restore_windows(state)
@@ -178,6 +179,7 @@ class Agent:
         try:
             n = self.ingest.save_windows()
         except OutboxError as exc:
+            self.ingest.component.error("outbox_write")
             event(self.log, logging.WARNING, "rolling windows not stored; they warm up again at start",
                   error=str(exc))
             return

@@ -104,11 +104,15 @@ class IngestStage:
 
     def restore_events(self, state: dict[str, str]) -> list[str]:
         """Take back the open events stored in the outbox state at start; returns the devices whose stored
-        state could not be read (their event, if any, is not continued)."""
+        state could not be read (their event, if any, is not continued; the unreadable state is deleted)."""
         stored = {k[len(_EVENT_STATE):]: v for k, v in state.items() if k.startswith(_EVENT_STATE)}
         now = self.clock()
         self._seen.update(dict.fromkeys(stored, now))  # silent from here on: idle from the start
-        return self.events.restore(stored)
+        unreadable = self.events.restore(stored)
+        if unreadable:  # reported once: they are deleted, not read again at every start
+            with contextlib.suppress(OutboxError):
+                self.outbox.append([], state={_EVENT_STATE + d: None for d in unreadable})
+        return unreadable
 
     def close_idle(self, idle_s: float) -> int:
         """Close the open events of devices that have sent nothing for `idle_s` seconds (call from the

@@ -174,10 +174,13 @@ def test_a_window_that_does_not_fit_the_stream_or_the_model_is_left_out(tmp_path
     a, b, c = sorted(windows)
     windows[a]["last_seq"] -= 1  # readings stored after the window: it is behind the stream
     windows[b]["spec"] = "0" * 64  # another model's features
-    outbox.append([], state={k: json.dumps(v) for k, v in windows.items()} | {"window/dev-9999": "not json"})
+    outbox.append([], state={k: json.dumps(v) for k, v in windows.items()} | {"window/dev-9999": "not json",
+                                                                               "events/dev-9999": "not json"})
     agent = make_agent(tmp_path / "2", bundle, outbox)
+    assert agent.ingest.component.snapshot()["errors"] == {"event_state_unreadable": 1}
     assert list(agent.ingest.slot.stage.windows()) == [c.removeprefix("window/")]
     assert not any(k.startswith("window/") for k in outbox.state())
+    assert "events/dev-9999" not in outbox.state(), "an unreadable event state is reported once, then deleted"
     outbox.close()
 
 
