@@ -26,6 +26,7 @@ from math import gcd
 from typing import Any
 
 from cloud_jobs.config import WindowSpec
+from cloud_jobs.fleet.transforms import stream_id
 
 PANE_DDL = ("pane_ms long, device_type string, model_version int, device_id string, channel string, "
             "readings long, anomalies long, max_score double, value_sum double, value_n long, "
@@ -39,13 +40,14 @@ def granule_s(specs: Iterable[WindowSpec]) -> int:
 
 
 def panes(silver_df: Any, granule: int) -> Any:
-    """Silver readings -> one PANE_DDL row per pane, device, channel and model version."""
+    """Silver readings -> one PANE_DDL row per pane, device (`transforms.stream_id`), channel and model
+    version."""
     from pyspark.sql import functions as F
 
     ms = granule * 1000
     t = F.unix_millis("event_time")
     exploded = silver_df.select((t - F.pmod(t, F.lit(ms))).alias("pane_ms"), "device_type", "model_version",
-                                "device_id", "anomaly", "score",
+                                stream_id().alias("device_id"), "anomaly", "score",
                                 F.explode(F.arrays_zip("channels", "values")).alias("cv"))
     return exploded.groupBy("pane_ms", *KEYS[:3], F.col("cv.channels").alias("channel")).agg(
         F.count(F.lit(1)).alias("readings"),

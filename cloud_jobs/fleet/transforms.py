@@ -27,6 +27,17 @@ SILVER_DDL = ("source_device string, device_id string, device_type string, boot_
 QUARANTINE_COLUMNS = ("source_device", "received_at", "reason", "raw")
 
 
+def stream_id() -> Any:
+    """The column naming a reading's device wherever readings are grouped per device (gold windows, fleet
+    counts, incidents, retraining): the sender's id for a device's own readings, ``<sender>/<sensor>``
+    for a sensor a gateway sends for. Two gateways may serve sensors of one name, and a sender cannot add
+    readings to another sender's device by naming it in the body."""
+    from pyspark.sql import functions as F
+
+    return (F.when(F.col("source_device") == F.col("device_id"), F.col("device_id"))
+            .otherwise(F.concat_ws("/", "source_device", "device_id")))
+
+
 def parse(inputs: Any, envelope: Envelope) -> Any:
     """INPUT_DDL rows -> one row per message (MESSAGE_DDL) plus `msg_time`: its newest reading's event time,
     or a quarantined message's receive time; and the stream key `k_source`, `k_device`, `k_boot`."""
@@ -101,12 +112,14 @@ def quarantine(deduped: Any) -> Any:
 
 
 def device_windows(silver_df: Any, spec: WindowSpec, watermark_s: int) -> Any:
-    """Per window, device and channel: readings, anomalies, anomaly_rate, max_score, value mean/min/max."""
+    """Per window, device (`stream_id`) and channel: readings, anomalies, anomaly_rate, max_score, value
+    mean/min/max."""
     from pyspark.sql import functions as F
 
     src = silver_df.withWatermark("event_time", f"{watermark_s} seconds") if silver_df.isStreaming else silver_df
     win = F.window("event_time", f"{spec.duration_s} seconds", f"{spec.slide_s} seconds")
-    exploded = src.select(win.alias("window"), "device_type", "model_version", "device_id", "anomaly", "score",
+    exploded = src.select(win.alias("window"), "device_type", "model_version", stream_id().alias("device_id"),
+                          "anomaly", "score",
                           F.explode(F.arrays_zip("channels", "values")).alias("cv"))
     agg = exploded.groupBy("window", "device_type", "model_version", "device_id",
                            F.col("cv.channels").alias("channel")).agg(

@@ -45,6 +45,8 @@ def readings(silver: Any, *, since: str | None, until: str | None, device_types:
     by a gateway is the stream ``<gateway>/<sensor>``."""
     from pyspark.sql import functions as F
 
+    from cloud_jobs.fleet.transforms import stream_id
+
     df = silver
     if since:
         df = df.where(F.col("event_time") >= F.to_timestamp(F.lit(since)))
@@ -61,9 +63,7 @@ def readings(silver: Any, *, since: str | None, until: str | None, device_types:
                             F.col("label").cast("int").alias("label"), F.col("fault").cast("string").alias("fault"))
         df = df.join(lab.dropDuplicates(["device_id", "event_ms"]), ["device_id", "event_ms"], "left")
     # one stream per sensor and sender: two gateways may serve sensors of the same name
-    stream = F.when(F.col("source_device") == F.col("device_id"), F.col("device_id")) \
-        .otherwise(F.concat_ws("/", "source_device", "device_id"))
-    return df.withColumn("device_id", stream).select(*READING_COLUMNS)
+    return df.withColumn("device_id", stream_id()).select(*READING_COLUMNS)
 
 
 def type_ranges(rows: Any) -> dict[str, dict[str, Any]]:
