@@ -45,6 +45,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from contracts.durable import fsync_dir
 from contracts.errors import ContractError
 from contracts.telemetry import decode_payload
 
@@ -123,7 +124,7 @@ class BronzeWriter:
         for path, fh in self._files.items():
             fh.close()
             os.replace(_in_progress(path), path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             self.published += 1
         self._files.clear()
         self._n += 1
@@ -174,13 +175,6 @@ def _dumps(rec: dict[str, Any]) -> str:
 def _in_progress(path: Path) -> Path:
     return path.with_name(f".{path.name}.inprogress")
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def recover_in_progress(root: Path) -> int:

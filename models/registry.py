@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from contracts.durable import fsync_dir
 from contracts.manifest import MANIFEST_FILE, ModelManifest
 from models.bundle import write_bundle
 from models.errors import BundleError, ModelError
@@ -69,7 +70,7 @@ class Registry:
                     os.rename(tmp, target)  # fails if another writer took this version
                 except OSError:
                     continue
-                _fsync_dir(self.root / name)
+                fsync_dir(self.root / name)
                 return target
             finally:
                 if tmp.exists():
@@ -93,7 +94,7 @@ class Registry:
         tmp = self.root / name / f".{CHAMPION_FILE}.tmp"
         tmp.write_text(f"{version}\n")
         os.replace(tmp, self.root / name / CHAMPION_FILE)
-        _fsync_dir(self.root / name)
+        fsync_dir(self.root / name)
 
     def resolve(self, ref: Path | str, name: str | None = None) -> Path:
         """A bundle directory from a path to a bundle, a model's directory in a registry
@@ -113,10 +114,3 @@ class Registry:
             raise ModelError(f"{p} holds several models ({', '.join(names)}); name one with --name")
         raise BundleError(p, "not a bundle directory (expected model.onnx + manifest.json) nor a registry")
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
