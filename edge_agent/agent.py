@@ -68,7 +68,8 @@ class Agent:
         self.slot = ModelSlot(bundle, ScoringStage(bundle, threads=config.scoring.threads))
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = outbox or SqliteOutbox(config.state_dir / "outbox.db", config.outbox.max_bytes,
-                                             synchronous=config.outbox.synchronous)
+                                             synchronous=config.outbox.synchronous,
+                                             reserve_bytes=config.outbox.reserve_bytes)
         self.metrics = AgentMetrics()
         salvaged = getattr(self.outbox, "salvaged", None)
         if salvaged is not None:  # the file was corrupt: moved aside, a fresh one started (see SqliteOutbox)

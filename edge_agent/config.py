@@ -167,10 +167,13 @@ class OutboxSection(Section, frozen=True, forbid_unknown_fields=True):
 
     max_bytes: int = 256 * 1024 * 1024
     synchronous: str = "full"
+    reserve_bytes: int = 8 * 1024 * 1024  # disk kept back for a full disk (docs/outbox.md, 8.); 0 = none
 
     def __post_init__(self) -> None:
         check(self.synchronous in SYNC_MODES, "synchronous", f"must be one of {', '.join(SYNC_MODES)}")
         check(self.max_bytes >= 64 * 1024, "max_bytes", "must be at least 65536")
+        check(self.reserve_bytes == 0 or self.reserve_bytes >= 256 * 1024, "reserve_bytes",
+              "must be 0 (no reserve) or at least 262144")
 
 
 class MetricsSection(Section, frozen=True, forbid_unknown_fields=True):

@@ -125,16 +125,17 @@ def test_a_full_disk_never_wedges_the_agent_and_space_coming_back_is_used(small_
         "model": {"bundle": str(trained_small[0])},
         "source": {"type": "simulator", "devices": devices, "readings": readings, "seed": 5, "anomaly_rate": 0.01},
         "scoring": {"batch_size": 1024},
-        "outbox": {"max_bytes": 64 << 20},  # far more than the disk holds
+        "outbox": {"max_bytes": 64 << 20, "reserve_bytes": 512 * 1024},  # far more than the disk holds
         "uplink": {"type": "mqtt", "rate_messages_per_s": 0.0},
         "log": {"level": "error"},
     }, environ={})
-    (small_disk / "state").mkdir()
-    outbox = SqliteOutbox(small_disk / "state" / "outbox.db", cfg.outbox.max_bytes, reserve_bytes=512 * 1024)
     link = SlowLink(cfg.uplink, delay=0.0, flap_every=10**9)
     link.up = False  # the uplink is down: everything piles up on the small disk
     link._down_until = float("inf")
-    agent = Agent(cfg, sink=link, outbox=outbox)
+    agent = Agent(cfg, sink=link)
+    outbox = agent.outbox
+    assert isinstance(outbox, SqliteOutbox)
+    assert (small_disk / "state" / "outbox.db.reserve").stat().st_size == 512 * 1024  # [outbox] reserve_bytes
     agent.start()
     try:
         wait_for(lambda: agent.metrics.snapshot()["readings_in"] == devices * readings, 90, "ingest to go on")

@@ -27,6 +27,7 @@ def test_defaults_fill_everything_and_iot_hub_s1_is_the_default_send_rate() -> N
         ({"uplink": {"qos": 2}}, "uplink.qos"),
         ({"uplink": {"max_message_bytes": 1_000_000}}, "uplink.max_message_bytes"),
         ({"outbox": {"synchronous": "sometimes"}}, "outbox.synchronous"),
+        ({"outbox": {"reserve_bytes": 4096}}, "outbox.reserve_bytes"),
         ({"source": {"type": "carrier-pigeon"}}, "source.type"),
         ({"scoring": {"batch_size": 0}}, "scoring.batch_size"),
         ({"uplink": {"compress": "maybe"}}, "uplink.compress"),
