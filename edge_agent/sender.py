@@ -10,6 +10,10 @@ Guarantees:
 - A row leaves the outbox only once the uplink confirmed the message that carried it (`ack`), in
   batches at most 20 ms or 256 messages old, so a kill re-sends only what was unconfirmed or just confirmed.
 - On a disconnect every unconfirmed row is released and read again: sent again, never lost.
+- A link that drops before its confirmations arrive cannot livelock the sender: each disconnect that
+  loses unconfirmed messages halves the in-flight window (`window`, down to 1 message), and every
+  confirmation widens it by one again (doubling per round trip, up to `max_inflight`), so a link that
+  carries at least one message and its confirmation per connection drains the outbox.
 - Anomaly rows (kind 1) are sent before the normal backlog (kind 0); within a kind, in outbox order.
 - Corrupt rows the outbox skips, and rows evicted while staged, are counted as dropped, never sent.
 """
@@ -54,6 +58,7 @@ class Sender:
         budget = config.max_message_bytes - HEADER_ALLOWANCE
         self.queues = {1: SendQueue(budget), 0: SendQueue(budget)}
         self.inflight: dict[int, Message] = {}
+        self.window = config.max_inflight  # messages allowed unconfirmed now (see the module docstring)
         self.component = metrics.component("sink", "uplink", config.type)
         self._token = 0
         self._headers: dict[int, str] = {}
@@ -92,7 +97,7 @@ class Sender:
             if wait > 0:
                 return wait
         self._confirm()
-        room = self.config.max_inflight - len(self.inflight)
+        room = self.window - len(self.inflight)
         if room > 0:
             for kind in (1, 0):
                 q = self.queues[kind]
@@ -136,8 +141,10 @@ class Sender:
     def _reconnect(self) -> float:
         """Release what was in flight (it is read and sent again), then connect unless backing off."""
         if self._was_connected:
+            if self.inflight:  # lost unconfirmed: send fewer at once until confirmations come back
+                self.window = max(1, min(self.window, len(self.inflight)) // 2)
             event(self.log, logging.WARNING, "uplink disconnected; resending unconfirmed",
-                  unconfirmed=len(self.inflight))
+                  unconfirmed=len(self.inflight), window=self.window)
             self._was_connected = False
         self.metrics.connected.set(0)
         self._confirm(flush=True)
@@ -202,6 +209,7 @@ class Sender:
                 self._acked_ids += msg.ids
                 self._acked_readings += msg.readings
                 self._acked_messages += 1
+                self.window = min(self.config.max_inflight, self.window + 1)
         if self._acked_ids and (flush or self._acked_messages >= ACK_BATCH_MESSAGES
                                 or self.clock() - self._acked_since > ACK_BATCH_S):
             self.outbox.ack(self._acked_ids)
