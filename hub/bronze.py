@@ -176,7 +176,6 @@ def _in_progress(path: Path) -> Path:
     return path.with_name(f".{path.name}.inprogress")
 
 
-
 def recover_in_progress(root: Path) -> int:
     """Publish in-progress files of hub processes that are gone; returns how many."""
     n = 0
