@@ -32,9 +32,6 @@ def get_spark(app: str = "edgeflag", *, master: str = "local[*]", shuffle_partit
              # value instead of sorting the whole batch by it first
              .config("spark.sql.maxConcurrentOutputFileWriters", "8")
              .config("spark.driver.memory", "3g")
-             # two shuffle partitions leave adaptive execution nothing to coalesce, and its extra planning
-             # and stage submissions cost the gold step's small jobs ~0.2 s each (docs/benchmarks.md)
-             .config("spark.sql.adaptive.enabled", "false")
              .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     return spark
