@@ -45,7 +45,7 @@ from edge_agent.outbox import Outbox, Segment
 from edge_agent.packing import ScoredBlock, context_header, event_header, event_segment, segments_for_many
 from edge_agent.sources.base import Batch
 from models.bundle import Bundle
-from models.events import EventConfig, EventTracker
+from models.events import AnomalyEvent, EventConfig, EventTracker
 
 _EVENTS = ("\0anomaly_event",)  # the event context's key among the channel-set contexts (no channel is named so)
 _EVENT_STATE = "events/"  # outbox state key prefix of a device's open anomaly event
@@ -134,11 +134,8 @@ class IngestStage:
             event(self.log, logging.ERROR, "closing idle anomaly events failed; retrying", error=str(exc))
             return 0
         self.events.commit()
-        for ev in closed:
-            self.metrics.anomaly_events.labels(kind="close").inc()
-            event(self.log, logging.INFO, "anomaly event close (device silent)", device=ev.device_id,
-                  event_id=ev.event_id, alarms=ev.alarms, silent_s=round(now - self._seen.get(ev.device_id, now)))
-        self.metrics.anomaly_events_open.set(self.events.open_events)
+        self._announce(closed, " (device silent)",
+                       lambda ev: {"silent_s": round(now - self._seen.get(ev.device_id, now))})
         return len(closed)
 
     def save_windows(self) -> int:
@@ -200,7 +197,8 @@ class IngestStage:
                 accepted += acc
                 rejected += rej
             checkpoint.update(b.checkpoint)
-        segments = []
+        segments: list[Segment] = []
+        events: list[AnomalyEvent] = []
         flagged = scored = 0
         if accepted:
             ts = time.perf_counter()
@@ -211,8 +209,10 @@ class IngestStage:
             segments = segments_for_many(items, max_message_bytes=self.max_message_bytes, stored_at=self.clock())
             flagged = sum(int(r.flags.sum()) for r in results)
             scored = sum(len(blk) for blk, _ in accepted)
-            segments += self._track([(blk, boot, res.scores)
-                                     for (blk, boot), res in zip(accepted, results, strict=True)])
+            events = self._track([(blk, boot, res.scores)
+                                  for (blk, boot), res in zip(accepted, results, strict=True)])
+            now = self.clock()
+            segments += [event_segment(ev, self._event_context(), now) for ev in events]
         touched = {blk.device_id for blk, _ in accepted}
         now = self.clock()
         self._seen.update(dict.fromkeys(touched, now))
@@ -222,6 +222,7 @@ class IngestStage:
         self._stored = True
         self.slot.stage.commit()
         self.events.commit()
+        self._announce(events, extra=lambda ev: {"peak_score": round(ev.peak_score, 4)})
         for b in batches:
             if b.ack is not None:
                 b.ack()
@@ -242,21 +243,22 @@ class IngestStage:
             self._on_quarantined(quarantined)
         m.observe_batch(time.perf_counter() - t0)
 
-    def _track(self, scored: list[tuple[ReadingBlock, str, np.ndarray]]) -> list[Segment]:
-        """Anomaly events (one alert per event, `models.events`): counted, logged, and returned as outbox
-        segments, stored in the same transaction as the readings that caused them (`contracts.events`)."""
+    def _track(self, scored: list[tuple[ReadingBlock, str, np.ndarray]]) -> list[AnomalyEvent]:
+        """Anomaly events (one alert per event, `models.events`) of a batch, to be stored as outbox segments
+        in the same transaction as the readings that caused them (`contracts.events`)."""
         thr = float(self.slot.threshold)
-        out: list[Segment] = []
-        now = self.clock()
-        for blk, boot, scores in scored:
-            for ev in self.events.update(blk.device_id, boot, blk.seq, blk.ts, scores, thr):
-                out.append(event_segment(ev, self._event_context(), now))
-                self.metrics.anomaly_events.labels(kind=ev.kind).inc()
-                if ev.kind != "update":
-                    event(self.log, logging.INFO, f"anomaly event {ev.kind}", device=ev.device_id,
-                          event_id=ev.event_id, alarms=ev.alarms, peak_score=round(ev.peak_score, 4))
+        return [ev for blk, boot, scores in scored
+                for ev in self.events.update(blk.device_id, boot, blk.seq, blk.ts, scores, thr)]
+
+    def _announce(self, events: list[AnomalyEvent], why: str = "",
+                  extra: Callable[[AnomalyEvent], dict[str, object]] = lambda _ev: {}) -> None:
+        """Count and log events once they are stored (a failed write is retried, never counted twice)."""
+        for ev in events:
+            self.metrics.anomaly_events.labels(kind=ev.kind).inc()
+            if ev.kind != "update":
+                event(self.log, logging.INFO, f"anomaly event {ev.kind}{why}", device=ev.device_id,
+                      event_id=ev.event_id, alarms=ev.alarms, **extra(ev))
         self.metrics.anomaly_events_open.set(self.events.open_events)
-        return out
 
     def _swap(self) -> None:
         bundle = self.slot.swap()

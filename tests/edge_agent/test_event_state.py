@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,8 @@ def test_a_failed_outbox_write_is_retried_with_the_same_scores_and_events(tmp_pa
     assert failing.calls == 1 + len(batches) + 4
     assert stored(failing) == stored(plain), "every reading scored, every event announced as without the failures"
     assert agent.metrics.snapshot()["readings_in"] == DEVICES * READINGS
+    counted = {k: n for k, n in agent.metrics.snapshot()["anomaly_events"].items() if k != "open_now" and n}
+    assert counted == dict(Counter(e["kind"] for e in ev)), "each stored event counted once, failed tries not"
 
 
 def _cut_with_an_open_event(bundle: Path, tmp_path: Path, batches: list[Batch]) -> tuple[int, MemoryOutbox]:
