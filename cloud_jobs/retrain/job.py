@@ -9,8 +9,10 @@
    candidate's and champion's figures on the holdout.
 4. Driver, per type: the gate's verdict; an MLflow run with every figure; a passing candidate is
    signed and registered (file registry the agents fetch from + MLflow version with alias
-   ``champion``) and rolled out with a canary (`rollout.py`); a failed canary restores the previous
-   champion everywhere.
+   ``champion``).
+5. Every promoted type is rolled out with a canary (`rollout.py`), all types at once (they are disjoint
+   sets of devices, so the job waits for the slowest type's canary watch, not for the sum of them); a
+   failed canary restores the previous champion everywhere.
 
 The report (every figure, verdict and rollout outcome) is returned and written to
 ``<out>/retrain-<UTC time>.json``. A type whose training fails is reported, never fatal to the others.
@@ -112,7 +114,7 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
          control_stats: ControlStats | None = None) -> dict[str, Any]:
     """Run the job; returns the report. `control` (a `rollout.FleetControl`) defaults to the hub named by
     `config.rollout.hub_state`; `canary_stats` and `control_stats` to reads of silver."""
-    from cloud_jobs.retrain.rollout import execute, model_spec, plan_rollout
+    from cloud_jobs.retrain.rollout import execute_all, model_spec, plan_rollout
     from cloud_jobs.retrain.tracking import Tracker
     from cloud_jobs.spark import get_spark
     from models.bundle import load_bundle
@@ -181,6 +183,7 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
 
     tracker = Tracker(config)
     control_obj = control
+    pending: list[tuple[Any, str, int | None]] = []  # (rollout plan, MLflow run, previous champion) per type
     try:
         for c in sorted(cands, key=lambda c: c["device_type"]):
             dtype = c["device_type"]
@@ -247,8 +250,13 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
                                        config.rollout.bundle_url)
             rplan = plan_rollout(dtype, control_obj.devices(dtype), desired, prev_spec, config.rollout)
             say("rollout plan\n" + rplan.describe())
-            outcome = execute(rplan, control_obj, canary_stats or silver_canary_stats(spark, config),
-                              config.rollout, say, control_stats or silver_control_stats(spark, config))
+            pending.append((rplan, run_id, previous))
+        outcomes = execute_all([p for p, _, _ in pending], control_obj,
+                               canary_stats or silver_canary_stats(spark, config), config.rollout, say,
+                               control_stats or silver_control_stats(spark, config)) if pending else {}
+        for rplan, run_id, previous in pending:
+            dtype, outcome = rplan.device_type, outcomes[rplan.device_type]
+            entry = report["types"][dtype]
             entry["rollout"] = {**rplan.to_dict(), **outcome.to_dict()}
             tracker.tag_run(run_id, {"rollout": outcome.status, "rollout_reason": outcome.reason or "-"})
             if outcome.status == "rolled_back":

@@ -19,6 +19,9 @@ order, at least one) and the rest; `execute` then
    on any failure sets the canaries' desired model back to the previous one (or, without one, calls
    their ``rollback_model`` method) and returns the reason.
 
+`execute_all` runs the plans of several device types at once, one thread each: the job then waits for the
+slowest type's canary watch rather than for all of them in turn.
+
 `FleetControl` is what the job needs from a hub: devices of a type (twin tag ``device_type``), desired
 properties, reported properties, a direct method. `HubControl` is the local stand-in's; on Azure IoT Hub
 the same four calls are the service SDK's twin query, twin update, get twin and invoke method
@@ -30,6 +33,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -275,3 +279,24 @@ def execute(plan: RolloutPlan, control: FleetControl, canary_stats: CanaryStats,
         + (f"; refused by {len(refused_rest)}: {', '.join(sorted(refused_rest))}" if refused_rest else ""))
     out.seconds = round(time.monotonic() - t0, 1)
     return out
+
+
+def execute_all(plans: list[RolloutPlan], control: FleetControl, canary_stats: CanaryStats,
+                config: RolloutConfig, say: Callable[[str], None] = lambda _m: None,
+                control_stats: ControlStats | None = None) -> dict[str, RolloutOutcome]:
+    """`execute` every plan at once, one thread per device type; the outcomes by device type.
+
+    The plans are for different types, so disjoint sets of devices: each canary watch is judged as if it
+    ran alone, and the wall time is the slowest type's, not the sum. `control`, `canary_stats` and
+    `control_stats` are called from several threads (the hub's twin service and Spark sessions are
+    thread-safe). Every plan runs to its end even if another raises; then the first error is raised."""
+    types = [p.device_type for p in plans]
+    if len(set(types)) != len(types):
+        raise ValueError(f"one rollout per device type at a time, got {types}")
+    if len(plans) == 1:
+        return {plans[0].device_type: execute(plans[0], control, canary_stats, config, say, control_stats)}
+    with ThreadPoolExecutor(max_workers=len(plans), thread_name_prefix="rollout") as pool:
+        futures = {p.device_type: pool.submit(execute, p, control, canary_stats, config, say, control_stats)
+                   for p in plans}
+        wait(futures.values())
+    return {t: f.result() for t, f in futures.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -306,3 +307,50 @@ def test_a_canary_is_judged_per_device_against_the_rest_of_its_type_on_the_previ
     assert twins.reported("r1")["model"]["version"] == (1 if rolled_back else 2)
     if rolled_back and control:
         assert "above the control's" in out.reason, out.reason
+
+
+def test_the_types_roll_out_at_once_each_judged_on_its_own() -> None:
+    """Each type's canary watch waits for readings in silver (about a minute under the demo's load): the
+    types are disjoint devices, so they are watched at once. Here a type's canaries only get readings once
+    the other type's watch has begun, which one rollout after another never reaches (it times out)."""
+    from cloud_jobs.config import RolloutConfig
+    from cloud_jobs.retrain.rollout import RolloutPlan, execute_all
+
+    twins = _Twins()
+    old, new = {"version": 1, "sha256": "a"}, {"version": 2, "sha256": "b"}
+    plans = [RolloutPlan("pump", new, old, ("p1",), ("p2",)), RolloutPlan("chiller", new, old, ("c1",), ("c2",))]
+    for d in ("p1", "p2", "c1", "c2"):
+        twins.set_model(d, old)
+    watching: set[str] = set()
+    lock = threading.Lock()
+
+    def canary_stats(agents: list[str], sha: str, version: int, since: float) -> dict[str, tuple[int, int]]:
+        with lock:
+            watching.add(agents[0])
+            both = watching == {"p1", "c1"}
+        if not both:
+            return {}
+        return {"pump-7": (300, 1)} if agents == ["p1"] else {"chiller-3": (300, 200)}  # chiller's v2 is broken
+
+    lines: list[str] = []
+    out = execute_all(plans, twins, canary_stats, RolloutConfig(min_canary_readings=200, poll_s=0.01,
+                                                                watch_timeout_s=3.0), lines.append)
+    assert set(out) == {"pump", "chiller"}
+    assert out["pump"].status == "rolled_out" and out["pump"].canary_readings == 300, out["pump"]
+    assert out["chiller"].status == "rolled_back" and "canary alert rate" in out["chiller"].reason, out["chiller"]
+    assert {d: twins.reported(d)["model"]["version"] for d in ("p1", "p2", "c1", "c2")} == {
+        "p1": 2, "p2": 2, "c1": 1, "c2": 1}
+    assert any(line.startswith("pump: v2 on 2 devices") for line in lines), lines
+
+    def failing(agents: list[str], sha: str, version: int, since: float) -> dict[str, tuple[int, int]]:
+        if agents == ["c1"]:
+            raise RuntimeError("silver unreadable")
+        return {"pump-7": (300, 1)}
+
+    for d in ("p1", "p2", "c1", "c2"):
+        twins.set_model(d, old)
+    with pytest.raises(RuntimeError, match="silver unreadable"):  # raised once the other type is done
+        execute_all(plans, twins, failing, RolloutConfig(min_canary_readings=200, poll_s=0.01))
+    assert twins.reported("p2")["model"]["version"] == 2
+    with pytest.raises(ValueError, match="one rollout per device type"):
+        execute_all(plans[:1] * 2, twins, failing, RolloutConfig())
