@@ -1,10 +1,11 @@
 """The agent: source -> intake -> features + ONNX scoring -> outbox -> uplink, as wiring of its parts.
 
-Threads: the source (its plugin's `run`), ingest (micro-batches: whatever batches have arrived, up
-to `scoring.batch_size` readings, so latency stays low at low rates and throughput high at high
-rates; `edge_agent.ingest.IngestStage`), the sender (`edge_agent.sender.Sender`: anomalies first,
-a token bucket, at most `uplink.max_inflight` unconfirmed), status, and the control plane
-(`edge_agent.control`, which sees the agent only through its `Managed` protocol). The model in use
+Threads: the source (its plugin's `run`), ingest (micro-batches: whatever batches arrive within
+`scoring.linger_ms` of the first, up to `scoring.batch_size` readings, so throughput is high at high
+rates and a slow stream costs little; `edge_agent.ingest.IngestStage`), the sender
+(`edge_agent.sender.Sender`: anomalies first, a token bucket, at most `uplink.max_inflight`
+unconfirmed), status, and the control plane (`edge_agent.control`, which sees the agent only through
+its `Managed` protocol). The model in use
 lives in a `ModelSlot`; the outbox is the only hand-off between ingest and sender.
 """
 
@@ -227,7 +228,7 @@ class Agent:
             if idle_s and time.monotonic() >= next_idle_check:  # between batches: silent devices' open events
                 next_idle_check = time.monotonic() + 1.0
                 self.ingest.close_idle(idle_s)
-            batches = pump.take(self._batch_limit, 0.05)
+            batches = pump.take(self._batch_limit, 0.05, self.config.scoring.linger_ms / 1000)
             if not batches:
                 if self._stop_ingest.is_set() or (pump.done.is_set() and pump.stop.is_set()):
                     return

@@ -2,7 +2,8 @@
 
 Guarantees:
 - A source's batch is counted (`emitted`) only once it is in the queue; `take` gives ingest whatever
-  has arrived, up to a reading limit, so latency stays low at low rates and batches fill at high ones.
+  has arrived, up to a reading limit, waiting up to a linger time for more (`scoring.linger_ms`), so
+  batches fill at high rates and a slow stream is still handled several readings at a time.
 - With several sources each one's checkpoint keys are stored as ``<name>/<key>``, so two sources of one
   type (two JSONL backfills) never overwrite each other's position; a single [source] keeps its keys
   unprefixed (the outbox of an existing agent resumes where it was).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from edge_agent.config import SourceConfig
@@ -72,20 +74,31 @@ class SourcePump:
         """(thread name, body) per source."""
         return [(f"source-{s.label}", lambda s=s: self._run(s)) for s in self.slots]  # type: ignore[misc]
 
-    def take(self, limit: int, timeout: float) -> list[Batch]:
-        """The batches that have arrived, up to `limit` readings (at least one batch; [] after `timeout`)."""
+    def take(self, limit: int, timeout: float, linger: float = 0.0) -> list[Batch]:
+        """The batches that have arrived, up to `limit` readings (at least one batch; [] after `timeout`).
+
+        With `linger` > 0 it waits up to that many seconds after the first batch for more, so that a slow
+        stream is scored, stored and sent in batches of several readings rather than one by one (each batch
+        costs the same onnxruntime call, outbox commit and uplink message). It stops waiting once `limit`
+        readings are in hand, or as soon as it holds a batch whose source waits for its `ack` (the MQTT
+        source: a sensor's broker lets only a few messages go unacknowledged, so waiting would throttle it
+        to that window per `linger`)."""
         try:
             first = self.queue.get(timeout=timeout)
         except queue.Empty:
             return []
         batches, n = [first], len(first)
+        deadline = time.monotonic() + (linger if first.ack is None else 0.0)
         while n < limit:
+            left = deadline - time.monotonic()
             try:
-                b = self.queue.get_nowait()
+                b = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
             except queue.Empty:
                 break
             batches.append(b)
             n += len(b)
+            if b.ack is not None:
+                deadline = 0.0
         return batches
 
     def _run(self, slot: SourceSlot) -> None:

@@ -86,7 +86,8 @@ def test_a_wrong_ca_is_refused_and_retried_without_leaking_the_key(tmp_path: Pat
     }, environ={})
     agent = Agent(cfg)
     agent.start()
-    wait_for(lambda: agent.metrics.snapshot()["uplink_errors"] >= 2, 30, "refused connections")
+    wait_for(lambda: agent.metrics.snapshot()["uplink_errors"] >= 2 and agent.pump.done.is_set()
+             and agent._processed == agent.pump.emitted, 30, "refused connections and every reading stored")
     assert agent.outbox.stats().readings == 50, "nothing is lost while the uplink is refused"
     assert KEY not in agent.last_error
     agent.stop(flush_timeout=0.5)

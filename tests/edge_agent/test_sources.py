@@ -124,3 +124,67 @@ def test_simulator_sources_split_one_typed_fleet_between_agents_with_its_fleet_f
         assert np.array_equal(values, whole[dev].values, equal_nan=True), dev
         assert list(faults) == list(whole[dev].faults), dev
         assert "fleet-1-pump" in set(faults), f"{dev}: the fleet fault reaches devices on both agents"
+
+
+def test_take_lingers_for_more_of_a_slow_stream_but_not_for_a_source_waiting_for_its_ack() -> None:
+    import logging
+    import threading
+
+    from edge_agent.pump import SourcePump
+    from edge_agent.sources.base import Batch
+
+    def one(ack: bool = False) -> Batch:
+        return Batch(raw=[{"x": 1}], ack=(lambda: None) if ack else None)
+
+    def feed(pump: SourcePump, batches: list[Batch], every_s: float) -> threading.Thread:
+        def run() -> None:
+            for b in batches:
+                pump.queue.put(b)
+                time.sleep(every_s)
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t
+
+    def drain(pump: SourcePump, feeder: threading.Thread) -> None:
+        while feeder.is_alive() or pump.take(1000, 0.0):
+            pump.take(1000, 0.05)
+
+    pump = SourcePump([], logging.getLogger("test"), lambda _m, _e: None)
+    f = feed(pump, [one() for _ in range(8)], 0.0)
+    t0 = time.monotonic()
+    assert len(pump.take(8, 1.0, linger=5.0)) == 8 and time.monotonic() - t0 < 1.0  # the limit ends the wait
+    f.join()
+
+    t0 = time.monotonic()
+    f = feed(pump, [one() for _ in range(30)], 0.02)  # 50 readings/s
+    got = pump.take(1000, 1.0, linger=0.2)
+    waited = time.monotonic() - t0
+    assert 6 <= len(got) <= 12 and 0.19 <= waited < 0.5, (len(got), waited)
+    drain(pump, f)
+
+    assert len(feed(pump, [one()], 0.0) and pump.take(1000, 1.0, linger=0.0)) == 1  # linger 0: as it comes
+
+    t0 = time.monotonic()
+    f = feed(pump, [one(ack=True) for _ in range(10)], 0.02)  # a source that waits for its acks
+    got = pump.take(1000, 1.0, linger=0.2)
+    assert len(got) <= 2 and time.monotonic() - t0 < 0.1, len(got)
+    drain(pump, f)
+
+
+def test_a_slow_stream_is_scored_and_stored_several_readings_at_a_time(tmp_path: Path, trained_small) -> None:  # type: ignore[no-untyped-def]
+    """40 readings/s, one per source batch: with the default linger each micro-batch (one onnxruntime call,
+    one outbox commit) holds several readings; with linger_ms = 0 each reading is handled alone."""
+    batches = {}
+    for linger in (200.0, 0.0):
+        cfg = build_config({"agent": {"state_dir": str(tmp_path / f"state-{linger}")},
+                            "model": {"bundle": str(trained_small[0])},
+                            "source": {"type": "simulator", "devices": 1, "readings": 80, "rate": 40.0, "seed": 4},
+                            "scoring": {"linger_ms": linger}, "uplink": {"type": "none"},
+                            "log": {"level": "warning"}}, environ={})
+        agent = Agent(cfg)
+        agent.start()
+        wait_for(lambda a=agent: a.pump.done.is_set() and a._processed == a.pump.emitted, 20, "80 readings")
+        assert agent.outbox.stats().readings == 80
+        batches[linger] = len(agent.metrics.batch_ms)
+        agent.stop(flush_timeout=0)
+    assert batches[200.0] <= 16 and batches[0.0] >= 60, batches

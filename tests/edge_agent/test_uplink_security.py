@@ -86,7 +86,8 @@ def test_a_wrong_key_is_refused_nothing_is_lost_and_no_secret_is_logged(tmp_path
     make = sdk_uplink if kind == "iothub" else mqtt_uplink
     agent = Agent(agent_cfg(tmp_path, trained_small[0], make(hub, hub.keys["gw-2"]), readings=100))
     agent.start()
-    wait_for(lambda: agent.metrics.snapshot()["uplink_errors"] >= 2, 30, "refused connections")
+    wait_for(lambda: agent.metrics.snapshot()["uplink_errors"] >= 2 and agent.pump.done.is_set()
+             and agent._processed == agent.pump.emitted, 30, "refused connections and every reading stored")
     assert agent.outbox.stats().readings == 200 and not agent.sink.connected
     assert "SAS signature does not match the device key" in hub.front.stats.refused  # type: ignore[union-attr]
     agent.stop(flush_timeout=0.2)
