@@ -109,6 +109,7 @@ class Agent:
         self._stop_sender = threading.Event()
         self._wake = threading.Event()
         self._batch_limit = config.scoring.batch_size
+        self._linger_s = config.scoring.linger_ms / 1000
         self.bucket = TokenBucket(config.uplink.rate_messages_per_s)
         trusted = Path(config.model.trusted_key) if config.model.trusted_key else None
         self.control = ControlPlane(self, state_dir=config.state_dir, trusted_key=trusted)
@@ -228,7 +229,7 @@ class Agent:
             if idle_s and time.monotonic() >= next_idle_check:  # between batches: silent devices' open events
                 next_idle_check = time.monotonic() + 1.0
                 self.ingest.close_idle(idle_s)
-            batches = pump.take(self._batch_limit, 0.05, self.config.scoring.linger_ms / 1000)
+            batches = pump.take(self._batch_limit, 0.05, self._linger_s)
             if not batches:
                 if self._stop_ingest.is_set() or (pump.done.is_set() and pump.stop.is_set()):
                     return
@@ -254,6 +255,8 @@ class Agent:
             self.slot.set_threshold(plan.threshold)
         if not isinstance(plan.batch_size, Unchanged):
             self._batch_limit = plan.batch_size
+        if not isinstance(plan.linger_ms, Unchanged):
+            self._linger_s = plan.linger_ms / 1000
         if not isinstance(plan.send_rate, Unchanged):
             self.bucket.set_rate(plan.send_rate)
         if not isinstance(plan.log_level, Unchanged):
@@ -307,7 +310,8 @@ class Agent:
         return {"agent_version": VERSION,
                 "model": {"name": m.name, "version": m.version, "sha256": m.sha256,
                           "threshold": self.slot.threshold},
-                "config": {"batch_size": self._batch_limit, "send_rate": self.bucket.rate,
+                "config": {"batch_size": self._batch_limit, "linger_ms": round(self._linger_s * 1000, 3),
+                           "send_rate": self.bucket.rate,
                            "log_level": logging.getLevelName(self.log.level).lower(),
                            "threshold": self.slot.threshold},
                 "last_error": self.last_error,

@@ -6,6 +6,7 @@ Desired properties (validated as a whole, then applied as a whole — or not at 
 |---|---|---|
 | `threshold` | number in (0, 1], or null for the bundle's | flag when score >= threshold, from the next batch |
 | `batch_size` | int 1..65536 | micro-batch limit |
+| `linger_ms` | number 0..10000 | wait for more readings after the first of a micro-batch |
 | `send_rate` | messages/s >= 0 (0 = unlimited) | the uplink token bucket |
 | `log_level` | debug, info, warning, error | agent log level |
 | `model` | {version, url, sha256} | rollout: fetch, verify, canary, swap between batches |
@@ -43,7 +44,7 @@ from edge_agent.sinks.base import Controllable
 from models.bundle import Bundle
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-KNOWN = ("threshold", "batch_size", "send_rate", "log_level", "model")
+KNOWN = ("threshold", "batch_size", "linger_ms", "send_rate", "log_level", "model")
 
 
 class PatchError(ValueError):
@@ -63,6 +64,7 @@ class SettingsPlan:
 
     threshold: float | Unchanged | None = UNCHANGED
     batch_size: int | Unchanged = UNCHANGED
+    linger_ms: float | Unchanged = UNCHANGED
     send_rate: float | Unchanged = UNCHANGED
     log_level: str | Unchanged = UNCHANGED
     model: tuple[Bundle, ScoringStage] | Unchanged = UNCHANGED  # a prepared (verified, canaried) model
@@ -189,6 +191,11 @@ class ControlPlane:
             if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 65536:
                 raise PatchError(f"batch_size: must be an integer in 1..65536, got {b!r}")
             plan["batch_size"] = b
+        if "linger_ms" in body:
+            g = body["linger_ms"]
+            if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g <= 10_000:  # NaN too
+                raise PatchError(f"linger_ms: must be a number in 0..10000, got {g!r}")
+            plan["linger_ms"] = float(g)
         if "send_rate" in body:
             r = body["send_rate"]
             if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < math.inf:  # NaN too

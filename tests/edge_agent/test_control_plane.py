@@ -103,12 +103,18 @@ def _scenario(stack: Stack, tmp_path: Path, bundles: list[Path], uplink: str) ->
         after = [r for m in stack.messages() if m["model"]["threshold"] == 0.97 for r in m["readings"]]
         assert all(r["score"] >= 0.97 for r in after if r["anomaly"])
         assert all(r["score"] < 0.97 for r in after if not r["anomaly"])
+        twins.set_desired(DEVICE, {"linger_ms": 50})  # micro-batching, from the next batch
+        rep = twins.wait_reported(DEVICE, lambda r: r.get("config", {}).get("linger_ms") == 50, 15)
+        assert rep["config"]["linger_ms"] == 50.0 and agent._linger_s == 0.05
 
         # an invalid patch is rejected as a whole and reported; nothing of it is applied
         twins.set_desired(DEVICE, {"threshold": 0.5, "batch_size": -3})
         rep = twins.wait_reported(DEVICE, lambda r: r.get("control", {}).get("status") == "rejected", 15)
         assert "batch_size" in rep["control"]["error"]
         assert rep["config"]["threshold"] == 0.97 and rep["config"]["batch_size"] == 64
+        twins.set_desired(DEVICE, {"linger_ms": 60_000})
+        rep = twins.wait_reported(DEVICE, lambda r: "linger_ms" in r.get("control", {}).get("error", ""), 15)
+        assert rep["config"]["linger_ms"] == 50.0
         twins.set_desired(DEVICE, {"threshold": None, "colour": "red"})
         rep = twins.wait_reported(DEVICE, lambda r: "colour" in r.get("control", {}).get("error", ""), 15)
         assert rep["config"]["threshold"] == 0.97
