@@ -80,9 +80,9 @@ class SourcePump:
         With `linger` > 0 it waits up to that many seconds after the first batch for more, so that a slow
         stream is scored, stored and sent in batches of several readings rather than one by one (each batch
         costs the same onnxruntime call, outbox commit and uplink message). It stops waiting once `limit`
-        readings are in hand, or as soon as it holds a batch whose source waits for its `ack` (the MQTT
-        source: a sensor's broker lets only a few messages go unacknowledged, so waiting would throttle it
-        to that window per `linger`)."""
+        readings are in hand, once the pump is stopping, or as soon as it holds a batch whose source waits
+        for its `ack` (the MQTT source: a sensor's broker lets only a few messages go unacknowledged, so
+        waiting would throttle it to that window per `linger`)."""
         try:
             first = self.queue.get(timeout=timeout)
         except queue.Empty:
@@ -90,10 +90,12 @@ class SourcePump:
         batches, n = [first], len(first)
         deadline = time.monotonic() + (linger if first.ack is None else 0.0)
         while n < limit:
-            left = deadline - time.monotonic()
+            left = 0.0 if self.stop.is_set() else deadline - time.monotonic()  # stopping: no more waiting
             try:
-                b = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
+                b = self.queue.get(timeout=min(left, 0.1)) if left > 0 else self.queue.get_nowait()
             except queue.Empty:
+                if left > 0.1:
+                    continue
                 break
             batches.append(b)
             n += len(b)

@@ -170,6 +170,11 @@ def test_take_lingers_for_more_of_a_slow_stream_but_not_for_a_source_waiting_for
     assert len(got) <= 2 and time.monotonic() - t0 < 0.1, len(got)
     drain(pump, f)
 
+    pump.queue.put(one())  # a long linger (set from the cloud) never holds up a stopping agent
+    threading.Timer(0.2, pump.stop.set).start()
+    t0 = time.monotonic()
+    assert len(pump.take(1000, 1.0, linger=10.0)) == 1 and time.monotonic() - t0 < 0.6
+
 
 def test_a_slow_stream_is_scored_and_stored_several_readings_at_a_time(tmp_path: Path, trained_small) -> None:  # type: ignore[no-untyped-def]
     """40 readings/s, one per source batch: with the default linger each micro-batch (one onnxruntime call,
