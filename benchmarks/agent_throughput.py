@@ -99,7 +99,7 @@ def one_run(args: argparse.Namespace, work: Path, bundle: Path, port: int, run: 
         "agent": {"state_dir": str(work / f"state-{run}"), "status_interval_s": 3600.0},
         "model": {"bundle": str(bundle)},
         "source": source_config(args, work),
-        "scoring": {"batch_size": args.batch},
+        "scoring": {"batch_size": args.batch, "linger_ms": args.linger_ms},
         "outbox": {"synchronous": args.synchronous},
         "uplink": {"type": "mqtt", "port": port, "client_id": f"bench-agent-{run}", "rate_messages_per_s": 0.0,
                    "max_inflight": 512},
@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=20)
     ap.add_argument("--readings", type=int, default=20_000, help="per device")
     ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--linger-ms", type=float, default=200.0, help="[scoring] linger_ms (the agent's default)")
     ap.add_argument("--runs", type=int, default=3, help="agent runs; the median one is reported")
     ap.add_argument("--cores", type=int, default=1, help="CPU cores the agent process may use (0 = all)")
     ap.add_argument("--synchronous", default="full", choices=("full", "normal"))
@@ -166,6 +167,7 @@ def main() -> None:
     best = sorted(runs, key=lambda r: r["readings_per_s"])[len(runs) // 2]
     print(json.dumps({
         "bench": "agent_throughput", "source": args.source, "devices": args.devices, "batch_size": args.batch,
+        "linger_ms": args.linger_ms,
         "outbox": f"sqlite on disk, synchronous={args.synchronous}", "uplink": "mosquitto QoS 1 (loopback)",
         "agent_cores": len(agent_cpus), "runs": len(runs),
         "runs_readings_per_s": [r["readings_per_s"] for r in runs],
