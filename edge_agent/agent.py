@@ -5,8 +5,8 @@ Threads: the source (its plugin's `run`), ingest (micro-batches: whatever batche
 rates and a slow stream costs little; `edge_agent.ingest.IngestStage`), the sender
 (`edge_agent.sender.Sender`: anomalies first, a token bucket, at most `uplink.max_inflight`
 unconfirmed), status, and the control plane (`edge_agent.control`, which sees the agent only through
-its `Managed` protocol). The model in use
-lives in a `ModelSlot`; the outbox is the only hand-off between ingest and sender.
+its `Managed` protocol). The model in use lives in a `ModelSlot`; the outbox is the only hand-off
+between ingest and sender.
 """
 
 from __future__ import annotations

@@ -293,9 +293,7 @@ def execute_all(plans: list[RolloutPlan], control: FleetControl, canary_stats: C
     types = [p.device_type for p in plans]
     if len(set(types)) != len(types):
         raise ValueError(f"one rollout per device type at a time, got {types}")
-    if len(plans) == 1:
-        return {plans[0].device_type: execute(plans[0], control, canary_stats, config, say, control_stats)}
-    with ThreadPoolExecutor(max_workers=len(plans), thread_name_prefix="rollout") as pool:
+    with ThreadPoolExecutor(max_workers=max(1, len(plans)), thread_name_prefix="rollout") as pool:
         futures = {p.device_type: pool.submit(execute, p, control, canary_stats, config, say, control_stats)
                    for p in plans}
         wait(futures.values())
