@@ -12,10 +12,12 @@
    ``champion``).
 5. Every promoted type is rolled out with a canary (`rollout.py`), all types at once (they are disjoint
    sets of devices, so the job waits for the slowest type's canary watch, not for the sum of them); a
-   failed canary restores the previous champion everywhere.
+   failed canary restores the previous champion everywhere, and so does a rollout that meets an error
+   (status ``rollout_failed``: its devices are set back to the previous model, the reason is the error).
 
 The report (every figure, verdict and rollout outcome) is returned and written to
-``<out>/retrain-<UTC time>.json``. A type whose training fails is reported, never fatal to the others.
+``<out>/retrain-<UTC time>.json``. A type whose training or rollout fails is reported, never fatal to the
+others; `failed_types` lists them (the CLI then exits 1).
 """
 
 from __future__ import annotations
@@ -259,8 +261,8 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
             entry = report["types"][dtype]
             entry["rollout"] = {**rplan.to_dict(), **outcome.to_dict()}
             tracker.tag_run(run_id, {"rollout": outcome.status, "rollout_reason": outcome.reason or "-"})
-            if outcome.status == "rolled_back":
-                entry["status"] = "rolled_back"
+            if outcome.status in ("rolled_back", "failed"):  # the type is back on its previous model
+                entry["status"] = "rolled_back" if outcome.status == "rolled_back" else "rollout_failed"
                 if previous is not None:
                     registry.set_champion(dtype, previous)
                     tracker.restore_champion(dtype, previous)
@@ -268,6 +270,15 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
         if control is None and control_obj is not None:
             control_obj.close()
     return _finish(report, out_dir, t_start, say)
+
+
+#: The report statuses of a type whose job did not finish: training or rollout met an error.
+FAILED = ("failed", "rollout_failed")
+
+
+def failed_types(report: dict[str, Any]) -> list[str]:
+    """The device types whose training or rollout met an error (status in `FAILED`)."""
+    return sorted(t for t, e in report["types"].items() if e.get("status") in FAILED)
 
 
 def _control(config: RetrainConfig, existing: Any) -> Any:

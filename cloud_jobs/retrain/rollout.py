@@ -17,7 +17,11 @@ order, at least one) and the rest; `execute` then
    same days;
 4. on success sets the desired model on the rest (devices that refuse are recorded, not retried);
    on any failure sets the canaries' desired model back to the previous one (or, without one, calls
-   their ``rollback_model`` method) and returns the reason.
+   their ``rollback_model`` method) and returns the reason;
+5. on an error of its own (the twin service or silver unreachable) sets every device it gave the new
+   model back to the previous one and returns ``failed`` with the error: it never raises, so one type's
+   error neither ends the others' rollouts nor keeps the job from restoring the champion and writing
+   its report.
 
 `execute_all` runs the plans of several device types at once, one thread each: the job then waits for the
 slowest type's canary watch rather than for all of them in turn.
@@ -30,6 +34,7 @@ the same four calls are the service SDK's twin query, twin update, get twin and 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -40,6 +45,8 @@ from typing import Any, Protocol
 
 from cloud_jobs.config import RolloutConfig
 from models.training.threshold import wilson_interval
+
+log = logging.getLogger("edgeflag.cloud.retrain")
 
 
 class FleetControl(Protocol):
@@ -130,7 +137,7 @@ def plan_rollout(device_type: str, devices: list[str], spec: dict[str, Any], pre
 
 @dataclass
 class RolloutOutcome:
-    status: str  # rolled_out | rolled_back | no_devices
+    status: str  # rolled_out | rolled_back | no_devices | failed (an error: `execute`)
     reason: str = ""
     canary_readings: int = 0
     canary_anomalies: int = 0
@@ -222,17 +229,57 @@ def _verdict(out: RolloutOutcome, config: RolloutConfig) -> str:
 def execute(plan: RolloutPlan, control: FleetControl, canary_stats: CanaryStats, config: RolloutConfig,
             say: Callable[[str], None] = lambda _m: None,
             control_stats: ControlStats | None = None) -> RolloutOutcome:
-    """Run the plan: canaries, watch, rest or roll back. Never raises for a device's behaviour.
+    """Run the plan: canaries, watch, rest or roll back. Never raises.
 
     `control_stats` counts the rest of the type over the canaries' watch; without it (or without a rest,
-    or when the rest sent nothing) the canaries are judged against the limit alone."""
+    or when the rest sent nothing) the canaries are judged against the limit alone.
+
+    An error on the way (the hub's twin service or silver unreachable, a bug) ends the rollout with
+    status ``failed``: every device this rollout set the new model on is set back to the previous one
+    (best effort; what could not be set back is in the reason), so the type is left on the model it ran
+    before, and the caller restores that model as the champion."""
     t0 = time.monotonic()
     if not plan.canaries:
         return RolloutOutcome("no_devices", f"no device of type {plan.device_type} in the hub's registry")
+    touched: list[str] = []
+    try:
+        return _execute(plan, control, canary_stats, config, say, control_stats, touched, t0)
+    except Exception as exc:  # reported as the type's outcome, with the traceback in the log
+        log.exception("%s: rollout failed", plan.device_type)
+        reason = f"rollout error: {type(exc).__name__}: {exc}"
+        stuck = _set_back(plan, control, touched, config)
+        if stuck:
+            reason += f"; could not set back {', '.join(f'{d} ({e})' for d, e in sorted(stuck.items()))}"
+        say(f"{plan.device_type}: {reason}; " + (f"set {len(touched) - len(stuck)} of {len(touched)} devices back "
+                                                 "to the previous model" if touched else "no device was changed"))
+        return RolloutOutcome("failed", reason, updated=[d for d in touched if d in stuck],
+                              seconds=round(time.monotonic() - t0, 1))
+
+
+def _set_back(plan: RolloutPlan, control: FleetControl, devices: list[str], config: RolloutConfig) -> dict[str, str]:
+    """Every device in `devices` back on the previous model (or its own rollback without one); the devices
+    that could not be, with why."""
+    failed: dict[str, str] = {}
+    for d in devices:
+        try:
+            if plan.previous is not None:
+                control.set_model(d, plan.previous)
+            else:
+                control.invoke(d, "rollback_model", None, config.report_timeout_s)
+        except Exception as exc:  # the others are still set back
+            failed[d] = f"{type(exc).__name__}: {exc}"
+    return failed
+
+
+def _execute(plan: RolloutPlan, control: FleetControl, canary_stats: CanaryStats, config: RolloutConfig,
+             say: Callable[[str], None], control_stats: ControlStats | None, touched: list[str],
+             t0: float) -> RolloutOutcome:
+    """`execute`'s steps; `touched` collects the devices given the new model, for `execute` to set back."""
     version = int(plan.spec["version"])
     before = {d: control.reported(d).get("model_rollout") for d in plan.canaries + plan.rest}
     started = time.time()
     for d in plan.canaries:
+        touched.append(d)
         control.set_model(d, plan.spec)
     say(f"{plan.device_type}: v{version} to {len(plan.canaries)} canaries ({', '.join(plan.canaries)})")
     ok, refused = _wait_reports(control, list(plan.canaries), version, before, config.report_timeout_s, config.poll_s)
@@ -267,10 +314,12 @@ def execute(plan: RolloutPlan, control: FleetControl, canary_stats: CanaryStats,
                 control.set_model(d, plan.previous)
             else:
                 control.invoke(d, "rollback_model", None, config.report_timeout_s)
+        touched.clear()
         say(f"{plan.device_type}: rolled back the canaries: {out.reason}")
         out.seconds = round(time.monotonic() - t0, 1)
         return out
     for d in plan.rest:
+        touched.append(d)
         control.set_model(d, plan.spec)
     ok_rest, refused_rest = _wait_reports(control, list(plan.rest), version, before, config.report_timeout_s,
                                           config.poll_s)
@@ -289,7 +338,7 @@ def execute_all(plans: list[RolloutPlan], control: FleetControl, canary_stats: C
     The plans are for different types, so disjoint sets of devices: each canary watch is judged as if it
     ran alone, and the wall time is the slowest type's, not the sum. `control`, `canary_stats` and
     `control_stats` are called from several threads (the hub's twin service and Spark sessions are
-    thread-safe). Every plan runs to its end even if another raises; then the first error is raised."""
+    thread-safe). An error in one type's rollout is that type's ``failed`` outcome; the others run on."""
     types = [p.device_type for p in plans]
     if len(set(types)) != len(types):
         raise ValueError(f"one rollout per device type at a time, got {types}")

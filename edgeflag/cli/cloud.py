@@ -182,7 +182,7 @@ def retrain_cmd(args: argparse.Namespace) -> int:
         raise CliError(f"retrain needs the 'cloud' and 'train' extras (pip install 'edgeflag[cloud,train]'): {exc}") \
             from None
     from cloud_jobs.errors import CloudJobError
-    from cloud_jobs.retrain.job import main
+    from cloud_jobs.retrain.job import failed_types, main
 
     console.print(f"retraining from {args.silver} -> {args.registry}" + (" (dry run)" if args.dry_run else "")
                   + "; starting Spark …")
@@ -193,4 +193,8 @@ def retrain_cmd(args: argparse.Namespace) -> int:
     statuses = {t: e.get("status") for t, e in report["types"].items()}
     console.print("done: " + (", ".join(f"{t} {s}" for t, s in sorted(statuses.items())) or "no device types")
                   + f" in {report['seconds']} s")
+    failed = failed_types(report)
+    if failed:  # a scheduled job must be seen to fail; the others' results stand (see the report)
+        console.print(f"[red]error:[/red] {', '.join(failed)} did not finish: see {report['report_path']}")
+        return 1
     return 0

@@ -349,8 +349,83 @@ def test_the_types_roll_out_at_once_each_judged_on_its_own() -> None:
 
     for d in ("p1", "p2", "c1", "c2"):
         twins.set_model(d, old)
-    with pytest.raises(RuntimeError, match="silver unreadable"):  # raised once the other type is done
-        execute_all(plans, twins, failing, RolloutConfig(min_canary_readings=200, poll_s=0.01))
-    assert twins.reported("p2")["model"]["version"] == 2
+    lines.clear()
+    out = execute_all(plans, twins, failing, RolloutConfig(min_canary_readings=200, poll_s=0.01), lines.append)
+    assert out["pump"].status == "rolled_out" and twins.reported("p2")["model"]["version"] == 2
+    # an error is the type's outcome: its canary is set back, the other type is not held up
+    assert out["chiller"].status == "failed", out["chiller"]
+    assert out["chiller"].reason == "rollout error: RuntimeError: silver unreadable", out["chiller"]
+    assert twins.reported("c1")["model"]["version"] == 1 and twins.reported("c2")["model"]["version"] == 1
+    assert "chiller: rollout error: RuntimeError: silver unreadable; set 1 of 1 devices back to the previous " \
+        "model" in lines, lines
     with pytest.raises(ValueError, match="one rollout per device type"):
         execute_all(plans[:1] * 2, twins, failing, RolloutConfig())
+
+
+class _BrokenTwins(_Twins):
+    """The twin service fails for the devices in `broken` (set_model raises)."""
+
+    def __init__(self, broken: set[str]) -> None:
+        super().__init__()
+        self.broken = broken
+
+    def set_model(self, device: str, spec: dict[str, Any] | None) -> None:
+        if device in self.broken:
+            raise ConnectionError(f"twin update of {device} refused")
+        super().set_model(device, spec)
+
+
+def test_a_rollout_that_meets_an_error_sets_every_device_it_changed_back() -> None:
+    """The canaries pass, then the twin service fails halfway through the rest: the devices already on the
+    unproven-at-scale model go back to the previous one, and one the service still refuses is named."""
+    from cloud_jobs.config import RolloutConfig
+    from cloud_jobs.retrain.rollout import RolloutPlan, execute
+
+    old, new = {"version": 1, "sha256": "a"}, {"version": 2, "sha256": "b"}
+    twins = _BrokenTwins(set())
+    for d in ("c1", "r1", "r2", "r3"):
+        twins.set_model(d, old)
+    twins.broken = {"r2"}
+    out = execute(RolloutPlan("pump", new, old, ("c1",), ("r1", "r2", "r3")), twins,
+                  lambda agents, sha, version, since: {"pump-1": (300, 1)},
+                  RolloutConfig(min_canary_readings=200, poll_s=0.01))
+    assert out.status == "failed", out
+    assert out.reason == ("rollout error: ConnectionError: twin update of r2 refused; could not set back "
+                          "r2 (ConnectionError: twin update of r2 refused)"), out.reason
+    assert {d: twins.reported(d)["model"]["version"] for d in ("c1", "r1", "r3")} == {"c1": 1, "r1": 1, "r3": 1}
+    assert out.updated == ["r2"]  # the one device that may still run v2 (its update may have landed)
+
+
+def test_a_failed_rollout_restores_the_champion_and_the_job_still_writes_its_report(spark: Any, lake: Path) -> None:
+    """An error in the canary watch (silver unreadable) after the candidate was registered and promoted:
+    the type ends `rollout_failed`, its canary is back on the previous model, the registry and MLflow
+    name the previous champion again, and the report is written with the error."""
+    import mlflow
+
+    from cloud_jobs.retrain.job import failed_types, main
+    from models.registry import Registry
+
+    reg = Registry(lake / "registry")
+    previous = reg.champion("pump")
+    twins = _Twins()
+    old = {"version": previous, "sha256": "old"}
+    for d in ("pump-a", "pump-b"):
+        twins.set_model(d, old)
+
+    def unreadable(agents: list[str], sha: str, version: int, since: float) -> dict[str, tuple[int, int]]:
+        raise OSError("silver unreadable")
+
+    cfg = _config(lake, device_types=("pump",))  # the champion's own settings: the same model, so it passes
+    report = main(cfg, spark=spark, say=lambda _m: None, control=twins, canary_stats=unreadable,
+                  control_stats=lambda agents, version, since: {})
+    e = report["types"]["pump"]
+    assert e["status"] == "rollout_failed", e
+    assert e["rollout"]["reason"] == "rollout error: OSError: silver unreadable", e["rollout"]
+    assert e["version"] == reg.versions("pump")[-1] != previous  # registered, then
+    assert reg.champion("pump") == previous  # the champion restored
+    assert twins.reported("pump-a")["model"]["version"] == previous  # the canary set back
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking_uri)
+    assert client.get_model_version_by_alias("edgeflag-pump", "champion").tags["edgeflag_version"] == str(previous)
+    saved = json.loads(Path(report["report_path"]).read_text())
+    assert saved["types"]["pump"]["status"] == "rollout_failed"
+    assert failed_types(report) == ["pump"]
