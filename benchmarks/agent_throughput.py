@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,11 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def train_bundle(work: Path) -> Path:
+def train_bundle(work: Path, features: str = "auto") -> Path:
     """Train in a subprocess (as a cloud job would), so scikit-learn never loads into an agent process."""
     data, reg = work / "train.jsonl", work / "registry"
     for cmd in (["simulate", "--devices", "5", "--duration", "2400", "--seed", "1", "--out", str(data), "--quiet"],
-                ["model", "train", "--data", str(data), "--out", str(reg), "--name", "bench"]):
+                ["model", "train", "--data", str(data), "--out", str(reg), "--name", "bench", "--features", features]):
         subprocess.run([sys.executable, "-m", "edgeflag", *cmd], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return reg / "bench" / "v0001"
 
@@ -138,6 +139,7 @@ def main() -> None:
     ap.add_argument("--readings", type=int, default=20_000, help="per device")
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--linger-ms", type=float, default=200.0, help="[scoring] linger_ms (the agent's default)")
+    ap.add_argument("--features", default="auto", help="model train --features (auto: what training picks)")
     ap.add_argument("--runs", type=int, default=3, help="agent runs; the median one is reported")
     ap.add_argument("--cores", type=int, default=1, help="CPU cores the agent process may use (0 = all)")
     ap.add_argument("--synchronous", default="full", choices=("full", "normal"))
@@ -150,7 +152,8 @@ def main() -> None:
     from hub.mosquitto import Broker
 
     work = Path(tempfile.mkdtemp(prefix="edgeflag-bench-"))
-    bundle = train_bundle(work)
+    bundle = train_bundle(work, args.features)
+    algo = json.loads((bundle / "manifest.json").read_text())["feature_spec"]["algo"]
     cpus = sorted(os.sched_getaffinity(0))
     agent_cpus = set(cpus[: args.cores]) if args.cores else set(cpus)
     other_cpus = set(cpus[args.cores :]) if args.cores else set(cpus)
@@ -164,10 +167,12 @@ def main() -> None:
         runs = [one_run(args, work, bundle, broker.port, i, agent_cpus, other_cpus) for i in range(args.runs)]
     finally:
         broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
     best = sorted(runs, key=lambda r: r["readings_per_s"])[len(runs) // 2]
     print(json.dumps({
         "bench": "agent_throughput", "source": args.source, "devices": args.devices, "batch_size": args.batch,
         "linger_ms": args.linger_ms,
+        "features": algo,
         "outbox": f"sqlite on disk, synchronous={args.synchronous}", "uplink": "mosquitto QoS 1 (loopback)",
         "agent_cores": len(agent_cpus), "runs": len(runs),
         "runs_readings_per_s": [r["readings_per_s"] for r in runs],

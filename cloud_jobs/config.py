@@ -12,10 +12,17 @@ from enum import Enum
 from pathlib import Path
 
 from cloud_jobs.errors import ConfigError
-from models.features import FEATURE_ALGO, FEATURE_ALGO_V3, FEATURE_ALGO_V4, FEATURE_ALGO_V5, TRAIN_ALGO
+from models.features import (
+    FEATURE_ALGO,
+    FEATURE_ALGO_V3,
+    FEATURE_ALGO_V4,
+    FEATURE_ALGO_V5,
+    FEATURE_ALGO_V6,
+    TRAIN_ALGO,
+)
 
 #: Feature algorithms the retraining job fits (its spec comes from per-device noise estimates).
-RETRAIN_ALGOS = (FEATURE_ALGO, FEATURE_ALGO_V3, FEATURE_ALGO_V4, FEATURE_ALGO_V5)
+RETRAIN_ALGOS = (FEATURE_ALGO, FEATURE_ALGO_V3, FEATURE_ALGO_V4, FEATURE_ALGO_V5, FEATURE_ALGO_V6)
 #: `RetrainConfig.features` default: each type's candidate keeps its champion's algorithm (`candidate_algo`).
 CHAMPION_ALGO = "champion"
 

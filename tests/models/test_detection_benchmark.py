@@ -32,9 +32,10 @@ def results() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 FAULTS = ("spike", "dip", "level_shift", "drift", "stuck", "noise_burst", "dropout")
-#: What this small run reaches with features v4 and the range guard (2 December 2026: spike 0.907, dip
-#: 0.739, level shift 0.864, drift 0.721, stuck 0.954, noise burst 0.792, dropout 0.928), less a margin.
-F1_FLOOR = {"spike": 0.85, "dip": 0.7, "level_shift": 0.8, "drift": 0.65, "stuck": 0.9, "noise_burst": 0.75,
+#: What this small run reaches with features v6 and the range guard (3 December 2026: spike 0.918, dip
+#: 0.814, level shift 0.859, drift 0.730, stuck 0.954, noise burst 0.861, dropout 0.917), less a margin.
+#: The noise-burst floor is above what v4 reached here (0.792): v6's burst odds are what lift it.
+F1_FLOOR = {"spike": 0.85, "dip": 0.7, "level_shift": 0.8, "drift": 0.65, "stuck": 0.9, "noise_burst": 0.82,
             "dropout": 0.9}
 
 

@@ -320,3 +320,63 @@ def test_v5_sees_noise_on_a_smooth_signal_that_v4_reads_as_slope_and_not_a_spike
     assert (v5[815:830, 4] <= quiet_v5 + 0.5).all() and (v5[1199:1210, 4] <= quiet_v5 + 0.5).all()
     with pytest.raises(FeatureError, match="short_window >= 8"):
         FeatureSpec(channels=("a",), floors=(0.1,), short_window=6, algo="robust-blocks-v5")
+
+
+V6 = FeatureSpec(channels=("a", "b", "c"), floors=(0.05, 0.05, 0.05), algo="robust-blocks-v6")
+#: the burst filter reads the 7 readings before x: with short windows of 2 they fill the whole long window
+V6_SHORT = FeatureSpec(channels=("a", "b", "c"), floors=(0.05, 0.05, 0.05), short_window=2, blocks=4,
+                       algo="robust-blocks-v6")
+
+
+@settings(max_examples=30, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=12), seed=st.integers(0, 1000),
+       short=st.booleans())
+def test_v6_any_micro_batching_equals_the_whole_array(cuts: list[int], seed: int, short: bool) -> None:
+    spec = V6_SHORT if short else V6
+    x = stream(sum(cuts), seed)
+    x[len(x) // 3 : len(x) // 3 + 25, 2] = 0.0  # a dropout
+    burst = x[2 * len(x) // 3 : 2 * len(x) // 3 + 20, 0]
+    burst += np.random.default_rng(seed).normal(0, 8, len(burst))  # a noise burst
+    assert np.array_equal(batched(spec, x, cuts), compute_features(spec, x))
+
+
+def _burst_odds_reference(x: np.ndarray, t: int, channel: int, spec: FeatureSpec) -> float:
+    """The documented filter for one reading and channel, in plain floats (`_features_v6`'s docstring)."""
+    from models.features import BURST_ENTER, BURST_EXIT, BURST_MAX_Z, BURST_SD, BURST_WINDOW
+
+    S, B = spec.short_window, spec.blocks
+    blocks = [x[t - spec.long_window + b * S : t - spec.long_window + (b + 1) * S, channel] for b in range(B)]
+    centre = float(np.median([blk.mean() for blk in blocks]))
+    scale = float(np.median([blk.std() for blk in blocks])) + spec.floors[channel]
+    p = BURST_ENTER
+    for i in range(t - BURST_WINDOW + 1, t + 1):
+        z = (x[i, channel] - centre) / scale
+        r = np.exp(0.5 * (1 - 1 / BURST_SD**2) * min(z * z, BURST_MAX_Z**2)) / BURST_SD
+        prior = p * (1 - BURST_EXIT) + (1 - p) * BURST_ENTER
+        p = prior * r / (prior * r + 1 - prior)
+    return float(np.log(prior * r) - np.log(1 - prior))
+
+
+def test_v6_sees_a_burst_of_noise_within_a_few_readings_and_not_a_single_spike() -> None:
+    rng = np.random.default_rng(5)
+    x = 50 + rng.normal(size=(1500, 3))
+    x[800:820, 1] += rng.normal(0, 6, 20)  # a burst: extra noise of 6 sd on one channel
+    x[1200, 2] += 12.0  # one 12-sd spike
+    v4, v6 = compute_features(V4, x), compute_features(V6, x)
+    assert V6.names[:4] == V4.names and V6.names[4] == "max_burst_odds"
+    assert np.array_equal(v6[:, :4], v4)  # v4's features, bit for bit
+    odds = v6[:, 4]
+    # no history: v4's "no evidence" zeros, and the odds before any reading (a 0 would be a burst half way)
+    assert (v6[: V6.short_window, :4] == 0).all() and np.allclose(odds[: V6.short_window], np.log(1 / 299))
+    for t in (500, 805, 1201):  # the documented filter, reading by reading
+        want = max(_burst_odds_reference(x, t, c, V6) for c in range(3))
+        assert abs(odds[t] - want) < 1e-9 * max(1.0, abs(want)), (t, odds[t], want)
+    quiet = np.quantile(odds[200:790], 0.999)
+    # past everything the quiet stretch shows from the burst's fourth reading on, on most of its readings
+    assert np.mean(odds[803:820] > quiet + 2) > 0.8, odds[800:820]
+    # the one spike lifts it by at most one reading's capped evidence, and it is back two readings on
+    assert odds[1200] < quiet + 2.4 and (odds[1202:1210] < quiet).all(), odds[1198:1210]
+    # and after the burst, back within a few readings
+    assert (odds[824:840] < quiet).all(), odds[818:840]
+    with pytest.raises(FeatureError, match="long window of at least 8"):
+        FeatureSpec(channels=("a",), floors=(0.1,), short_window=2, blocks=3, algo="robust-blocks-v6")
