@@ -8,6 +8,13 @@ signature when a trusted key is configured, onnxruntime load), checked against t
 (version, sha256), and canaried: a batch of feature rows must score to finite numbers of
 the right shape. Only then is it offered for the swap. Any failure raises RolloutError
 with the reason, and the agent keeps its current model.
+
+The canary's rows are the new model's own features: the current model's recent feature rows when the
+feature spec is the same (same hash), else the new spec's features computed from the devices' rolling
+windows (the last readings, in the current model's channels), so a bundle with other features (another
+algorithm, more or fewer of them, other floors) is tested on what it will compute, not refused for the
+width of the old rows (before December 2026 a rollout from a four-feature model to a five-feature one
+failed its canary). With no window yet (no reading since start), rows of zeros.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from edge_agent.errors import AgentError
 from edge_agent.scoring import ScoringStage
 from models.bundle import Bundle, load_bundle
 from models.errors import ModelError
+from models.features import columns_for, compute_features
 
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 MAX_MODEL_VERSION = 2**31 - 1
@@ -114,11 +122,28 @@ def prepare(spec: Any, state_dir: Path, *, trusted_key: Path | None, current: Sc
             current.bundle.spec.channels):
         raise RolloutError("bundle needs channels the current readings do not carry")
     stage = ScoringStage(bundle, threads=current.scorer_threads)
-    rows = canary if canary is not None and len(canary) else np.zeros((8, bundle.spec.n_features))
+    rows = canary_rows(bundle, current, canary)
     try:
-        scores = stage.scorer.score(rows[:, : bundle.spec.n_features])
+        scores = stage.scorer.score(rows)
     except ModelError as exc:
         raise RolloutError(f"canary failed: {exc}") from None
     if scores.shape != (len(rows),) or not np.isfinite(scores).all():
         raise RolloutError("canary failed: scores are not finite or have the wrong shape")
     return bundle, stage
+
+
+#: Devices whose windows feed a canary when the feature spec changes (each gives `long_window` rows).
+CANARY_DEVICES = 4
+
+
+def canary_rows(bundle: Bundle, current: ScoringStage, recent: np.ndarray | None) -> np.ndarray:
+    """Feature rows for the new bundle's canary (see the module docstring)."""
+    spec = bundle.spec
+    if spec.hash == current.bundle.spec.hash:
+        if recent is not None and len(recent):
+            return recent
+        return np.zeros((8, spec.n_features))
+    cols = columns_for(spec, current.bundle.spec.channels)
+    windows = list(current.windows().values())[:CANARY_DEVICES]
+    rows = [compute_features(spec, w[:, cols]) for w in windows if np.isfinite(w).all()]
+    return np.vstack(rows) if rows else np.zeros((8, spec.n_features))

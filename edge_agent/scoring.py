@@ -86,7 +86,8 @@ class ScoringStage:
 
     def windows(self) -> dict[str, np.ndarray]:
         """Each device's rolling window (its last `long_window` readings, the model's channels)."""
-        return {d: st.tail for d, st in self._features.items() if st.tail is not None}
+        # list(): one C-level copy of the items, so another thread adding a device cannot break the loop
+        return {d: st.tail for d, st in list(self._features.items()) if st.tail is not None}
 
     def set_window(self, device_id: str, tail: np.ndarray) -> None:
         """Start a device from a window `windows()` gave (same feature spec), as if it had never stopped."""

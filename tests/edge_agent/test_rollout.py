@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.rollout import RolloutError, parse_spec, prepare
+from edge_agent.rollout import RolloutError, canary_rows, parse_spec, prepare
 from edge_agent.scoring import ScoringStage
 from models.bundle import load_bundle
 
@@ -35,12 +35,35 @@ def test_a_bundle_is_fetched_over_http_verified_and_canaried(tmp_path: Path, tra
     t.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
+        n = current.bundle.spec.n_features
         bundle, stage = prepare(spec_for(src, url), tmp_path, trusted_key=None, current=current,
-                                canary=np.random.default_rng(0).random((16, 4)))
+                                canary=np.random.default_rng(0).random((16, n)))
     finally:
         server.shutdown()
     assert bundle.manifest.sha256 == load_bundle(src).manifest.sha256
     assert (tmp_path / "models").is_dir() and stage.bundle is bundle
+
+
+def test_a_bundle_with_other_features_is_canaried_on_its_own_features(tmp_path: Path, trained_small) -> None:  # type: ignore[no-untyped-def]
+    """A fleet on a four-feature (v4) model gets a five-feature (v6) one: the canary computes the new
+    features from the devices' windows, where it used to feed the old rows and refuse the bundle."""
+    from models.registry import Registry
+    from models.training.trainer import TrainConfig, export_model, train
+
+    src, blocks = trained_small
+    old = train(blocks, TrainConfig(n_estimators=20, features="robust-blocks-v4"))
+    old_path = Registry(tmp_path / "reg").publish("old", lambda v: export_model(old, name="old", version=v))
+    current = ScoringStage(load_bundle(old_path))
+    current.score_many([b.slice(0, 300) for b in blocks.values()])  # windows and recent rows of the old model
+    assert current.recent is not None and current.recent.shape[1] == 4
+    new = load_bundle(src)
+    assert new.spec.n_features == 5 and new.spec.hash != current.bundle.spec.hash
+    bundle, stage = prepare(spec_for(src, src.as_uri()), tmp_path, trusted_key=None, current=current,
+                            canary=current.recent)
+    assert bundle.manifest.sha256 == new.manifest.sha256
+    rows = canary_rows(new, current, current.recent)
+    assert rows.shape == (4 * new.spec.long_window, 5)  # four devices' windows, the new spec's features
+    assert np.isfinite(stage.scorer.score(rows)).all()
 
 
 @pytest.mark.parametrize(
