@@ -5,7 +5,8 @@ to go back (`rollback`); the ingest thread calls `swap()` between micro-batches,
 scored by one model and one threshold from start to end. Guarantees:
 - `swap()` is the only place the model in use changes; it returns the new bundle (None when nothing changed).
 - A swap to a new stage carries the per-device feature state over (`ScoringStage.adopt_state`), so
-  rolling features do not restart at a model change.
+  rolling features do not restart at a model change, also when the new model computes other features
+  from the same channels (its windows are rebuilt from the readings the old ones hold).
 - `rollback()` makes the previous model the pending one; a second rollback without a swap in between
   fails (there is one previous model, not a history).
 - A threshold override (from the twin) survives model swaps until it is set back to None (the bundle's).

@@ -97,9 +97,27 @@ class ScoringStage:
         self._state(device_id).tail = tail
 
     def adopt_state(self, other: ScoringStage) -> None:
-        """Keep the devices' rolling windows across a model swap when the feature spec is the same."""
-        if other.bundle.spec.hash == self.bundle.spec.hash:
+        """Keep the devices' rolling windows across a model swap, so features do not restart.
+
+        Same feature spec: the windows are shared. Another spec (another algorithm, other floors or
+        windows) on channels the old windows hold: each device's window is rebuilt from the readings the
+        old one holds (the new spec's channels, its last `long_window`, NaN where the old window reached
+        less far back), so the new model's features are those of the device's whole stream from the first
+        reading on, as far as the old window reached. A spec needing a channel the old windows lack starts
+        every device afresh (warm-up)."""
+        new, old = self.bundle.spec, other.bundle.spec
+        if old.hash == new.hash:
             self._features = other._features
+            return
+        if not set(new.channels) <= set(old.channels):
+            return
+        cols = columns_for(new, old.channels)
+        L = new.long_window
+        for device, tail in other.windows().items():
+            w = tail[-L:, cols]
+            if len(w) < L:
+                w = np.vstack([np.full((L - len(w), len(cols)), np.nan), w])
+            self._state(device).tail = np.ascontiguousarray(w, dtype=np.float64)
 
     def score_many(self, blocks: list[ReadingBlock]) -> list[Scored]:
         """Score several devices' blocks with ONE onnxruntime call (the micro-batch)."""

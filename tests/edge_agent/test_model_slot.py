@@ -48,3 +48,34 @@ def test_a_threshold_override_survives_model_swaps_until_cleared(trained_small: 
     slot.set_threshold(None)
     slot.swap()
     assert slot.threshold == own
+
+
+def test_a_swap_to_a_model_with_other_features_keeps_the_devices_windows(tmp_path: Path,
+                                                                          trained_small: tuple[Path, Any]) -> None:
+    """A v4 model swapped for a v6 one mid-stream: the v6 features from the next reading on are those of
+    the devices' whole streams (its windows rebuilt from the old ones' readings), not a restart with a
+    warm-up of no evidence."""
+    import numpy as np
+
+    from models.features import columns_for, compute_features
+    from models.registry import Registry
+    from models.training.trainer import TrainConfig, export_model, train
+
+    blocks = trained_small[1]
+    old = train(blocks, TrainConfig(n_estimators=20, features="robust-blocks-v4"))
+    first = ScoringStage(load_bundle(Registry(tmp_path).publish(
+        "old", lambda v: export_model(old, name="old", version=v))))
+    second = stage(trained_small)
+    assert first.bundle.spec.hash != second.bundle.spec.hash and second.bundle.spec.algo == "robust-blocks-v6"
+    slot = ModelSlot(first.bundle, first)
+    devices = list(blocks)[:3]
+    first.score_many([blocks[d].slice(0, 300) for d in devices])
+    slot.offer(second.bundle, second)
+    slot.swap()
+    assert slot.stage is second
+    feats = second.features_many([blocks[d].slice(300, 340) for d in devices])
+    spec = second.bundle.spec
+    for d, f in zip(devices, feats, strict=True):
+        b = blocks[d]
+        whole = compute_features(spec, b.values[:340, columns_for(spec, b.channels)])
+        assert np.array_equal(f, whole[300:340]), d
