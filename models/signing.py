@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from contracts.manifest import ModelManifest
 from models.errors import ModelError
@@ -33,16 +34,26 @@ def key_id(public_pem: bytes) -> str:
     return hashlib.sha256(public_pem.strip()).hexdigest()[:16]
 
 
-def sign(manifest: ModelManifest, private_key_path: Path) -> ModelManifest:
+def load_signing_key(private_key_path: Path) -> Any:
+    """The Ed25519 private key in a PEM file; ModelError saying why when it is missing, unreadable or
+    another kind of key. Jobs call it before their work, so a bad key fails in seconds, not after
+    training."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     try:
         key = serialization.load_pem_private_key(private_key_path.read_bytes(), password=None)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: an encrypted key (no password given)
         raise ModelError(f"cannot read signing key {private_key_path}: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ModelError(f"{private_key_path} is not an Ed25519 private key")
+    return key
+
+
+def sign(manifest: ModelManifest, private_key_path: Path) -> ModelManifest:
+    from cryptography.hazmat.primitives import serialization
+
+    key = load_signing_key(private_key_path)
     pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     sig = key.sign(manifest.canonical_bytes())
     return manifest.with_signature({"alg": "ed25519", "key_id": key_id(pub), "value": base64.b64encode(sig).decode()})

@@ -125,6 +125,14 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
     from models.training.pipeline import Candidate, publish
 
     say = say or (lambda m: log.info("%s", m))
+    if config.sign_key:  # before any work: a bad key would otherwise fail after training, at publish
+        from models.errors import ModelError
+        from models.signing import load_signing_key
+
+        try:
+            load_signing_key(Path(config.sign_key))
+        except ModelError as exc:
+            raise CloudJobError(str(exc)) from None
     spark = spark or get_spark()
     t_start = time.monotonic()
     if not Path(config.silver).exists() and "://" not in config.silver:

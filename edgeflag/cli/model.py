@@ -114,6 +114,13 @@ def train_cmd(args: argparse.Namespace) -> int:
 
     if not 0 < args.target_fpr < 0.5:
         raise CliError("--target-fpr must be in (0, 0.5)")
+    if args.sign_key is not None:  # before training: a bad key would otherwise fail at the very end
+        from models.signing import load_signing_key
+
+        try:
+            load_signing_key(args.sign_key)
+        except ModelError as exc:
+            raise CliError(f"--sign-key: {exc}") from None
     with console.status("loading readings") as status:
         blocks = load_blocks(args.data, device_id=args.device_id, tz=args.tz)
         try:

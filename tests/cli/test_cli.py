@@ -18,6 +18,17 @@ def edgeflag(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
                           env={**os.environ, "COLUMNS": "160"}, timeout=300)
 
 
+def test_a_bad_signing_key_fails_model_train_before_it_trains(tmp_path: Path) -> None:
+    (tmp_path / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    r = edgeflag("simulate", "--devices", "2", "--duration", "300", "--seed", "7", "--out", "data.jsonl", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    t = time.monotonic()
+    r = edgeflag("model", "train", "--data", "data.jsonl", "--out", "registry/", "--sign-key", "key.pem", cwd=tmp_path)
+    assert r.returncode != 0 and "--sign-key: cannot read signing key" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert not (tmp_path / "registry").exists() and "fitting" not in r.stdout
+    assert time.monotonic() - t < 60
+
+
 def test_the_issue_walkthrough_works_and_a_flipped_byte_fails_verify(tmp_path: Path) -> None:
     r = edgeflag("simulate", "--devices", "5", "--duration", "600", "--seed", "7", "--out", "data.jsonl", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

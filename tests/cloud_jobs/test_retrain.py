@@ -203,6 +203,19 @@ def test_a_retrain_yields_one_gated_bundle_per_type_and_refuses_a_worse_candidat
     assert saved["types"]["pump"]["status"] == "refused"
 
 
+def test_a_bad_signing_key_fails_the_job_before_any_work(spark: Any, lake: Path, tmp_path: Path) -> None:
+    from cloud_jobs.errors import CloudJobError
+    from cloud_jobs.retrain.job import main
+    from models.registry import Registry
+
+    (tmp_path / "key.pem").write_text("not a key")
+    before = {t: Registry(lake / "registry").versions(t) for t in TYPES}
+    lines: list[str] = []
+    with pytest.raises(CloudJobError, match="cannot read signing key"):
+        main(_config(lake, sign_key=str(tmp_path / "key.pem")), spark=spark, say=lines.append)
+    assert lines == [] and {t: Registry(lake / "registry").versions(t) for t in TYPES} == before
+
+
 def test_dry_run_prints_the_plan_and_changes_nothing(spark: Any, lake: Path) -> None:
     from cloud_jobs.retrain.job import main
     from models.registry import Registry

@@ -10,7 +10,7 @@ from contracts.block import ReadingBlock
 from models.bundle import load_bundle, sha256_bytes
 from models.errors import BundleError
 from models.registry import Registry
-from models.signing import generate_keypair, sign
+from models.signing import generate_keypair, load_signing_key, sign
 
 
 def copy_bundle(src: Path, dst: Path) -> Path:
@@ -79,6 +79,19 @@ def test_signed_bundles_verify_only_with_the_right_key(trained_small, tmp_path: 
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="does not verify"):
         load_bundle(b, trusted_key=tmp_path / "k1.pub")
+
+
+def test_a_signing_key_that_cannot_sign_is_named_before_any_work(tmp_path: Path) -> None:
+    from models.errors import ModelError
+
+    generate_keypair(tmp_path / "k", tmp_path / "k.pub")
+    assert load_signing_key(tmp_path / "k") is not None
+    (tmp_path / "junk.pem").write_text("not a key")
+    for path, why in ((tmp_path / "missing.pem", "cannot read signing key"),
+                      (tmp_path / "junk.pem", "cannot read signing key"),
+                      (tmp_path / "k.pub", "cannot read signing key")):  # a public key is not a private one
+        with pytest.raises(ModelError, match=why):
+            load_signing_key(path)
 
 
 def test_the_registry_assigns_increasing_versions_and_resolves_latest(trained_small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
