@@ -248,8 +248,7 @@ def execute(plan: RolloutPlan, control: FleetControl, canary_stats: CanaryStats,
         log.exception("%s: rollout failed", plan.device_type)
         reason = f"rollout error: {type(exc).__name__}: {exc}"
         stuck = _set_back(plan, control, touched, config)
-        if stuck:
-            reason += f"; could not set back {', '.join(f'{d} ({e})' for d, e in sorted(stuck.items()))}"
+        reason += _not_set_back(stuck)
         say(f"{plan.device_type}: {reason}; " + (f"set {len(touched) - len(stuck)} of {len(touched)} devices back "
                                                  "to the previous model" if touched else "no device was changed"))
         return RolloutOutcome("failed", reason, updated=[d for d in touched if d in stuck],
@@ -269,6 +268,11 @@ def _set_back(plan: RolloutPlan, control: FleetControl, devices: list[str], conf
         except Exception as exc:  # the others are still set back
             failed[d] = f"{type(exc).__name__}: {exc}"
     return failed
+
+
+def _not_set_back(stuck: dict[str, str]) -> str:
+    """The reason's tail naming the devices `_set_back` could not set back ("" when none)."""
+    return f"; could not set back {', '.join(f'{d} ({e})' for d, e in sorted(stuck.items()))}" if stuck else ""
 
 
 def _execute(plan: RolloutPlan, control: FleetControl, canary_stats: CanaryStats, config: RolloutConfig,
@@ -309,11 +313,7 @@ def _execute(plan: RolloutPlan, control: FleetControl, canary_stats: CanaryStats
             + (f"; the rest on the previous model {crate:.4f} over {out.control_readings}" if crate is not None
                else ""))
     if out.reason:
-        for d in plan.canaries:
-            if plan.previous is not None:
-                control.set_model(d, plan.previous)
-            else:
-                control.invoke(d, "rollback_model", None, config.report_timeout_s)
+        out.reason += _not_set_back(_set_back(plan, control, list(plan.canaries), config))
         touched.clear()
         say(f"{plan.device_type}: rolled back the canaries: {out.reason}")
         out.seconds = round(time.monotonic() - t0, 1)

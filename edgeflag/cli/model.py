@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
                    help="feature algorithm (models/features.py). auto: robust-blocks-v6 on a time series, v5 on a "
                         "smooth one, values-v1 on readings with no serial structure (independent records; "
                         "models/training/autofeatures.py). v6 is v4 with the odds of a burst of noise over the last "
-                        "10 readings; v5 is v4 with noise measured on second differences; "
+                        "8 readings; v5 is v4 with noise measured on second differences; "
                         "v3 is v1 with the shift gated by the reading and stuck seen from the "
                         "third equal reading; v4 is v3 with the noise ratios bounded by the reading's own last "
                         "steps; v2 adds baseline, step and stuck features; values-v1 scores each reading's own "
