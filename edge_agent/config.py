@@ -128,6 +128,11 @@ class ModelSection(Section, frozen=True, forbid_unknown_fields=True):
         check(bool(self.bundle), "bundle", "required: path to a model bundle or registry")
 
 
+#: The bounds of [scoring] batch_size and linger_ms, in the config file and as desired properties alike.
+MAX_BATCH_SIZE = 65536
+MAX_LINGER_MS = 10_000
+
+
 class ScoringSection(Section, frozen=True, forbid_unknown_fields=True):
     """[scoring]: micro-batching. The agent scores whatever has arrived, up to batch_size, after waiting
     up to linger_ms for more once the first reading is in (not for readings from a source that waits for
@@ -144,8 +149,8 @@ class ScoringSection(Section, frozen=True, forbid_unknown_fields=True):
     max_value: float = 1e9
 
     def __post_init__(self) -> None:
-        check(1 <= self.batch_size <= 65536, "batch_size", "must be in 1..65536")
-        check(0 <= self.linger_ms <= 10_000, "linger_ms", "must be in 0..10000")
+        check(1 <= self.batch_size <= MAX_BATCH_SIZE, "batch_size", f"must be in 1..{MAX_BATCH_SIZE}")
+        check(0 <= self.linger_ms <= MAX_LINGER_MS, "linger_ms", f"must be in 0..{MAX_LINGER_MS}")
         check(self.threads >= 1, "threads", "must be >= 1")
         check(self.min_value < self.max_value, "min_value", "must be below scoring.max_value")
 

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from contracts.errors import ContractError
 from contracts.jsonsafe import check_depth
+from edge_agent.config import MAX_BATCH_SIZE, MAX_LINGER_MS
 from edge_agent.errors import UplinkError
 from edge_agent.logs import event
 from edge_agent.model_slot import ModelSlot
@@ -188,13 +189,13 @@ class ControlPlane:
             plan["threshold"] = None if t is None else float(t)
         if "batch_size" in body:
             b = body["batch_size"]
-            if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 65536:
-                raise PatchError(f"batch_size: must be an integer in 1..65536, got {b!r}")
+            if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_BATCH_SIZE:
+                raise PatchError(f"batch_size: must be an integer in 1..{MAX_BATCH_SIZE}, got {b!r}")
             plan["batch_size"] = b
         if "linger_ms" in body:
             g = body["linger_ms"]
-            if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g <= 10_000:  # NaN too
-                raise PatchError(f"linger_ms: must be a number in 0..10000, got {g!r}")
+            if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g <= MAX_LINGER_MS:  # NaN too
+                raise PatchError(f"linger_ms: must be a number in 0..{MAX_LINGER_MS}, got {g!r}")
             plan["linger_ms"] = float(g)
         if "send_rate" in body:
             r = body["send_rate"]
