@@ -16,8 +16,13 @@
    (status ``rollout_failed``: its devices are set back to the previous model, the reason is the error).
 
 The report (every figure, verdict and rollout outcome) is returned and written to
-``<out>/retrain-<UTC time>.json``. A type whose training or rollout fails is reported, never fatal to the
-others; `failed_types` lists them (the CLI then exits 1).
+``<out>/retrain-<UTC time>.json``. A type whose training, MLflow run, registration or rollout fails is
+reported (status ``failed`` or ``rollout_failed``, the step and the error in ``reason``), never fatal to
+the others; a type registered before its error is set back to its previous champion. `failed_types`
+lists them (the CLI then exits 1). What cannot be checked cheaply is checked before any work (the
+signing key, the MLflow store, that silver exists: `CloudJobError`, no report); an error of the job
+itself after that (Spark, the file system) still writes the report, with ``error``, and raises
+`CloudJobError` naming it.
 """
 
 from __future__ import annotations
@@ -116,13 +121,8 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
          control_stats: ControlStats | None = None) -> dict[str, Any]:
     """Run the job; returns the report. `control` (a `rollout.FleetControl`) defaults to the hub named by
     `config.rollout.hub_state`; `canary_stats` and `control_stats` to reads of silver."""
-    from cloud_jobs.retrain.rollout import execute_all, model_spec, plan_rollout
     from cloud_jobs.retrain.tracking import Tracker
     from cloud_jobs.spark import get_spark
-    from models.bundle import load_bundle
-    from models.features import FeatureSpec
-    from models.registry import Registry
-    from models.training.pipeline import Candidate, publish
 
     say = say or (lambda m: log.info("%s", m))
     if config.sign_key:  # before any work: a bad key would otherwise fail after training, at publish
@@ -133,16 +133,39 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
             load_signing_key(Path(config.sign_key))
         except ModelError as exc:
             raise CloudJobError(str(exc)) from None
-    spark = spark or get_spark()
-    t_start = time.monotonic()
     if not Path(config.silver).exists() and "://" not in config.silver:
         raise CloudJobError(f"silver table {config.silver} does not exist (run `edgeflag cloud aggregate` first)")
+    if config.labels and not Path(config.labels).exists() and "://" not in config.labels:
+        raise CloudJobError(f"labels {config.labels} do not exist")
+    try:  # before any work: an unreachable store would otherwise fail after training, at the first run
+        tracker = Tracker(config)
+    except Exception as exc:
+        raise CloudJobError(f"MLflow tracking store {config.tracking_uri}: {type(exc).__name__}: {exc}") from None
+    spark = spark or get_spark()
+    t_start = time.monotonic()
     out_dir = Path(config.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    registry = Registry(config.registry)
     report: dict[str, Any] = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "since": config.since, "until": config.until, "types": {}}
+    try:
+        return _run(config, spark, tracker, report, out_dir, t_start, say, control, canary_stats, control_stats)
+    except Exception as exc:  # the job's own error (Spark, the file system): the report still says how far it got
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        done = _finish(report, out_dir, t_start, say)
+        raise CloudJobError(f"retraining stopped: {report['error']} (report: {done['report_path']})") from exc
 
+
+def _run(config: RetrainConfig, spark: Any, tracker: Any, report: dict[str, Any], out_dir: Path, t_start: float,
+         say: Callable[[str], None], control: Any, canary_stats: CanaryStats | None,
+         control_stats: ControlStats | None) -> dict[str, Any]:
+    """`main` after its checks: every step that runs on data."""
+    from cloud_jobs.retrain.rollout import execute_all, model_spec, plan_rollout
+    from models.bundle import load_bundle
+    from models.features import FeatureSpec
+    from models.registry import Registry
+    from models.training.pipeline import Candidate, publish
+
+    registry = Registry(config.registry)
     rows = T.readings(_silver(spark, config), since=config.since, until=config.until,
                       device_types=config.device_types, labels=_labels(spark, config.labels)).cache()
     ranges = T.type_ranges(rows)
@@ -191,7 +214,6 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
     rows.unpersist()
     say(f"features + fit + export + holdout figures for {len(cands)} types on Spark ({time.monotonic() - t:.1f} s)")
 
-    tracker = Tracker(config)
     control_obj = control
     pending: list[tuple[Any, str, int | None]] = []  # (rollout plan, MLflow run, previous champion) per type
     try:
@@ -200,67 +222,83 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
             entry: dict[str, Any] = {"rows": ranges[dtype]["rows"], "devices": ranges[dtype]["devices"],
                                      "features": algos[dtype]}
             report["types"][dtype] = entry
-            params = {"device_type": dtype, "since": config.since, "until": config.until,
-                      "split_ms": plans[dtype].split_ms, "holdout_fraction": config.holdout_fraction,
-                      "channels": ",".join(plans[dtype].channels), **train,
-                      "champion_version": registry.champion(dtype)}
-            if c["error"]:
-                entry.update(status="failed", reason=c["error"])
-                tracker.log_candidate(dtype, params=params, figures={}, verdict={"passed": False,
-                                      "reasons": [c["error"]]}, onnx_bytes=None, manifest=None)
-                say(f"{dtype}: training failed: {c['error']}")
-                continue
-            figs = json.loads(c["figures"])
-            manifest = json.loads(c["manifest"])
-            compatible = set(FeatureSpec.from_dict(manifest["feature_spec"]).channels) <= set(plans[dtype].channels)
-            v = verdict(figs["candidate"], figs.get("champion"), compatible=compatible, gate=config.gate)
-            entry.update(figures=figs, verdict=v.to_dict())
-            run_id, model_uri = tracker.log_candidate(dtype, params=params, figures=figs, verdict=v.to_dict(),
-                                                      onnx_bytes=c["onnx"], manifest=manifest)
-            entry["mlflow_run_id"] = run_id
-            say(f"{dtype}: candidate {_summary(figs['candidate'])} vs champion "
-                f"{_summary(figs['champion']) if 'champion' in figs else '(none)'}: "
-                + ("PASSED" if v.passed else "REFUSED: " + "; ".join(v.reasons)))
-            if not v.passed:
-                entry["status"] = "refused"
-                continue
-            if config.rollout.dry_run:
-                entry["status"] = "passed (dry run: not registered)"
-                devices = _control(config, control_obj).devices(dtype) if config.rollout.hub_state or control else []
-                want = {"version": (registry.versions(dtype) or [0])[-1] + 1, "url": "<registry>",
-                        "sha256": manifest["sha256"]}
-                dry = plan_rollout(dtype, devices, want, None, config.rollout)
-                entry["rollout_plan"] = dry.to_dict()
-                say("rollout plan (dry run)\n" + dry.describe())
-                continue
-            from contracts.manifest import ModelManifest
+            step = "MLflow run"
+            previous: int | None = None
+            registered: int | None = None  # the version named champion, until its rollout is planned
+            try:
+                params = {"device_type": dtype, "since": config.since, "until": config.until,
+                          "split_ms": plans[dtype].split_ms, "holdout_fraction": config.holdout_fraction,
+                          "channels": ",".join(plans[dtype].channels), **train,
+                          "champion_version": registry.champion(dtype)}
+                if c["error"]:
+                    entry.update(status="failed", reason=c["error"])
+                    tracker.log_candidate(dtype, params=params, figures={}, verdict={"passed": False,
+                                          "reasons": [c["error"]]}, onnx_bytes=None, manifest=None)
+                    say(f"{dtype}: training failed: {c['error']}")
+                    continue
+                figs = json.loads(c["figures"])
+                manifest = json.loads(c["manifest"])
+                compatible = set(FeatureSpec.from_dict(manifest["feature_spec"]).channels) <= set(plans[dtype].channels)
+                v = verdict(figs["candidate"], figs.get("champion"), compatible=compatible, gate=config.gate)
+                entry.update(figures=figs, verdict=v.to_dict())
+                run_id, model_uri = tracker.log_candidate(dtype, params=params, figures=figs, verdict=v.to_dict(),
+                                                          onnx_bytes=c["onnx"], manifest=manifest)
+                entry["mlflow_run_id"] = run_id
+                say(f"{dtype}: candidate {_summary(figs['candidate'])} vs champion "
+                    f"{_summary(figs['champion']) if 'champion' in figs else '(none)'}: "
+                    + ("PASSED" if v.passed else "REFUSED: " + "; ".join(v.reasons)))
+                if not v.passed:
+                    entry["status"] = "refused"
+                    continue
+                if config.rollout.dry_run:
+                    step = "rollout plan (dry run)"
+                    entry["status"] = "passed (dry run: not registered)"
+                    hub = config.rollout.hub_state or control is not None
+                    devices = _control(config, control_obj).devices(dtype) if hub else []
+                    want = {"version": (registry.versions(dtype) or [0])[-1] + 1, "url": "<registry>",
+                            "sha256": manifest["sha256"]}
+                    dry = plan_rollout(dtype, devices, want, None, config.rollout)
+                    entry["rollout_plan"] = dry.to_dict()
+                    say("rollout plan (dry run)\n" + dry.describe())
+                    continue
+                from contracts.manifest import ModelManifest
 
-            previous = registry.champion(dtype)
-            cand = Candidate(c["onnx"], ModelManifest.from_dict(manifest),
-                             manifest["training"]["onnx_parity_max_abs_diff"])
-            path = publish(cand, registry, sign_key=Path(config.sign_key) if config.sign_key else None,
-                           training={"gate": {"verdict": v.to_dict(), "candidate": figs["candidate"],
-                                              "champion": figs.get("champion"), "mlflow_run_id": run_id}})
-            new_version = int(path.name[1:])
-            registry.set_champion(dtype, new_version)
-            assert model_uri is not None
-            mlflow_version = tracker.promote(dtype, model_uri, new_version)
-            entry.update(status="promoted", version=new_version, bundle=str(path), mlflow_version=mlflow_version)
-            say(f"{dtype}: registered v{new_version} ({path}), MLflow {tracker.model_name(dtype)} "
-                f"v{mlflow_version} @champion")
-            if not (config.rollout.hub_state or control is not None):
-                continue
-            control_obj = _control(config, control_obj)
-            new_manifest = load_bundle(path).manifest
-            desired = model_spec(path, new_version, new_manifest.sha256, config.rollout.bundle_url)
-            prev_spec = None
-            if previous is not None:
-                prev_path = registry.path(dtype, previous)
-                prev_spec = model_spec(prev_path, previous, load_bundle(prev_path).manifest.sha256,
-                                       config.rollout.bundle_url)
-            rplan = plan_rollout(dtype, control_obj.devices(dtype), desired, prev_spec, config.rollout)
-            say("rollout plan\n" + rplan.describe())
-            pending.append((rplan, run_id, previous))
+                step, previous = "registration", registry.champion(dtype)
+                cand = Candidate(c["onnx"], ModelManifest.from_dict(manifest),
+                                 manifest["training"]["onnx_parity_max_abs_diff"])
+                path = publish(cand, registry, sign_key=Path(config.sign_key) if config.sign_key else None,
+                               training={"gate": {"verdict": v.to_dict(), "candidate": figs["candidate"],
+                                                  "champion": figs.get("champion"), "mlflow_run_id": run_id}})
+                new_version = int(path.name[1:])
+                registry.set_champion(dtype, new_version)
+                step, registered = "MLflow registration", new_version
+                assert model_uri is not None
+                mlflow_version = tracker.promote(dtype, model_uri, new_version)
+                entry.update(status="promoted", version=new_version, bundle=str(path), mlflow_version=mlflow_version)
+                say(f"{dtype}: registered v{new_version} ({path}), MLflow {tracker.model_name(dtype)} "
+                    f"v{mlflow_version} @champion")
+                if not (config.rollout.hub_state or control is not None):
+                    continue
+                step = "rollout plan"
+                control_obj = _control(config, control_obj)
+                new_manifest = load_bundle(path).manifest
+                desired = model_spec(path, new_version, new_manifest.sha256, config.rollout.bundle_url)
+                prev_spec = None
+                if previous is not None:
+                    prev_path = registry.path(dtype, previous)
+                    prev_spec = model_spec(prev_path, previous, load_bundle(prev_path).manifest.sha256,
+                                           config.rollout.bundle_url)
+                rplan = plan_rollout(dtype, control_obj.devices(dtype), desired, prev_spec, config.rollout)
+                say("rollout plan\n" + rplan.describe())
+                pending.append((rplan, run_id, previous))
+            except Exception as exc:  # this type's outcome; the other types go on
+                reason = "; ".join(filter(None, [entry.get("reason"), f"{step}: {type(exc).__name__}: {exc}"]))
+                if registered is not None:  # registered and named champion, never rolled out
+                    entry["version"] = registered
+                    reason += "; " + (_restore(registry, tracker, dtype, previous) if previous is not None else
+                                      f"v{registered} stays the latest version: there was no champion before")
+                entry.update(status="failed", reason=reason)
+                say(f"{dtype}: failed: {reason}")
         outcomes = execute_all([p for p, _, _ in pending], control_obj,
                                canary_stats or silver_canary_stats(spark, config), config.rollout, say,
                                control_stats or silver_control_stats(spark, config)) if pending else {}
@@ -268,12 +306,16 @@ def main(config: RetrainConfig, *, spark: Any = None, say: Callable[[str], None]
             dtype, outcome = rplan.device_type, outcomes[rplan.device_type]
             entry = report["types"][dtype]
             entry["rollout"] = {**rplan.to_dict(), **outcome.to_dict()}
-            tracker.tag_run(run_id, {"rollout": outcome.status, "rollout_reason": outcome.reason or "-"})
             if outcome.status in ("rolled_back", "failed"):  # the type is back on its previous model
                 entry["status"] = "rolled_back" if outcome.status == "rolled_back" else "rollout_failed"
                 if previous is not None:
-                    registry.set_champion(dtype, previous)
-                    tracker.restore_champion(dtype, previous)
+                    problem = _restore(registry, tracker, dtype, previous)
+                    if not problem.startswith("champion restored"):
+                        entry.update(status="rollout_failed", reason=problem)
+            try:
+                tracker.tag_run(run_id, {"rollout": outcome.status, "rollout_reason": outcome.reason or "-"})
+            except Exception as exc:  # the outcome is in the report; the run's tag is a copy
+                entry["mlflow_warning"] = f"could not tag run {run_id}: {type(exc).__name__}: {exc}"
     finally:
         if control is None and control_obj is not None:
             control_obj.close()
@@ -287,6 +329,21 @@ FAILED = ("failed", "rollout_failed")
 def failed_types(report: dict[str, Any]) -> list[str]:
     """The device types whose training or rollout met an error (status in `FAILED`)."""
     return sorted(t for t, e in report["types"].items() if e.get("status") in FAILED)
+
+
+def _restore(registry: Any, tracker: Any, dtype: str, previous: int) -> str:
+    """Name `previous` champion again in the file registry and in MLflow; says what it did (a problem
+    starts with "could not")."""
+    try:
+        registry.set_champion(dtype, previous)
+    except Exception as exc:
+        return f"could not restore champion v{previous} in the registry: {type(exc).__name__}: {exc}"
+    try:
+        tracker.restore_champion(dtype, previous)
+    except Exception as exc:
+        return (f"could not restore MLflow's champion alias to v{previous} (the registry names it): "
+                f"{type(exc).__name__}: {exc}")
+    return f"champion restored to v{previous}"
 
 
 def _control(config: RetrainConfig, existing: Any) -> Any:

@@ -72,7 +72,11 @@ class HubControl:
         self.registry = DeviceRegistry(state / "devices.json")
         self.twins = TwinService(host or "127.0.0.1", int(port), state,
                                  password=auth.password(HUB_USER) if auth.exists else None, serve=False)
-        self.twins.start()
+        try:
+            self.twins.start()
+        except Exception:  # no broker: stop the network thread that would keep retrying it
+            self.twins.stop()
+            raise
         self._owned = True
 
     @classmethod

@@ -447,3 +447,104 @@ def test_a_failed_rollout_restores_the_champion_and_the_job_still_writes_its_rep
     saved = json.loads(Path(report["report_path"]).read_text())
     assert saved["types"]["pump"]["status"] == "rollout_failed"
     assert failed_types(report) == ["pump"]
+
+
+def test_an_unreachable_mlflow_store_fails_the_job_before_any_work(spark: Any, lake: Path, tmp_path: Path) -> None:
+    from cloud_jobs.errors import CloudJobError
+    from cloud_jobs.retrain.job import main
+
+    (tmp_path / "file").write_text("")  # a tracking store under a regular file cannot be created
+    lines: list[str] = []
+    with pytest.raises(CloudJobError, match=r"^MLflow tracking store sqlite:///.*/file/mlflow.db: "):
+        main(_config(lake, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}"), spark=spark,
+             say=lines.append)
+    assert lines == []
+
+
+def test_an_mlflow_error_fails_each_type_and_the_job_still_writes_its_report(spark: Any, lake: Path,
+                                                                              tmp_path: Path) -> None:
+    """The artifact store breaks (a file where its directory goes): every type's MLflow run fails; each
+    type is reported failed with the step, nothing is registered, and the report is written."""
+    from cloud_jobs.retrain.job import failed_types, main
+    from models.registry import Registry
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mlartifacts").write_text("")
+    reg = Registry(lake / "registry")
+    before = {t: (reg.versions(t), reg.champion(t)) for t in ("chiller", "pump")}
+    cfg = RetrainConfig(silver=str(lake / "lake" / "silver"), registry=str(lake / "registry"), out=str(out),
+                        labels=str(lake / "labels.jsonl"), device_types=("chiller", "pump"),
+                        experiment="edgeflag-broken-artifacts")
+    report = main(cfg, spark=spark, say=lambda _m: None)
+    for dtype in ("chiller", "pump"):
+        e = report["types"][dtype]
+        assert e["status"] == "failed" and e["reason"].startswith("MLflow run: "), e
+    assert failed_types(report) == ["chiller", "pump"]
+    assert {t: (reg.versions(t), reg.champion(t)) for t in ("chiller", "pump")} == before
+    assert json.loads(Path(report["report_path"]).read_text())["types"]["pump"]["status"] == "failed"
+
+
+def test_a_type_that_fails_after_registration_gets_its_champion_back_and_the_others_go_on(
+        spark: Any, lake: Path, tmp_path: Path) -> None:
+    """Pump's candidate is registered and named champion, then its rollout cannot start (the hub's
+    broker is down): pump is reported failed and its previous champion restored, in the file registry
+    and in MLflow; the chiller's candidate is decided as usual; the report is written."""
+    import socket
+
+    import mlflow
+
+    from cloud_jobs.config import RolloutConfig
+    from cloud_jobs.retrain.job import failed_types, main
+    from models.registry import Registry
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    reg = Registry(lake / "registry")
+    previous = reg.champion("pump")
+    cfg = _config(lake, device_types=("chiller", "pump"),
+                  rollout=RolloutConfig(hub_state=str(tmp_path / "hub"), broker=f"127.0.0.1:{port}"))
+    threads = set(threading.enumerate())
+    lines: list[str] = []
+    report = main(cfg, spark=spark, say=lines.append)
+    e = report["types"]["pump"]
+    assert "verdict" in e and e["verdict"]["passed"], e  # the champion's own settings: the candidate passes
+    assert e["status"] == "failed", e
+    assert e["reason"] == (f"rollout plan: RuntimeError: twin service cannot reach the backend broker; "
+                           f"champion restored to v{previous}"), e["reason"]
+    assert e["version"] == reg.versions("pump")[-1] != previous  # registered, then
+    assert reg.champion("pump") == previous  # named champion no more
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking_uri)
+    in_mlflow = {mv.tags.get("edgeflag_version") for mv in client.search_model_versions("name='edgeflag-pump'")}
+    if str(previous) in in_mlflow:
+        assert client.get_model_version_by_alias("edgeflag-pump", "champion").tags["edgeflag_version"] == str(previous)
+    else:
+        with pytest.raises(mlflow.exceptions.MlflowException):
+            client.get_model_version_by_alias("edgeflag-pump", "champion")
+    assert report["types"]["chiller"]["status"] in ("refused", "failed"), report["types"]["chiller"]
+    if report["types"]["chiller"]["status"] == "failed":  # it passed: then its rollout met the same broker
+        assert report["types"]["chiller"]["reason"].startswith("rollout plan: RuntimeError"), report
+    assert failed_types(report) in (["pump"], ["chiller", "pump"])
+    assert any(line.startswith("pump: failed: rollout plan") for line in lines), lines
+    left = [t.name for t in threading.enumerate() if t not in threads]
+    assert not left, left  # the twin client's network thread did not outlive the error
+    assert json.loads(Path(report["report_path"]).read_text())["types"]["pump"]["status"] == "failed"
+
+
+def test_an_error_of_the_job_itself_still_writes_the_report_and_names_it(spark: Any, lake: Path,
+                                                                        tmp_path: Path) -> None:
+    from cloud_jobs.errors import CloudJobError
+    from cloud_jobs.retrain.job import main
+
+    with pytest.raises(CloudJobError, match=r"^labels .*/nowhere\.jsonl do not exist$"):  # checked before any work
+        main(RetrainConfig(silver=str(lake / "lake" / "silver"), registry=str(lake / "registry"),
+                           out=str(tmp_path / "out"), labels=str(tmp_path / "nowhere.jsonl")),
+             spark=spark, say=lambda _m: None)
+    out = tmp_path / "out"
+    # --incidents names the lake directory, not its incidents.jsonl: found once the job runs
+    with pytest.raises(CloudJobError, match=r"^retraining stopped: IsADirectoryError: .* \(report: .*\.json\)$") as err:
+        main(RetrainConfig(silver=str(lake / "lake" / "silver"), registry=str(lake / "registry"), out=str(out),
+                           incidents=str(lake / "lake"), device_types=("pump",)), spark=spark, say=lambda _m: None)
+    saved = json.loads(Path(str(err.value).rsplit("(report: ", 1)[1][:-1]).read_text())
+    assert saved["error"].startswith("IsADirectoryError: ") and saved["types"] == {}
