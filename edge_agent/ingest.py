@@ -14,10 +14,12 @@ the sources. Guarantees:
   and taken back by `restore_events` at start: an event in progress goes on under its id after a
   restart, and is closed once, not left open or opened twice.
 - A clean stop stores each device's rolling window (`save_windows`, outbox state ``window/<device>``,
-  with the stream position it belongs to); `restore_windows` takes back those whose position is still
-  the stream's and whose feature spec is the model's, so after a stop and start the readings score as
-  if the agent had never stopped. A start deletes them once read, so after a crash there are none: the
-  devices warm up again, as on a first start.
+  with the stream position and the channels it belongs to); `restore_windows` takes back those whose
+  position is still the stream's, so after a stop and start the readings score as if the agent had never
+  stopped. A window kept under another model's feature spec is rebuilt for the model's (its readings of
+  the model's channels, `scoring.rebuilt_window`, as a model swap does) when it holds those channels.
+  A start deletes them once read, so after a crash there are none: the devices warm up again, as on a
+  first start.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.model_slot import ModelSlot
 from edge_agent.outbox import Outbox, Segment
 from edge_agent.packing import ScoredBlock, context_header, event_header, event_segment, segments_for_many
+from edge_agent.scoring import rebuilt_window
 from edge_agent.sources.base import Batch
 from models.bundle import Bundle
 from models.events import AnomalyEvent, EventConfig, EventTracker
@@ -148,7 +151,8 @@ class IngestStage:
             if st is None:
                 continue
             state[_WINDOW_STATE + d] = json.dumps({
-                "v": 1, "spec": stage.bundle.spec.hash, "boot_id": st.boot_id, "last_seq": st.last_seq,
+                "v": 1, "spec": stage.bundle.spec.hash, "channels": list(stage.bundle.spec.channels),
+                "boot_id": st.boot_id, "last_seq": st.last_seq,
                 "shape": list(tail.shape), "data": base64.b64encode(tail.astype("<f8").tobytes()).decode()})
         if state:
             self.outbox.append([], state=state)
@@ -166,12 +170,15 @@ class IngestStage:
             st = self.intake.streams.get(d)
             try:
                 w = json.loads(text)
-                fits = (w["v"] == 1 and w["spec"] == stage.bundle.spec.hash and st is not None
-                        and (w["boot_id"], w["last_seq"]) == (st.boot_id, st.last_seq))
+                spec = stage.bundle.spec
+                same = w["spec"] == spec.hash
+                channels = w.get("channels")  # absent before 3 December 2026: then only the same spec fits
+                fits = (w["v"] == 1 and st is not None and (w["boot_id"], w["last_seq"]) == (st.boot_id, st.last_seq)
+                        and (same or (isinstance(channels, list) and set(spec.channels) <= set(channels))))
                 if fits:
                     tail = np.frombuffer(base64.b64decode(w["data"]), dtype="<f8").reshape(w["shape"])
-                    stage.set_window(d, tail.astype(np.float64))
-            except (ValueError, TypeError, KeyError, binascii.Error):
+                    stage.set_window(d, tail.astype(np.float64) if same else rebuilt_window(tail, channels, spec))
+            except (ValueError, TypeError, KeyError, IndexError, binascii.Error):
                 fits = False
             taken += fits
             left += not fits

@@ -10,13 +10,14 @@ in place, so the undo log holds references).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from contracts.block import ReadingBlock
 from models.bundle import Bundle
-from models.features import StreamingFeatures, columns_for, update_many
+from models.features import FeatureSpec, StreamingFeatures, columns_for, update_many
 from models.scorer import OnnxScorer
 
 
@@ -26,6 +27,18 @@ class Scored:
 
     scores: np.ndarray
     flags: np.ndarray
+
+
+def rebuilt_window(tail: np.ndarray, channels: Sequence[str], spec: FeatureSpec) -> np.ndarray:
+    """A rolling window for `spec` from one kept under another spec over `channels` (a superset of
+    `spec.channels`): its readings of `spec`'s channels, the last `spec.long_window` of them, NaN before
+    the oldest (as before a device's first reading), so `spec`'s features continue the device's stream."""
+    cols = columns_for(spec, channels)
+    L = spec.long_window
+    w = tail[-L:, cols]
+    if len(w) < L:
+        w = np.vstack([np.full((L - len(w), len(cols)), np.nan), w])
+    return np.ascontiguousarray(w, dtype=np.float64)
 
 
 class ScoringStage:
@@ -111,13 +124,8 @@ class ScoringStage:
             return
         if not set(new.channels) <= set(old.channels):
             return
-        cols = columns_for(new, old.channels)
-        L = new.long_window
         for device, tail in other.windows().items():
-            w = tail[-L:, cols]
-            if len(w) < L:
-                w = np.vstack([np.full((L - len(w), len(cols)), np.nan), w])
-            self._state(device).tail = np.ascontiguousarray(w, dtype=np.float64)
+            self._state(device).tail = rebuilt_window(tail, old.channels, new)
 
     def score_many(self, blocks: list[ReadingBlock]) -> list[Scored]:
         """Score several devices' blocks with ONE onnxruntime call (the micro-batch)."""

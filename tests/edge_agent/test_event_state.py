@@ -176,7 +176,8 @@ def test_a_window_that_does_not_fit_the_stream_or_the_model_is_left_out(tmp_path
     assert len(windows) == DEVICES
     a, b, c = sorted(windows)
     windows[a]["last_seq"] -= 1  # readings stored after the window: it is behind the stream
-    windows[b]["spec"] = "0" * 64  # another model's features
+    windows[b]["spec"] = "0" * 64  # another model's features, over channels this model does not score
+    windows[b]["channels"] = ["humidity"]
     outbox.append([], state={k: json.dumps(v) for k, v in windows.items()} | {"window/dev-9999": "not json",
                                                                                "events/dev-9999": "not json"})
     agent = make_agent(tmp_path / "2", bundle, outbox)
@@ -184,6 +185,38 @@ def test_a_window_that_does_not_fit_the_stream_or_the_model_is_left_out(tmp_path
     assert list(agent.ingest.slot.stage.windows()) == [c.removeprefix("window/")]
     assert not any(k.startswith("window/") for k in outbox.state())
     assert "events/dev-9999" not in outbox.state(), "an unreadable event state is reported once, then deleted"
+    outbox.close()
+
+
+def test_a_window_stored_under_another_model_is_rebuilt_for_the_model_it_starts_with(
+        tmp_path: Path, trained_small, batches: list[Batch]) -> None:  # type: ignore[no-untyped-def]
+    """Stopped on a v4 model, started on a v6 one: each device's window is rebuilt from the readings the
+    stored one holds, so v6's features from the first batch after the start are those of the whole stream
+    (not a warm-up)."""
+    import numpy as np
+
+    from models.bundle import load_bundle
+    from models.features import columns_for, compute_features
+    from models.registry import Registry
+    from models.training.trainer import TrainConfig, export_model, train
+
+    old = train(trained_small[1], TrainConfig(n_estimators=20, features="robust-blocks-v4"))
+    v4 = Registry(tmp_path / "registry").publish("old", lambda v: export_model(old, name="old", version=v))
+    path = tmp_path / "outbox.db"
+    first = make_agent(tmp_path / "1", v4, SqliteOutbox(path, 1 << 30, reserve_bytes=0))
+    feed(first, batches[:3])
+    first.stop(flush_timeout=0)
+    outbox = SqliteOutbox(path, 1 << 30, reserve_bytes=0)
+    second = make_agent(tmp_path / "2", trained_small[0], outbox)
+    stage = second.ingest.slot.stage
+    spec = stage.bundle.spec
+    assert spec.algo == "robust-blocks-v6" and spec.hash != load_bundle(v4).spec.hash
+    assert len(stage.windows()) == DEVICES
+    feats = stage.features_many(batches[3].blocks)
+    for block, f in zip(batches[3].blocks, feats, strict=True):
+        stream = np.vstack([b.values for batch in batches[:4] for b in batch.blocks if b.device_id == block.device_id])
+        whole = compute_features(spec, stream[:, columns_for(spec, block.channels)])
+        assert np.array_equal(f, whole[-len(f):]), block.device_id
     outbox.close()
 
 
