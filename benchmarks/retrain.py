@@ -68,7 +68,7 @@ def main() -> None:
         tc = TrainConfig(name=dtype, n_estimators=20)
         spec = fit_spec(old, tc)
         build_bundle(feature_table(old, spec), spec, tc, Registry(work / "registry"),
-                     clean=clean_rows(old, 2 * spec.long_window))
+                     clean=clean_rows(old, spec.clean_horizon))
     t = time.perf_counter()
     report = retrain(RetrainConfig(silver=str(work / "lake" / "silver"), registry=str(work / "registry"),
                                    out=str(work / "retrain"), labels=str(work / "labels.jsonl"),
@@ -91,7 +91,7 @@ def main() -> None:
         train_table = replace(table, x=table.x[in_train], faults=None,
                               labels=None if table.labels is None else table.labels[in_train],
                               devices=[d for d, m in zip(table.devices, in_train, strict=True) if m])
-        cand = make_candidate(train_table, spec, tc, clean=clean_rows(mine, 2 * spec.long_window)[in_train])
+        cand = make_candidate(train_table, spec, tc, clean=clean_rows(mine, spec.clean_horizon)[in_train])
         cand.scores(table.x[~in_train])
         single_rows += len(table.x)
     single_s = time.perf_counter() - t

@@ -18,11 +18,13 @@ from models.features import (
     FEATURE_ALGO_V4,
     FEATURE_ALGO_V5,
     FEATURE_ALGO_V6,
+    FEATURE_ALGO_V7,
     TRAIN_ALGO,
 )
 
 #: Feature algorithms the retraining job fits (its spec comes from per-device noise estimates).
-RETRAIN_ALGOS = (FEATURE_ALGO, FEATURE_ALGO_V3, FEATURE_ALGO_V4, FEATURE_ALGO_V5, FEATURE_ALGO_V6)
+RETRAIN_ALGOS = (FEATURE_ALGO, FEATURE_ALGO_V3, FEATURE_ALGO_V4, FEATURE_ALGO_V5, FEATURE_ALGO_V6,
+                 FEATURE_ALGO_V7)
 #: `RetrainConfig.features` default: each type's candidate keeps its champion's algorithm (`candidate_algo`).
 CHAMPION_ALGO = "champion"
 

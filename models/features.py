@@ -44,6 +44,12 @@ Algorithms are a registry keyed by ``spec.algo`` (`ALGORITHMS`), so older bundle
 * ``robust-blocks-v6`` (what `model train` fits on a time series by default since 3 December 2026,
   `TRAIN_ALGO`): v4's features, then ``max_burst_odds``: the log-odds that a channel is in a burst of
   noise, from a two-state filter over the reading and the `BURST_WINDOW` - 1 before it (`_features_v6`).
+* ``robust-blocks-v7`` (the default from 3 December 2026, sixth session, `TRAIN_ALGO`): v6's features,
+  computed from the same 120-reading blocks, with a memory `V7_SPAN` times as long behind them: the
+  median of coarse block means over ``V7_SPAN · blocks · short_window`` readings (`_features_v7`). The
+  level and shift features and the burst filter take the reading's deviation from whichever centre it
+  is nearer, so when a fault as long as half the window ends, the return to the old level no longer
+  looks like a new fault (the "echo" of long level shifts and drifts, docs/detection.md).
 * ``values-v1``: no window at all: one ``value_z_<channel>`` per channel, ``(x - level) / spread``
   against the baseline learned in training, signed (`_features_values`). For readings that are
   independent records rather than a time series, whose order carries nothing a window could learn
@@ -76,6 +82,7 @@ FEATURE_ALGO_V3 = "robust-blocks-v3"
 FEATURE_ALGO_V4 = "robust-blocks-v4"
 FEATURE_ALGO_V5 = "robust-blocks-v5"
 FEATURE_ALGO_V6 = "robust-blocks-v6"
+FEATURE_ALGO_V7 = "robust-blocks-v7"
 FEATURE_ALGO_VALUES = "values-v1"
 #: Algorithms that learn a per-channel baseline (`FeatureSpec.level` / `spread`) in training.
 BASELINE_ALGOS = (FEATURE_ALGO_V2, FEATURE_ALGO_VALUES)
@@ -83,10 +90,13 @@ FEATURE_NAMES = ("max_z_long_sq", "max_shift_sq", "max_ratio", "min_ratio")
 V2_EXTRA_NAMES = ("max_step_sq", "max_stuck_frac")
 #: What training fits on a time series (`model train --features auto`, the default, fits it unless the
 #: readings have no serial structure: `models.training.autofeatures`); the retraining job's default.
-TRAIN_ALGO = FEATURE_ALGO_V6
+TRAIN_ALGO = FEATURE_ALGO_V7
 V3_NAMES = ("max_z_long_sq", "max_gated_shift_sq", "max_ratio", "min_ratio")
 V5_NAMES = (*V3_NAMES, "max_rough_ratio")
 V6_NAMES = (*V3_NAMES, "max_burst_odds")
+V7_NAMES = ("max_z_nearer_sq", "max_gated_shift_nearer_sq", "max_ratio", "min_ratio", "max_burst_odds_nearer")
+#: v7's memory (`_features_v7`): its window is this many times v6's, read as coarse blocks of this many blocks.
+V7_SPAN = 4
 #: v6's burst filter (`_features_v6`): readings it reads (x and the 7 before it), the burst's noise sd in
 #: units of the channel's scale, the largest |z| one reading counts with, and the chances per reading
 #: that a burst begins (one in 300 readings) and that one ends (a burst lasts ~10 readings).
@@ -113,7 +123,8 @@ class FeatureSpec:
         channels: input channels, in feature order.
         floors: per-channel noise floor (same unit as the channel), > 0.
         short_window: readings per block.
-        blocks: blocks in the long window (long_window = blocks * short_window).
+        blocks: blocks in the long window (long_window = blocks * short_window; v7 remembers
+            `V7_SPAN` times as far back, see `long_window`).
         clip: every feature is clipped to [-clip, clip].
         algo: the feature algorithm (a key of `ALGORITHMS`).
         level / spread: per-channel baseline learned in training (``robust-blocks-v2`` and ``values-v1``).
@@ -140,8 +151,8 @@ class FeatureSpec:
         if self.algo == FEATURE_ALGO_V5 and self.short_window < ROUGH_N + 1:
             raise FeatureError(f"{FEATURE_ALGO_V5} needs short_window >= {ROUGH_N + 1} (its roughness reads the "
                                f"{ROUGH_N + 1} readings before x)")
-        if self.algo == FEATURE_ALGO_V6 and self.long_window < BURST_WINDOW:
-            raise FeatureError(f"{FEATURE_ALGO_V6} needs a long window of at least {BURST_WINDOW} readings (its burst "
+        if self.algo in (FEATURE_ALGO_V6, FEATURE_ALGO_V7) and self.long_window < BURST_WINDOW:
+            raise FeatureError(f"{self.algo} needs a long window of at least {BURST_WINDOW} readings (its burst "
                                f"filter reads the {BURST_WINDOW - 1} readings before x)")
         if self.algo not in ALGORITHMS:
             raise FeatureError(f"unknown feature algorithm {self.algo!r}; this build computes "
@@ -154,7 +165,16 @@ class FeatureSpec:
 
     @property
     def long_window(self) -> int:
-        return self.short_window * self.blocks
+        """Readings before x that its features read (the window a device keeps): blocks × short_window,
+        and for v7 `V7_SPAN` times that (its long memory)."""
+        return self.short_window * self.blocks * (V7_SPAN if self.algo == FEATURE_ALGO_V7 else 1)
+
+    @property
+    def clean_horizon(self) -> int:
+        """Readings after a labelled fault whose windows may still hold it: twice the blocks' window.
+        Training calibrates only on rows past it. v7's longer memory is a median of coarse blocks,
+        which a fault shorter than half of it does not move, so its horizon is v6's."""
+        return 2 * self.short_window * self.blocks
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -166,6 +186,8 @@ class FeatureSpec:
             return V5_NAMES
         if self.algo == FEATURE_ALGO_V6:
             return V6_NAMES
+        if self.algo == FEATURE_ALGO_V7:
+            return V7_NAMES
         if self.algo == FEATURE_ALGO_VALUES:
             return tuple(f"value_z_{c}" for c in self.channels)
         return FEATURE_NAMES
@@ -512,6 +534,29 @@ def _features_v6(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.nda
     return _block_features(spec, padded, _summary_v6, no_evidence=_V6_NO_EVIDENCE)
 
 
+def _features_v7(spec: FeatureSpec, padded: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``robust-blocks-v7``: v6's features from the same blocks, with a longer memory behind them, so the
+    end of a long fault no longer looks like a new one.
+
+    v6's centre is the median of the 12 block means over the last 120 readings. A level shift or a drift
+    that lasts ~60 readings or more becomes that centre, and when it ends, the return to the true level
+    stands as far from the centre as the fault did: the level, shift and burst features flag 60-odd
+    normal readings after it, a second alert event (measured in docs/detection.md: 1,190 false flags
+    after 18 long faults on a 6-device fleet; 697 of the demo's 821). v7's window is `V7_SPAN` times as
+    long (480 readings by default), read as coarse blocks of `V7_SPAN` blocks; ``far`` = the median of
+    their means (a fault shorter than half the window does not move it). Per channel::
+
+        z     = min(|x - centre|, |x - far|) / scale
+        shift = min(min(|median(W_S) - centre|, |median(W_S) - far|) / scale, 2 · z)
+        burst odds: v6's filter with each reading's z² = min((x - centre)², (x - far)²) / scale²
+
+    and the ratios are v4's (the same blocks: the newest 120 readings). A fault is far from both
+    centres; its end is near the far one. Until the device has a whole window, ``far`` is NaN and the
+    features are v6's (the minima ignore it). Same float operations on each reading's own window, so the
+    batch-size invariance holds as for v6."""
+    return _block_features(spec, padded, _summary_v7, no_evidence=_V6_NO_EVIDENCE, memory=True)
+
+
 def _dscale(p: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """v1's short-term noise scale of each new reading of one padded stream (C, L + n), same operations."""
     L, S = spec.long_window, spec.short_window
@@ -534,7 +579,8 @@ class Stats:
     the three before it (NaN where the device has none), the block centre and scale, dscale, the median
     of the S readings before, the noise floors (C, 1), `back(k)`: the readings k before (k <= long_window,
     computed on demand), and for v5 the roughness scale: the median over the blocks of their mean
-    |second difference|, on the sd's scale (`ROUGH_MEAN_SD`), plus the floor."""
+    |second difference|, on the sd's scale (`ROUGH_MEAN_SD`), plus the floor; for v7 `far`, the centre of
+    its long memory (NaN until the device has a whole window)."""
 
     cur: np.ndarray
     prev: np.ndarray
@@ -547,6 +593,7 @@ class Stats:
     floor: np.ndarray
     back: Callable[[int], np.ndarray]
     rscale: np.ndarray | None = None
+    far: np.ndarray | None = None
 
 
 #: `Stats` -> features (n, F).
@@ -554,7 +601,8 @@ Summary = Callable[[Stats], np.ndarray]
 
 
 def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Summary,
-                    rough: bool = False, no_evidence: np.ndarray | None = None) -> list[np.ndarray]:
+                    rough: bool = False, no_evidence: np.ndarray | None = None,
+                    memory: bool = False) -> list[np.ndarray]:
     """Block statistics for several streams at once, summarised into features by `summary`; each item
     is [previous L rows; new rows] of one device.
 
@@ -573,8 +621,14 @@ def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Su
     differences only, so it never reads before the reading's window either.
 
     `no_evidence`: the features of a reading with fewer than S previous readings (default all 0).
+
+    `memory` (v7): the window is `V7_SPAN` times the blocks' (`FeatureSpec.long_window`); the B blocks
+    are its newest S · B readings, and `Stats.far` is the median of the B coarse block means over the
+    whole window (each the mean of `V7_SPAN` consecutive block means, summed in a fixed order), NaN
+    while the window reaches before the device's first reading, and for warm-up rows.
     """
     L, S, B = spec.long_window, spec.short_window, spec.blocks
+    off = L - S * B  # where the blocks start in the window: 0 but for v7's longer memory
     counts = [len(p) - L for p in padded]
     total_new = sum(counts)
     if total_new <= 0:
@@ -592,19 +646,27 @@ def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Su
 
     with np.errstate(invalid="ignore"):  # warm-up rows carry NaN; they are redone below
         run_mean, run_sd = _run_stats(p, S)
-        b_mean = [at(run_mean, b * S) for b in range(B)]
+        b_mean = [at(run_mean, off + b * S) for b in range(B)]
         diffs = np.abs(np.diff(p, axis=1))  # diffs[k] = |p[k+1] - p[k]|
         dscale = _median_of([at(diffs, L - S + j) for j in range(S)]) * DIFF_SD + floor
         s_median = _median_of([at(p, L - S + j) for j in range(S)])  # the S readings before
         centre = _median_of(b_mean)
-        scale = _median_of([at(run_sd, b * S) for b in range(B)]) + floor
+        scale = _median_of([at(run_sd, off + b * S) for b in range(B)]) + floor
         run_r = rscale = None
         if rough:
             d2 = np.abs(p[:, 2:] - 2.0 * p[:, 1:-1] + p[:, :-2])  # d2[:, c - 2]: the one ending at reading c
             run_r = _run_mean(d2, S - 2)  # run k: block k's own, ending at readings k + 2 .. k + S - 1
-            rscale = _median_of([at(run_r, b * S) for b in range(B)]) * ROUGH_MEAN_SD + floor
+            rscale = _median_of([at(run_r, off + b * S) for b in range(B)]) * ROUGH_MEAN_SD + floor
+        far = None
+        if memory:  # coarse run k: the mean of the V7_SPAN block runs from k on, summed in a fixed order
+            k = run_mean.shape[1] - (V7_SPAN - 1) * S
+            run_coarse = run_mean[:, :k].copy()
+            for i in range(1, V7_SPAN):
+                run_coarse += run_mean[:, i * S : i * S + k]
+            run_coarse *= 1.0 / V7_SPAN
+            far = _median_of([at(run_coarse, j * V7_SPAN * S) for j in range(L // (S * V7_SPAN))])
         out = summary(Stats(at(p, L), at(p, L - 1), at(p, L - 2), at(p, L - 3), centre, scale, dscale, s_median,
-                            floor, lambda k: at(p, L - k), rscale))
+                            floor, lambda k: at(p, L - k), rscale, far))
     if dense:
         out = out[new]
     first_block = b_mean[0][0, new] if dense else b_mean[0][0]
@@ -613,7 +675,7 @@ def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Su
         # Warm-up rows: only the complete (most recent) blocks count; rows are grouped by how
         # many blocks are complete so each group is one vectorised call.
         rows = new[warming]
-        starts = rows[:, None] + np.arange(B)[None, :] * S
+        starts = rows[:, None] + off + np.arange(B)[None, :] * S
         wb_mean, wb_sd = run_mean[:, starts], run_sd[:, starts]  # (C, w, B)
         complete = (~np.isnan(wb_mean[0])).sum(axis=1)  # blocks fill from the most recent backwards
         sub_idx = np.flatnonzero(warming)
@@ -631,7 +693,8 @@ def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Su
                                               _median_last(wb_sd[:, sel, B - k :]) + floor, w_dscale[:, sel],
                                               w_smed[:, sel], floor, _back(p, rows[sel] + L),
                                               None if wb_r is None else
-                                              _median_last(wb_r[:, sel, B - k :]) * ROUGH_MEAN_SD + floor))
+                                              _median_last(wb_r[:, sel, B - k :]) * ROUGH_MEAN_SD + floor,
+                                              np.full(w_cur[:, sel].shape, np.nan) if memory else None))
     np.clip(out, -spec.clip, spec.clip, out=out)
     return np.split(out, np.cumsum(counts)[:-1])
 
@@ -643,6 +706,7 @@ ALGORITHMS: dict[str, Callable[[FeatureSpec, Sequence[np.ndarray]], list[np.ndar
     FEATURE_ALGO_V4: _features_v4,
     FEATURE_ALGO_V5: _features_v5,
     FEATURE_ALGO_V6: _features_v6,
+    FEATURE_ALGO_V7: _features_v7,
     FEATURE_ALGO_VALUES: _features_values,
 }
 
@@ -715,10 +779,24 @@ def _summary_v6(st: Stats) -> np.ndarray:
     return out
 
 
-def _burst_odds(st: Stats) -> np.ndarray:
+def _summary_v7(st: Stats) -> np.ndarray:
+    """v7's features (n, 5) (see `_features_v7`)."""
+    assert st.far is not None
+    out = np.empty((st.cur.shape[1], len(V7_NAMES)), dtype=np.float64)
+    out[:, :4] = _summary_v4(st)  # the ratios; the level and the shift are replaced
+    z = np.fmin(np.abs(st.cur - st.centre), np.abs(st.cur - st.far)) / st.scale  # fmin: far NaN -> the centre's
+    shift = np.fmin(np.abs(st.s_median - st.centre), np.abs(st.s_median - st.far)) / st.scale
+    out[:, 0] = np.square(z.max(axis=0))
+    out[:, 1] = np.square(np.minimum(shift, 2.0 * z).max(axis=0))
+    out[:, 4] = _burst_odds(st, nearer=True).max(axis=0)
+    return out
+
+
+def _burst_odds(st: Stats, nearer: bool = False) -> np.ndarray:
     """Per channel (C, n): v6's log-odds of a burst at the reading (see `_features_v6`), in as few array
     operations as the filter allows (it runs on every micro-batch at the edge): with ``e = BURST_SD · r``
-    the update is ``p = prior · e / (prior · (e - BURST_SD) + BURST_SD)``."""
+    the update is ``p = prior · e / (prior · (e - BURST_SD) + BURST_SD)``. `nearer` (v7): each reading's
+    deviation from the nearer of the centre and `Stats.far`."""
     k2 = 0.5 * (1.0 - 1.0 / (BURST_SD * BURST_SD)) / (st.scale * st.scale)  # z² · q = d² · k2
     cap = 0.5 * (1.0 - 1.0 / (BURST_SD * BURST_SD)) * BURST_MAX_Z * BURST_MAX_Z
     stay = 1.0 - BURST_EXIT - BURST_ENTER
@@ -726,8 +804,13 @@ def _burst_odds(st: Stats) -> np.ndarray:
     gaps = bool(np.isnan(st.back(BURST_WINDOW - 1)).any())
     p = np.full(st.cur.shape, BURST_ENTER)  # before the oldest reading: the chance a burst begins
     for k in range(BURST_WINDOW - 1, -1, -1):
-        d = st.back(k) - st.centre
+        x = st.back(k)
+        d = x - st.centre
         np.multiply(d, d, out=d)
+        if nearer:
+            assert st.far is not None
+            e_far = x - st.far
+            np.fmin(d, np.multiply(e_far, e_far, out=e_far), out=d)
         np.multiply(d, k2, out=d)
         e = np.exp(np.minimum(d, cap, out=d), out=d)  # BURST_SD · r
         prior = p * stay

@@ -204,7 +204,7 @@ def _run(config: RetrainConfig, spark: Any, tracker: Any, report: dict[str, Any]
     say(f"feature specs for {len(plans)} types from {len(noise)} devices ({time.monotonic() - t:.1f} s)")
 
     t = time.monotonic()
-    horizon = 2 * FeatureSpec.from_dict(next(iter(plans.values())).spec or {}).long_window
+    horizon = FeatureSpec.from_dict(next(iter(plans.values())).spec or {}).clean_horizon
     features = rows.where(rows.device_type.isin(list(plans))).groupBy("device_type", "device_id") \
         .applyInPandas(T.features_udf(plans, horizon), T.FEATURES_DDL)
     train = {"seed": config.seed, "n_estimators": config.n_estimators, "max_samples": config.max_samples,

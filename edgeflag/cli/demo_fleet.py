@@ -32,9 +32,9 @@ class FleetPlan:
 
     `speed`: readings per device per wall-clock second (each reading is one simulated second, so the
     demo runs `speed` x faster than real time); the fleet fault hits `fault_devices` devices of
-    `fault_type` from `fault_start_s` for `fault_span` readings (two minutes: today's features lose a
-    level shift after ~70 readings and flag its end as a second event, docs/detection.md, so a longer
-    fault would read as two incidents).
+    `fault_type` from `fault_start_s` for `fault_span` readings (two minutes: the features stop flagging
+    a level shift after ~70 readings, docs/detection.md, so a much longer fault would read as two
+    incidents).
     """
 
     devices: int

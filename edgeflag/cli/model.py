@@ -43,7 +43,7 @@ def register(sub: Any) -> None:
     from models.features import ALGORITHMS
 
     t.add_argument("--features", choices=["auto", *sorted(ALGORITHMS)], default=d.features,
-                   help="feature algorithm (models/features.py). auto: robust-blocks-v6 on a time series, v5 on a "
+                   help="feature algorithm (models/features.py). auto: robust-blocks-v7 on a time series, v5 on a "
                         "smooth one, values-v1 on readings with no serial structure (independent records; "
                         "models/training/autofeatures.py). v6 is v4 with the odds of a burst of noise over the last "
                         "8 readings; v5 is v4 with noise measured on second differences; "
@@ -132,7 +132,7 @@ def train_cmd(args: argparse.Namespace) -> int:
             spec = fit_spec(blocks, config)
             status.update(f"computing {spec.n_features} features for {sum(len(b) for b in blocks.values()):,} readings")
             table = feature_table(blocks, spec)
-            clean = clean_rows(blocks, 2 * spec.long_window) if table.labels is not None else None
+            clean = clean_rows(blocks, spec.clean_horizon) if table.labels is not None else None
             span = (min(float(b.ts[0]) for b in blocks.values()), max(float(b.ts[-1]) for b in blocks.values()))
             status.update(f"fitting ({args.trees} trees), exporting ONNX, checking parity")
             path, cand = build_bundle(table, spec, config, Registry(args.out), sign_key=args.sign_key,

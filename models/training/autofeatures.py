@@ -1,7 +1,7 @@
 """`--features auto` (what `model train` and `TrainConfig` use by default): the feature algorithm that
 suits the readings.
 
-The rolling-window algorithms (``robust-blocks-v6``, `models.features.TRAIN_ALGO`) judge a reading
+The rolling-window algorithms (``robust-blocks-v7``, `models.features.TRAIN_ALGO`) judge a reading
 against the readings before it: they assume a time series, whose neighbouring readings are related (a
 physical signal sampled faster than it changes). Readings that are independent records, rows of a
 table in no meaningful order such as River's Shuttle, have no such relation. A window then learns
@@ -21,8 +21,8 @@ The tests, on each channel within each device's stream, the median over the stre
    them follow its slope (towards +1). At `SMOOTH_MIN` or above on any channel: ``robust-blocks-v5``,
    whose roughness feature reads second differences. Measured: the simulator's channels -0.5 to -0.26,
    Daphnet's -0.35 to 0.37, KDD-TSAD_135's 0.95 (a blood-pressure wave).
-3. Otherwise the time-series default, ``robust-blocks-v6`` (`models.features.TRAIN_ALGO`; v4 until
-   3 December 2026).
+3. Otherwise the time-series default, ``robust-blocks-v7`` (`models.features.TRAIN_ALGO`; v4 until
+   3 December 2026, then v6 for a day).
 
 When a test cannot be made (streams shorter than `MIN_ROWS`, constant channels) it does not pick its
 algorithm.

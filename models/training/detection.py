@@ -6,12 +6,12 @@ and scores the rest:
 
 * ``edgeflag``: the product's path, `trainer.train` -> fused ONNX bundle -> `OnnxScorer` over
   `models.features` (what the agent runs), with the defaults: ``--features auto``
-  (`models.training.autofeatures`: ``robust-blocks-v6`` on a time series, ``values-v1`` on
+  (`models.training.autofeatures`: ``robust-blocks-v7`` on a time series, ``values-v1`` on
   independent records, which Shuttle is) and the range guard (`models.training.guard`);
 * ``edgeflag-unguarded``: the same without the range guard (the forest alone);
-* ``edgeflag-v4``: the product as it was until 3 December 2026: the same path with the range guard and
-  ``robust-blocks-v4`` where ``auto`` now picks v6 (on Shuttle and KDD-TSAD_135, where ``auto`` picks
-  values-v1 and v5, the same as ``edgeflag``);
+* ``edgeflag-v6``: the product as it was on 3 December 2026 until its sixth session: the same path with
+  the range guard and ``robust-blocks-v6`` where ``auto`` now picks v7 (on Shuttle and KDD-TSAD_135,
+  where ``auto`` picks values-v1 and v5, the same as ``edgeflag``);
 * ``edgeflag-v3`` / ``edgeflag-v1`` / ``edgeflag-v2``: the forest alone with ``robust-blocks-v3`` (the
   default from 1 to 2 December 2026), ``robust-blocks-v1`` (before) and ``robust-blocks-v2`` (baseline,
   step and stuck features);
@@ -47,7 +47,7 @@ from models.events import alert_spans
 from models.training.evaluate import fault_events
 
 ZSCORE_WINDOW = 12
-DETECTORS = ("edgeflag", "edgeflag-unguarded", "edgeflag-v4", "edgeflag-v3", "edgeflag-v1", "edgeflag-v2",
+DETECTORS = ("edgeflag", "edgeflag-unguarded", "edgeflag-v6", "edgeflag-v3", "edgeflag-v1", "edgeflag-v2",
              "zscore", "halfspacetrees")
 
 
@@ -354,18 +354,18 @@ def run(ds: Dataset, detectors: tuple[str, ...] = DETECTORS, target_fpr: float =
     def forest_alone(features: str) -> Callable[[], tuple[Scorer, float]]:
         return lambda: fit_edgeflag(ds.train, target_fpr, features=features, range_guard=False, progress=progress)
 
-    def product_v4() -> tuple[Scorer, float]:
-        from models.features import FEATURE_ALGO_V4, TRAIN_ALGO
+    def product_v6() -> tuple[Scorer, float]:
+        from models.features import FEATURE_ALGO_V6, TRAIN_ALGO
         from models.training.trainer import TrainConfig, resolve_features
 
         algo = resolve_features(ds.train, TrainConfig()).features
-        return fit_edgeflag(ds.train, target_fpr, features=FEATURE_ALGO_V4 if algo == TRAIN_ALGO else algo,
+        return fit_edgeflag(ds.train, target_fpr, features=FEATURE_ALGO_V6 if algo == TRAIN_ALGO else algo,
                             progress=progress)
 
     fitters: dict[str, Callable[[], tuple[Scorer, float]]] = {
         "edgeflag": lambda: fit_edgeflag(ds.train, target_fpr, progress=progress),
         "edgeflag-unguarded": lambda: fit_edgeflag(ds.train, target_fpr, range_guard=False, progress=progress),
-        "edgeflag-v4": product_v4,
+        "edgeflag-v6": product_v6,
         **{f"edgeflag-{v}": forest_alone(f"robust-blocks-{v}") for v in ("v1", "v2", "v3")},
         "zscore": lambda: fit_zscore(ds.train, target_fpr),
         "halfspacetrees": lambda: fit_halfspacetrees(ds.train, target_fpr),

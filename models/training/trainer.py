@@ -7,7 +7,8 @@ Which rows are used (when the data carries labels):
 * the forest is fitted on the rows labelled normal;
 * the threshold is the (1 - target_fpr) quantile of the scores of *clean* normal
   rows — normal rows with no labelled fault among the device's previous
-  2 × long_window readings. Right after a fault the windows still hold it, so those
+  `FeatureSpec.clean_horizon` readings (twice the blocks' window: 240 by default). Right after
+  a fault the windows still hold it, so those
   rows look unusual; calibrating on them would push the threshold up to where the
   forest's score saturates and real faults fall below it.
 Without labels every row is used for both. On data like the training data about
@@ -203,7 +204,7 @@ def train(blocks: Mapping[str, ReadingBlock], config: TrainConfig,
         say(f"features {choice['algo']}: {choice['reason']}")
     say(f"computing {spec.n_features} features for {sum(len(b) for b in blocks.values())} readings")
     table = feature_table(blocks, spec)
-    clean = clean_rows(blocks, 2 * spec.long_window) if table.labels is not None else None
+    clean = clean_rows(blocks, spec.clean_horizon) if table.labels is not None else None
     t0 = min(float(b.ts[0]) for b in blocks.values())
     t1 = max(float(b.ts[-1]) for b in blocks.values())
     return fit(table, spec, config, clean=clean, time_range=(t0, t1), progress=progress)
@@ -237,8 +238,8 @@ def fit(table: FeatureTable, spec: FeatureSpec, config: TrainConfig, *, clean: n
     if exclude is not None:
         usable &= ~exclude
     fit_rows = usable & ~holdout
-    if fit_rows.sum() < 2 * spec.long_window:
-        raise TrainingError(f"only {int(fit_rows.sum())} normal readings; need at least {2 * spec.long_window}")
+    if fit_rows.sum() < spec.clean_horizon:
+        raise TrainingError(f"only {int(fit_rows.sum())} normal readings; need at least {spec.clean_horizon}")
     calib_rows = fit_rows.copy()
     if clean is not None:
         calib_rows &= clean

@@ -35,7 +35,7 @@ def test_the_issue_walkthrough_works_and_a_flipped_byte_fails_verify(tmp_path: P
     assert "3,000 readings" in r.stdout
     r = edgeflag("model", "train", "--data", "data.jsonl", "--out", "registry/", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "features robust-blocks-v6 (auto: a time series" in r.stdout, r.stdout
+    assert "features robust-blocks-v7 (auto: a time series" in r.stdout, r.stdout
     bundle = tmp_path / "registry" / "edgeflag" / "v0001"
     assert (bundle / "model.onnx").exists()
     r = edgeflag("model", "verify", str(bundle))
@@ -50,7 +50,7 @@ def test_the_issue_walkthrough_works_and_a_flipped_byte_fails_verify(tmp_path: P
     r = edgeflag("model", "eval", str(bundle), "--data", str(tmp_path / "data.jsonl"))
     assert "PR-AUC" in r.stdout and "│ all" in r.stdout
     r = edgeflag("model", "inspect", str(tmp_path / "registry"))
-    assert "fused-tree-ensemble" in r.stdout and "robust-blocks-v6" in r.stdout and "range guard   on" in r.stdout
+    assert "fused-tree-ensemble" in r.stdout and "robust-blocks-v7" in r.stdout and "range guard   on" in r.stdout
     raw = bytearray((bundle / "model.onnx").read_bytes())
     raw[100] ^= 0x01
     (bundle / "model.onnx").write_bytes(bytes(raw))

@@ -90,7 +90,7 @@ def test_retraining_keeps_the_champions_features_and_refuses_what_it_cannot_fit(
         RetrainConfig(silver="s", registry="r", out="o", features="robust-blocks-v2")
     # a smooth signal's champion (auto picked v5) keeps v5; a retrain must not swap it silently
     assert candidate_algo(CHAMPION_ALGO, FEATURE_ALGO_V5) == (FEATURE_ALGO_V5, "the champion's")
-    assert candidate_algo(CHAMPION_ALGO, None)[0] == TRAIN_ALGO == "robust-blocks-v6"
+    assert candidate_algo(CHAMPION_ALGO, None)[0] == TRAIN_ALGO == "robust-blocks-v7"
     algo, why = candidate_algo(CHAMPION_ALGO, FEATURE_ALGO_VALUES)  # needs a baseline: said, not hidden
     assert algo == TRAIN_ALGO and "values-v1 needs `model train`" in why
     assert candidate_algo("robust-blocks-v3", FEATURE_ALGO_V5) == ("robust-blocks-v3", "as configured")

@@ -169,7 +169,7 @@ def test_a_retrain_yields_one_gated_bundle_per_type_and_refuses_a_worse_candidat
         bundle = load_bundle(reg.path(dtype, 2))  # the agent's loader: hashes, spec, onnxruntime session
         assert bundle.manifest.training["gate"]["verdict"]["passed"] is True
         assert bundle.spec.channels == pick_types(dtype)[0].channel_names
-        assert bundle.spec.algo == e["features"] == "robust-blocks-v6"  # the champion's (features="champion")
+        assert bundle.spec.algo == e["features"] == "robust-blocks-v7"  # the champion's (features="champion")
         assert bundle.manifest.training["range_guard"] is not None  # and the range guard (RetrainConfig.range_guard)
         stage = ScoringStage(bundle)  # what the agent scores with
         x = compute_features(bundle.spec, np.random.default_rng(0).normal(size=(200, len(bundle.spec.channels)))
@@ -184,7 +184,7 @@ def test_a_retrain_yields_one_gated_bundle_per_type_and_refuses_a_worse_candidat
         assert "bundle/model.onnx" in {a.path for a in client.list_artifacts(mv.run_id, "bundle")}
     assert any("PASSED" in line for line in lines)
     assert {line for line in lines if "candidate features" in line} == {
-        f"{t}: candidate features robust-blocks-v6 (the champion's)" for t in TYPES}
+        f"{t}: candidate features robust-blocks-v7 (the champion's)" for t in TYPES}
     assert len(promoted) >= 2, report  # 45 minutes of data and 100 trees beat 10 minutes and 20 on most types
 
     # a candidate calibrated to flag 30 % of normal readings: refused everywhere, nothing registered

@@ -190,8 +190,8 @@ def test_a_window_that_does_not_fit_the_stream_or_the_model_is_left_out(tmp_path
 
 def test_a_window_stored_under_another_model_is_rebuilt_for_the_model_it_starts_with(
         tmp_path: Path, trained_small, batches: list[Batch]) -> None:  # type: ignore[no-untyped-def]
-    """Stopped on a v4 model, started on a v6 one: each device's window is rebuilt from the readings the
-    stored one holds, so v6's features from the first batch after the start are those of the whole stream
+    """Stopped on a v4 model, started on a v7 one: each device's window is rebuilt from the readings the
+    stored one holds, so v7's features from the first batch after the start are those of the whole stream
     (not a warm-up)."""
     import numpy as np
 
@@ -210,7 +210,7 @@ def test_a_window_stored_under_another_model_is_rebuilt_for_the_model_it_starts_
     second = make_agent(tmp_path / "2", trained_small[0], outbox)
     stage = second.ingest.slot.stage
     spec = stage.bundle.spec
-    assert spec.algo == "robust-blocks-v6" and spec.hash != load_bundle(v4).spec.hash
+    assert spec.algo == "robust-blocks-v7" and spec.hash != load_bundle(v4).spec.hash
     assert len(stage.windows()) == DEVICES
     feats = stage.features_many(batches[3].blocks)
     for block, f in zip(batches[3].blocks, feats, strict=True):

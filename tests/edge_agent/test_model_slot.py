@@ -66,7 +66,7 @@ def test_a_swap_to_a_model_with_other_features_keeps_the_devices_windows(tmp_pat
     first = ScoringStage(load_bundle(Registry(tmp_path).publish(
         "old", lambda v: export_model(old, name="old", version=v))))
     second = stage(trained_small)
-    assert first.bundle.spec.hash != second.bundle.spec.hash and second.bundle.spec.algo == "robust-blocks-v6"
+    assert first.bundle.spec.hash != second.bundle.spec.hash and second.bundle.spec.algo == "robust-blocks-v7"
     slot = ModelSlot(first.bundle, first)
     devices = list(blocks)[:3]
     first.score_many([blocks[d].slice(0, 300) for d in devices])

@@ -380,3 +380,44 @@ def test_v6_sees_a_burst_of_noise_within_a_few_readings_and_not_a_single_spike()
     assert (odds[824:840] < quiet).all(), odds[818:840]
     with pytest.raises(FeatureError, match="long window of at least 8"):
         FeatureSpec(channels=("a",), floors=(0.1,), short_window=2, blocks=3, algo="robust-blocks-v6")
+
+
+V7 = FeatureSpec(channels=("a", "b", "c"), floors=(0.05, 0.05, 0.05), algo="robust-blocks-v7")
+#: a short memory (2-reading blocks, 4 of them: coarse blocks of 8 over 32 readings), so hypothesis cuts cross it
+V7_SHORT = FeatureSpec(channels=("a", "b", "c"), floors=(0.05, 0.05, 0.05), short_window=2, blocks=4,
+                       algo="robust-blocks-v7")
+
+
+@settings(max_examples=30, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=12), seed=st.integers(0, 1000),
+       short=st.booleans())
+def test_v7_any_micro_batching_equals_the_whole_array(cuts: list[int], seed: int, short: bool) -> None:
+    spec = V7_SHORT if short else V7
+    x = stream(sum(cuts), seed)
+    x[len(x) // 4 : len(x) // 4 + 150, 1] += 9.0  # a long level shift
+    x[len(x) // 2 : len(x) // 2 + 25, 2] = 0.0  # a dropout
+    burst = x[3 * len(x) // 4 : 3 * len(x) // 4 + 20, 0]
+    burst += np.random.default_rng(seed).normal(0, 8, len(burst))  # a noise burst
+    assert np.array_equal(batched(spec, x, cuts), compute_features(spec, x))
+
+
+def test_v7_does_not_echo_the_end_of_a_long_shift_and_is_v6_until_its_memory_fills() -> None:
+    rng = np.random.default_rng(9)
+    x = 50 + rng.normal(size=(2000, 3))
+    x[900:1020, 1] += 8.0  # a level shift of 120 readings: as long as v6's window
+    x[1500, 2] += 12.0  # one spike
+    v6, v7 = compute_features(V6, x), compute_features(V7, x)
+    assert V7.long_window == 4 * V6.long_window == 480 and V7.clean_horizon == V6.clean_horizon == 240
+    assert V7.names[2:4] == V6.names[2:4] and len(V7.names) == 5
+    # until the memory reaches back 480 readings there is no far centre: v6's features, bit for bit
+    assert np.array_equal(v7[:480], v6[:480])
+    assert np.array_equal(v7[:, 2:4], v6[:, 2:4])  # the ratios are v6's (the same blocks) throughout
+    quiet = np.quantile(v7[500:890, 0], 0.999)
+    # the shift's start and the spike stand out in both
+    assert v7[900, 0] > 4 * quiet and v7[1500, 0] > 4 * quiet and v6[900, 0] > 4 * quiet
+    # its end: v6's centre has become the shifted level, so the return looks like a new shift for tens of
+    # readings; v7's far centre still holds the true level
+    assert np.mean(v6[1020:1060, 0] > quiet) > 0.8, v6[1020:1060, 0]
+    assert np.mean(v7[1020:1060, 0] > quiet) < 0.1, v7[1020:1060, 0]
+    quiet_odds = np.quantile(v7[500:890, 4], 0.999)
+    assert np.mean(v6[1020:1060, 4] > quiet_odds) > 0.8 and np.mean(v7[1020:1060, 4] > quiet_odds) < 0.1
