@@ -328,18 +328,6 @@ V6_SHORT = FeatureSpec(channels=("a", "b", "c"), floors=(0.05, 0.05, 0.05), shor
                        algo="robust-blocks-v6")
 
 
-@settings(max_examples=30, deadline=None)
-@given(cuts=st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=12), seed=st.integers(0, 1000),
-       short=st.booleans())
-def test_v6_any_micro_batching_equals_the_whole_array(cuts: list[int], seed: int, short: bool) -> None:
-    spec = V6_SHORT if short else V6
-    x = stream(sum(cuts), seed)
-    x[len(x) // 3 : len(x) // 3 + 25, 2] = 0.0  # a dropout
-    burst = x[2 * len(x) // 3 : 2 * len(x) // 3 + 20, 0]
-    burst += np.random.default_rng(seed).normal(0, 8, len(burst))  # a noise burst
-    assert np.array_equal(batched(spec, x, cuts), compute_features(spec, x))
-
-
 def _burst_odds_reference(x: np.ndarray, t: int, channel: int, spec: FeatureSpec) -> float:
     """The documented filter for one reading and channel, in plain floats (`_features_v6`'s docstring)."""
     from models.features import BURST_ENTER, BURST_EXIT, BURST_MAX_Z, BURST_SD, BURST_WINDOW
@@ -388,11 +376,11 @@ V7_SHORT = FeatureSpec(channels=("a", "b", "c"), floors=(0.05, 0.05, 0.05), shor
                        algo="robust-blocks-v7")
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(cuts=st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=12), seed=st.integers(0, 1000),
-       short=st.booleans())
-def test_v7_any_micro_batching_equals_the_whole_array(cuts: list[int], seed: int, short: bool) -> None:
-    spec = V7_SHORT if short else V7
+       which=st.sampled_from(["v6", "v6-short", "v7", "v7-short"]))
+def test_v6_and_v7_any_micro_batching_equals_the_whole_array(cuts: list[int], seed: int, which: str) -> None:
+    spec = {"v6": V6, "v6-short": V6_SHORT, "v7": V7, "v7-short": V7_SHORT}[which]
     x = stream(sum(cuts), seed)
     x[len(x) // 4 : len(x) // 4 + 150, 1] += 9.0  # a long level shift
     x[len(x) // 2 : len(x) // 2 + 25, 2] = 0.0  # a dropout
