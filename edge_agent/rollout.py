@@ -132,7 +132,7 @@ def prepare(spec: Any, state_dir: Path, *, trusted_key: Path | None, current: Sc
     return bundle, stage
 
 
-#: Devices whose windows feed a canary when the feature spec changes (each gives `long_window` rows).
+#: Devices whose windows feed a canary when the feature spec changes (each gives its window's rows).
 CANARY_DEVICES = 4
 
 

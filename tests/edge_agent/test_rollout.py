@@ -45,7 +45,7 @@ def test_a_bundle_is_fetched_over_http_verified_and_canaried(tmp_path: Path, tra
 
 
 def test_a_bundle_with_other_features_is_canaried_on_its_own_features(tmp_path: Path, trained_small) -> None:  # type: ignore[no-untyped-def]
-    """A fleet on a four-feature (v4) model gets a five-feature (v6) one: the canary computes the new
+    """A fleet on a four-feature (v4) model gets a five-feature (v7) one: the canary computes the new
     features from the devices' windows, where it used to feed the old rows and refuse the bundle."""
     from models.registry import Registry
     from models.training.trainer import TrainConfig, export_model, train
@@ -62,7 +62,8 @@ def test_a_bundle_with_other_features_is_canaried_on_its_own_features(tmp_path: 
                             canary=current.recent)
     assert bundle.manifest.sha256 == new.manifest.sha256
     rows = canary_rows(new, current, current.recent)
-    assert rows.shape == (4 * new.spec.long_window, 5)  # four devices' windows, the new spec's features
+    # four devices' windows (the current model's, 120 readings each), the new spec's features
+    assert rows.shape == (4 * current.bundle.spec.long_window, 5)
     assert np.isfinite(stage.scorer.score(rows)).all()
 
 
