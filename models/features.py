@@ -41,8 +41,8 @@ Algorithms are a registry keyed by ``spec.algo`` (`ALGORITHMS`), so older bundle
 * ``robust-blocks-v5``: v4's features, then ``max_rough_ratio``, short-term noise on second
   differences (`_features_v5`), for smooth signals, where a first difference is mostly the slope; what
   `model train` picks for them (`models.training.autofeatures`).
-* ``robust-blocks-v6`` (what `model train` fits on a time series by default since 3 December 2026,
-  `TRAIN_ALGO`): v4's features, then ``max_burst_odds``: the log-odds that a channel is in a burst of
+* ``robust-blocks-v6`` (what `model train` fitted on a time series by default on 3 December 2026,
+  until v7): v4's features, then ``max_burst_odds``: the log-odds that a channel is in a burst of
   noise, from a two-state filter over the reading and the `BURST_WINDOW` - 1 before it (`_features_v6`).
 * ``robust-blocks-v7`` (the default from 3 December 2026, sixth session, `TRAIN_ALGO`): v6's features,
   computed from the same 120-reading blocks, with a memory `V7_SPAN` times as long behind them: the
