@@ -744,13 +744,18 @@ def _summary_v4(st: Stats) -> np.ndarray:
     """v4's features (n, 4): v3's z_long and gated shift, the noise ratios bounded by the reading's own
     last steps and a held reading's stuck ratio at -inf (see `_features_v4`)."""
     z_long, shift, ratio, held = _gated(st)
+    return _four(z_long, shift, *_bounded_ratios(st, ratio, held))
+
+
+def _bounded_ratios(st: Stats, ratio: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """v4's per-channel noise ratio (high) and stuck ratio (low), bounded by the reading's own last steps."""
     d0, d1, d2 = np.abs(st.cur - st.prev), np.abs(st.prev - st.prev2), np.abs(st.prev2 - st.prev3)
     # fmax / fmin: a step the device has no history for (NaN) bounds nothing
     # on dscale's scale (DIFF_SD, plus the floor), so the bounds are on ratio's own scale
     recent_hi = np.log((np.fmax(np.fmax(d0, d1), d2) * DIFF_SD + st.floor) / st.scale)
     recent_lo = np.log((np.fmax(d0, d1) * DIFF_SD + st.floor) / st.scale)
     ratio_lo = np.where(held, -np.inf, np.fmax(ratio, recent_lo))  # clipped to -clip: see `_features_v4`
-    return _four(z_long, shift, np.fmin(ratio, recent_hi), ratio_lo)
+    return np.fmin(ratio, recent_hi), ratio_lo
 
 
 def _summary_v5(st: Stats) -> np.ndarray:
@@ -782,12 +787,12 @@ def _summary_v6(st: Stats) -> np.ndarray:
 def _summary_v7(st: Stats) -> np.ndarray:
     """v7's features (n, 5) (see `_features_v7`)."""
     assert st.far is not None
-    out = np.empty((st.cur.shape[1], len(V7_NAMES)), dtype=np.float64)
-    out[:, :4] = _summary_v4(st)  # the ratios; the level and the shift are replaced
     z = np.fmin(np.abs(st.cur - st.centre), np.abs(st.cur - st.far)) / st.scale  # fmin: far NaN -> the centre's
     shift = np.fmin(np.abs(st.s_median - st.centre), np.abs(st.s_median - st.far)) / st.scale
-    out[:, 0] = np.square(z.max(axis=0))
-    out[:, 1] = np.square(np.minimum(shift, 2.0 * z).max(axis=0))
+    ratio = np.log(st.dscale / st.scale)
+    held = (st.cur == st.prev) & (st.prev == st.prev2)  # as `_gated`
+    out = np.empty((st.cur.shape[1], len(V7_NAMES)), dtype=np.float64)
+    out[:, :4] = _four(z, np.minimum(shift, 2.0 * z), *_bounded_ratios(st, ratio, held))
     out[:, 4] = _burst_odds(st, nearer=True).max(axis=0)
     return out
 
