@@ -295,8 +295,11 @@ def _run(config: RetrainConfig, spark: Any, tracker: Any, report: dict[str, Any]
                 reason = "; ".join(filter(None, [entry.get("reason"), f"{step}: {type(exc).__name__}: {exc}"]))
                 if registered is not None:  # registered and named champion, never rolled out
                     entry["version"] = registered
-                    reason += "; " + (_restore(registry, tracker, dtype, previous) if previous is not None else
-                                      f"v{registered} stays the latest version: there was no champion before")
+                    if previous is None:
+                        reason += f"; v{registered} stays the latest version: there was no champion before"
+                    else:
+                        reason += "; " + (_restore(registry, tracker, dtype, previous)
+                                          or f"champion restored to v{previous}")
                 entry.update(status="failed", reason=reason)
                 say(f"{dtype}: failed: {reason}")
         outcomes = execute_all([p for p, _, _ in pending], control_obj,
@@ -310,7 +313,7 @@ def _run(config: RetrainConfig, spark: Any, tracker: Any, report: dict[str, Any]
                 entry["status"] = "rolled_back" if outcome.status == "rolled_back" else "rollout_failed"
                 if previous is not None:
                     problem = _restore(registry, tracker, dtype, previous)
-                    if not problem.startswith("champion restored"):
+                    if problem:
                         entry.update(status="rollout_failed", reason=problem)
             try:
                 tracker.tag_run(run_id, {"rollout": outcome.status, "rollout_reason": outcome.reason or "-"})
@@ -331,9 +334,9 @@ def failed_types(report: dict[str, Any]) -> list[str]:
     return sorted(t for t, e in report["types"].items() if e.get("status") in FAILED)
 
 
-def _restore(registry: Any, tracker: Any, dtype: str, previous: int) -> str:
-    """Name `previous` champion again in the file registry and in MLflow; says what it did (a problem
-    starts with "could not")."""
+def _restore(registry: Any, tracker: Any, dtype: str, previous: int) -> str | None:
+    """Name `previous` champion again in the file registry and in MLflow; returns what failed (None: both
+    done)."""
     try:
         registry.set_champion(dtype, previous)
     except Exception as exc:
@@ -343,7 +346,7 @@ def _restore(registry: Any, tracker: Any, dtype: str, previous: int) -> str:
     except Exception as exc:
         return (f"could not restore MLflow's champion alias to v{previous} (the registry names it): "
                 f"{type(exc).__name__}: {exc}")
-    return f"champion restored to v{previous}"
+    return None
 
 
 def _control(config: RetrainConfig, existing: Any) -> Any:
