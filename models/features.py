@@ -625,7 +625,9 @@ def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Su
     `memory` (v7): the window is `V7_SPAN` times the blocks' (`FeatureSpec.long_window`); the B blocks
     are its newest S · B readings, and `Stats.far` is the median of the B coarse block means over the
     whole window (each the mean of `V7_SPAN` consecutive block means, summed in a fixed order), NaN
-    while the window reaches before the device's first reading, and for warm-up rows.
+    while the window reaches before the device's first reading, and for warm-up rows. When the new rows are
+    gathered, everything but `far` is computed on the windows without their oldest readings (same values,
+    a quarter of the work: the agent's case, many devices with a few rows each).
     """
     L, S, B = spec.long_window, spec.short_window, spec.blocks
     off = L - S * B  # where the blocks start in the window: 0 but for v7's longer memory
@@ -637,51 +639,73 @@ def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Su
     p = np.ascontiguousarray(np.concatenate(padded, axis=0).T)  # (C, total): channel-major
     m = p.shape[1] - L  # candidate rows: row i stands for reading L + i of the concatenation
     offsets = np.cumsum([0] + [len(x) for x in padded[:-1]])
-    new = np.concatenate([off + np.arange(c) for off, c in zip(offsets, counts, strict=True)])
+    new = np.concatenate([o + np.arange(c) for o, c in zip(offsets, counts, strict=True)])
     dense = m <= 2 * total_new
 
     def at(a: np.ndarray, shift: int) -> np.ndarray:
         """a[:, i + shift] for the rows computed (all candidates when dense, else the new ones)."""
-        return a[:, shift : shift + m] if dense else a[:, new + shift]
+        return a[:, shift : shift + m] if dense else np.take(a, new + shift, axis=1)
+
+    # The block statistics read only the newest S · B readings of each window. When the window is
+    # longer (v7) and the new rows are few, they come from `h`: each stream without its oldest `off`
+    # readings, so the runs before the blocks are never computed (a run's statistics depend on its own
+    # readings only, so the values are the same bit for bit). `h` is dense or gathered on its own.
+    h, h_off, h_new = p, off, new
+    if off and not dense:
+        h = np.ascontiguousarray(np.concatenate([x[off:] for x in padded], axis=0).T)
+        h_off = 0
+        h_new = np.concatenate([o + np.arange(c) for o, c in
+                                zip(offsets - off * np.arange(len(padded)), counts, strict=True)])
+    h_L = L - off + h_off  # the reading's column in `h`, from its window's start
+    m_h = h.shape[1] - h_L
+    h_dense = m_h <= 2 * total_new
+
+    def h_at(a: np.ndarray, shift: int) -> np.ndarray:
+        """`at` for `h`."""
+        return a[:, shift : shift + m_h] if h_dense else np.take(a, h_new + shift, axis=1)
 
     with np.errstate(invalid="ignore"):  # warm-up rows carry NaN; they are redone below
-        run_mean, run_sd = _run_stats(p, S)
-        b_mean = [at(run_mean, off + b * S) for b in range(B)]
-        diffs = np.abs(np.diff(p, axis=1))  # diffs[k] = |p[k+1] - p[k]|
-        dscale = _median_of([at(diffs, L - S + j) for j in range(S)]) * DIFF_SD + floor
-        s_median = _median_of([at(p, L - S + j) for j in range(S)])  # the S readings before
+        run_mean, run_sd = _run_stats(h, S)
+        b_mean = [h_at(run_mean, h_off + b * S) for b in range(B)]
+        diffs = np.abs(np.diff(h, axis=1))  # diffs[k] = |h[k+1] - h[k]|
+        dscale = _median_of([h_at(diffs, h_L - S + j) for j in range(S)]) * DIFF_SD + floor
+        s_median = _median_of([h_at(h, h_L - S + j) for j in range(S)])  # the S readings before
         centre = _median_of(b_mean)
-        scale = _median_of([at(run_sd, off + b * S) for b in range(B)]) + floor
+        scale = _median_of([h_at(run_sd, h_off + b * S) for b in range(B)]) + floor
         run_r = rscale = None
         if rough:
-            d2 = np.abs(p[:, 2:] - 2.0 * p[:, 1:-1] + p[:, :-2])  # d2[:, c - 2]: the one ending at reading c
+            d2 = np.abs(h[:, 2:] - 2.0 * h[:, 1:-1] + h[:, :-2])  # d2[:, c - 2]: the one ending at reading c
             run_r = _run_mean(d2, S - 2)  # run k: block k's own, ending at readings k + 2 .. k + S - 1
-            rscale = _median_of([at(run_r, off + b * S) for b in range(B)]) * ROUGH_MEAN_SD + floor
+            rscale = _median_of([h_at(run_r, h_off + b * S) for b in range(B)]) * ROUGH_MEAN_SD + floor
         far = None
         if memory:  # coarse run k: the mean of the V7_SPAN block runs from k on, summed in a fixed order
-            k = run_mean.shape[1] - (V7_SPAN - 1) * S
-            run_coarse = run_mean[:, :k].copy()
+            full_mean = run_mean if h is p else _run_mean(p, S)
+            k = full_mean.shape[1] - (V7_SPAN - 1) * S
+            run_coarse = full_mean[:, :k].copy()
             for i in range(1, V7_SPAN):
-                run_coarse += run_mean[:, i * S : i * S + k]
+                run_coarse += full_mean[:, i * S : i * S + k]
             run_coarse *= 1.0 / V7_SPAN
             far = _median_of([at(run_coarse, j * V7_SPAN * S) for j in range(L // (S * V7_SPAN))])
-        out = summary(Stats(at(p, L), at(p, L - 1), at(p, L - 2), at(p, L - 3), centre, scale, dscale, s_median,
-                            floor, lambda k: at(p, L - k), rscale, far))
-    if dense:
-        out = out[new]
-    first_block = b_mean[0][0, new] if dense else b_mean[0][0]
+            if h_dense and not dense:  # the new rows' `far` in the rows `h` computes
+                far_new, far = far, np.full((far.shape[0], m_h), np.nan)
+                far[:, h_new] = far_new
+        out = summary(Stats(h_at(h, h_L), h_at(h, h_L - 1), h_at(h, h_L - 2), h_at(h, h_L - 3), centre, scale,
+                            dscale, s_median, floor, lambda k: h_at(h, h_L - k), rscale, far))
+    if h_dense:
+        out = out[h_new]
+    first_block = b_mean[0][0, h_new] if h_dense else b_mean[0][0]
     warming = np.isnan(first_block)
     if warming.any():
         # Warm-up rows: only the complete (most recent) blocks count; rows are grouped by how
         # many blocks are complete so each group is one vectorised call.
-        rows = new[warming]
-        starts = rows[:, None] + off + np.arange(B)[None, :] * S
+        rows = h_new[warming]
+        starts = rows[:, None] + h_off + np.arange(B)[None, :] * S
         wb_mean, wb_sd = run_mean[:, starts], run_sd[:, starts]  # (C, w, B)
         complete = (~np.isnan(wb_mean[0])).sum(axis=1)  # blocks fill from the most recent backwards
         sub_idx = np.flatnonzero(warming)
-        w_dscale = dscale[:, rows] if dense else dscale[:, sub_idx]
-        w_smed = s_median[:, rows] if dense else s_median[:, sub_idx]
-        w_cur, w_prev, w_prev2, w_prev3 = (p[:, rows + L - k] for k in range(4))
+        w_dscale = dscale[:, rows] if h_dense else dscale[:, sub_idx]
+        w_smed = s_median[:, rows] if h_dense else s_median[:, sub_idx]
+        w_cur, w_prev, w_prev2, w_prev3 = (h[:, rows + h_L - k] for k in range(4))
         wb_r = run_r[:, starts] if run_r is not None else None
         for k in np.unique(complete).tolist():
             sel = complete == k
@@ -691,7 +715,7 @@ def _block_features(spec: FeatureSpec, padded: Sequence[np.ndarray], summary: Su
             out[sub_idx[sel]] = summary(Stats(w_cur[:, sel], w_prev[:, sel], w_prev2[:, sel], w_prev3[:, sel],
                                               _median_last(wb_mean[:, sel, B - k :]),
                                               _median_last(wb_sd[:, sel, B - k :]) + floor, w_dscale[:, sel],
-                                              w_smed[:, sel], floor, _back(p, rows[sel] + L),
+                                              w_smed[:, sel], floor, _back(h, rows[sel] + h_L),
                                               None if wb_r is None else
                                               _median_last(wb_r[:, sel, B - k :]) * ROUGH_MEAN_SD + floor,
                                               np.full(w_cur[:, sel].shape, np.nan) if memory else None))

@@ -6,7 +6,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.errors import FeatureError
-from models.features import FEATURE_NAMES, FeatureSpec, StreamingFeatures, _median_last, _median_of, compute_features
+from models.features import (
+    FEATURE_NAMES,
+    FeatureSpec,
+    StreamingFeatures,
+    _median_last,
+    _median_of,
+    compute_features,
+    update_many,
+)
 
 SPEC = FeatureSpec(channels=("a", "b", "c"), floors=(0.05, 0.05, 0.05))
 
@@ -387,6 +395,31 @@ def test_v6_and_v7_any_micro_batching_equals_the_whole_array(cuts: list[int], se
     burst = x[3 * len(x) // 4 : 3 * len(x) // 4 + 20, 0]
     burst += np.random.default_rng(seed).normal(0, 8, len(burst))  # a noise burst
     assert np.array_equal(batched(spec, x, cuts), compute_features(spec, x))
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(st.lists(st.integers(min_value=0, max_value=150), min_size=4, max_size=4), min_size=1,
+                      max_size=10),
+       seed=st.integers(0, 1000), which=st.sampled_from(["v5", "v6", "v7", "v7-short"]))
+def test_several_devices_in_one_call_each_get_their_own_streams_features(steps: list[list[int]], seed: int,
+                                                                         which: str) -> None:
+    """`update_many` (the agent's call): four devices, each bringing 0-150 rows per call, so the new rows
+    are sometimes computed densely and sometimes gathered, and v7's blocks come from its trimmed copy of
+    the windows in either form."""
+    spec = {"v5": V5, "v6": V6, "v7": V7, "v7-short": V7_SHORT}[which]
+    xs = [stream(sum(s[d] for s in steps), seed + d) for d in range(4)]
+    xs[1][len(xs[1]) // 3 :, 2] += 9.0  # one device shifts
+    states = [StreamingFeatures(spec) for _ in xs]
+    parts: list[list[np.ndarray]] = [[] for _ in xs]
+    done = [0] * 4
+    for sizes in steps:
+        outs = update_many(states, [x[i : i + k] for x, i, k in zip(xs, done, sizes, strict=True)])
+        for d, (out, k) in enumerate(zip(outs, sizes, strict=True)):
+            assert out.shape == (k, spec.n_features)
+            parts[d].append(out)
+            done[d] += k
+    for x, got in zip(xs, parts, strict=True):
+        assert np.array_equal(np.vstack(got), compute_features(spec, x))
 
 
 def test_v7_does_not_echo_the_end_of_a_long_shift_and_is_v6_until_its_memory_fills() -> None:
