@@ -190,13 +190,13 @@ class _Gold:
         prev_id, prev_max = self.store.previous(batch_id)
         max_ms = newest if prev_max is None else max(prev_max, newest)
         kept = self.store.read(self.spark, prev_id, self.pane_schema)
-        merged = P.merge(kept.unionByName(P.panes(silver, self.granule))).persist()
+        merged = P.merge(kept.unionByName(P.readings_as_panes(silver, self.granule))).persist()
         try:
             before = None if prev_max is None else prev_max - cfg.watermark_s * 1000
             after = max_ms - cfg.watermark_s * 1000
             if before != after:
                 for i, spec in enumerate(cfg.windows):
-                    closed = P.windows(merged, spec, before, after).persist()
+                    closed = P.windows(merged, spec, before, after, granule=self.granule).persist()
                     try:
                         st.windows += self._emit(closed, spec, batch_id, st if i == 0 else None)
                     finally:

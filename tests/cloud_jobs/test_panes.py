@@ -16,6 +16,8 @@ from cloud_jobs.fleet.transforms import SILVER_DDL, device_windows
 pytestmark = [pytest.mark.spark]
 
 SPECS = (WindowSpec(60, 60), WindowSpec(90, 30), WindowSpec(300, 60))
+#: the job's defaults: the tumbling spec is one pane long, so its windows are the panes themselves
+ONE_PANE_SPECS = (WindowSpec(60, 60), WindowSpec(300, 60))
 
 
 def silver_rows(n: int, seed: int) -> list[tuple[Any, ...]]:
@@ -38,24 +40,27 @@ def test_granule_tiles_every_spec() -> None:
     assert P.granule_s([WindowSpec(60, 60)]) == 60
 
 
-def test_windows_from_panes_merged_over_batches_equal_sparks_windows(spark: Any) -> None:
+@pytest.mark.parametrize("specs", [SPECS, ONE_PANE_SPECS], ids=["granule-30", "granule-60"])
+def test_windows_from_panes_merged_over_batches_equal_sparks_windows(spark: Any, specs: Any) -> None:
     from pyspark.sql import functions as F
 
     df = spark.createDataFrame(silver_rows(3000, seed=1), SILVER_DDL).drop("batch_id")
-    granule = P.granule_s(SPECS)
-    # three micro-batches, panes merged batch after batch as the job keeps them
+    granule = P.granule_s(specs)
+    # three micro-batches, panes merged batch after batch as the job keeps them: the job merges a
+    # batch's single readings straight into the kept panes; `panes` aggregates a batch first
     parts = df.randomSplit([1.0, 1.0, 1.0], seed=7)
     kept = spark.createDataFrame([], P.PANE_DDL)
-    for part in parts:
-        kept = P.merge(kept.unionByName(P.panes(part, granule)))
+    for i, part in enumerate(parts):
+        new = P.readings_as_panes(part, granule) if i % 2 == 0 else P.panes(part, granule)
+        kept = P.merge(kept.unionByName(new))
     end = int(df.agg(F.max(F.unix_millis("event_time"))).first()[0])
     cut = end - 400_000
-    key = ["window_start", "device_id", "channel", "model_version"]
-    for spec in SPECS:
+    key = ["window_start", "window_end", "device_id", "channel", "model_version"]
+    for spec in specs:
         want = {tuple(r[k] for k in key): r for r in device_windows(df, spec, 0).collect()}
         # emitted in two steps (up to a watermark, then the rest): each window once, figures equal
-        first = P.windows(kept, spec, None, cut).collect()
-        rest = P.windows(kept, spec, cut, end + spec.duration_s * 1000).collect()
+        first = P.windows(kept, spec, None, cut, granule=granule).collect()
+        rest = P.windows(kept, spec, cut, end + spec.duration_s * 1000, granule=granule).collect()
         got = {tuple(r[k] for k in key): r for r in first + rest}
         assert len(got) == len(first) + len(rest) == len(want), spec
         assert all(r["window_end"].timestamp() * 1000 <= cut for r in first) and first and rest
