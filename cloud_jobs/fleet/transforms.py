@@ -137,15 +137,20 @@ def device_windows(silver_df: Any, spec: WindowSpec, watermark_s: int) -> Any:
     )
 
 
+#: Every aggregation of the fleet and type windows groups by these and more: partitioned by them once, the
+#: rows need no further shuffle (one exchange where there were two for the fleet and three for the types).
+TYPE_WINDOW = ("window_start", "window_end", "device_type")
+
+
 def _per_device(device_rows: Any, device_anomaly_rate: float, by_version: bool) -> Any:
     from pyspark.sql import functions as F
 
-    keys = ["window_start", "window_end", "device_type", "device_id"] + (["model_version"] if by_version else [])
+    keys = [*TYPE_WINDOW, "device_id"]
     # every channel row of a device carries the device's reading counts: take them once per version
-    per_version = device_rows.groupBy(*keys, *([] if by_version else ["model_version"])).agg(
+    per_version = device_rows.repartition(*TYPE_WINDOW).groupBy(*keys, "model_version").agg(
         F.max("readings").alias("readings"), F.max("anomalies").alias("anomalies"),
         F.max("max_score").alias("max_score"))
-    per_device = per_version.groupBy(*keys).agg(
+    per_device = per_version if by_version else per_version.groupBy(*keys).agg(
         F.sum("readings").alias("readings"), F.sum("anomalies").alias("anomalies"),
         F.max("max_score").alias("max_score"))
     return per_device.withColumn("anomalous", F.col("anomalies") >= F.col("readings") * F.lit(device_anomaly_rate))
@@ -175,8 +180,8 @@ def type_windows(device_rows: Any, device_anomaly_rate: float) -> Any:
     from pyspark.sql import functions as F
 
     d = _per_device(device_rows, device_anomaly_rate, by_version=False)
-    return d.groupBy(F.unix_millis("window_start").alias("start_ms"), F.unix_millis("window_end").alias("end_ms"),
-                     "device_type").agg(
+    return d.groupBy(*TYPE_WINDOW).agg(
         F.count(F.lit(1)).alias("devices_reporting"),
         F.sort_array(F.collect_list(F.when(F.col("anomalous"), F.col("device_id")))).alias("anomalous_devices"),
-    )
+    ).select(F.unix_millis("window_start").alias("start_ms"), F.unix_millis("window_end").alias("end_ms"),
+             "device_type", "devices_reporting", "anomalous_devices")

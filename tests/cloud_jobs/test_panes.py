@@ -102,3 +102,23 @@ def test_panes_kept_cover_every_window_not_yet_emitted(spark: Any) -> None:
         later = P.windows(kept, spec, wm, 10**15).collect()
         assert sorted(later) == sorted(P.windows(needed, spec, wm, 10**15).collect())
     assert needed.count() < kept.count()
+
+
+def test_fleet_windows_count_each_model_version_and_type_windows_judge_a_device_over_all(spark: Any) -> None:
+    """During a rollout a device reports under two model versions in one window: gold_fleet has a row per
+    version, and the incident tracker judges the device on all its readings (10 anomalies of 20 at rate 0.5:
+    anomalous, though its version-1 readings alone are not)."""
+    from cloud_jobs.fleet.transforms import fleet_windows, type_windows
+
+    t0 = datetime.fromtimestamp(1_780_000_020, tz=timezone.utc)
+    rows = [(dev, dev, "pump", "boot", i, t0, 0.95 if bad else 0.1, bad, ["a", "b"], [1.0, 2.0], "m", version,
+             "sha", "fh", 0.9, t0, 0)
+            for dev, version, n, anomalies in (("d1", 1, 10, 0), ("d1", 2, 10, 10), ("d2", 1, 4, 1))
+            for i in range(n) for bad in [i < anomalies]]
+    df = spark.createDataFrame(rows, SILVER_DDL).drop("batch_id")
+    device_rows = P.windows(P.merge(P.readings_as_panes(df, 60)), WindowSpec(60, 60), None, 10**15, granule=60)
+    fleet = {r["model_version"]: (r["devices_reporting"], r["devices_anomalous"], r["readings"], r["anomalies"])
+             for r in fleet_windows(device_rows, 0.5).collect()}
+    assert fleet == {1: (2, 0, 14, 1), 2: (1, 1, 10, 10)}
+    types = [(r["devices_reporting"], list(r["anomalous_devices"])) for r in type_windows(device_rows, 0.5).collect()]
+    assert types == [(2, ["d1"])]
