@@ -67,12 +67,6 @@ def readings_as_panes(silver_df: Any, granule: int) -> Any:
     )
 
 
-def panes(silver_df: Any, granule: int) -> Any:
-    """Silver readings -> one PANE_DDL row per pane, device (`transforms.stream_id`), channel and model
-    version."""
-    return merge(readings_as_panes(silver_df, granule))
-
-
 def merge(pane_rows: Any) -> Any:
     """Rows of the same pane and key (kept panes, a new batch's panes or single readings from
     `readings_as_panes`) -> one row each."""
@@ -108,13 +102,10 @@ def windows(pane_rows: Any, spec: WindowSpec, after_ms: int | None, upto_ms: int
     w = w.where(F.col("end_ms") <= upto_ms)
     if after_ms is not None:
         w = w.where(F.col("end_ms") > after_ms)
-    if one_pane:
-        agg = w
-    else:
-        agg = w.groupBy("start_ms", "end_ms", *KEYS).agg(
-            F.sum("readings").alias("readings"), F.sum("anomalies").alias("anomalies"),
-            F.max("max_score").alias("max_score"), F.sum("value_sum").alias("value_sum"),
-            F.sum("value_n").alias("value_n"), F.min("min").alias("min"), F.max("max").alias("max"))
+    agg = w if one_pane else w.groupBy("start_ms", "end_ms", *KEYS).agg(
+        F.sum("readings").alias("readings"), F.sum("anomalies").alias("anomalies"),
+        F.max("max_score").alias("max_score"), F.sum("value_sum").alias("value_sum"),
+        F.sum("value_n").alias("value_n"), F.min("min").alias("min"), F.max("max").alias("max"))
     return agg.select(
         F.timestamp_millis("start_ms").alias("window_start"), F.timestamp_millis("end_ms").alias("window_end"),
         "device_type", "model_version", "device_id", "channel", "readings", "anomalies",

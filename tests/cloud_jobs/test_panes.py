@@ -47,11 +47,13 @@ def test_windows_from_panes_merged_over_batches_equal_sparks_windows(spark: Any,
     df = spark.createDataFrame(silver_rows(3000, seed=1), SILVER_DDL).drop("batch_id")
     granule = P.granule_s(specs)
     # three micro-batches, panes merged batch after batch as the job keeps them: the job merges a
-    # batch's single readings straight into the kept panes; `panes` aggregates a batch first
+    # batch's single readings straight into the kept panes; merging a batch's own panes gives the same
     parts = df.randomSplit([1.0, 1.0, 1.0], seed=7)
     kept = spark.createDataFrame([], P.PANE_DDL)
     for i, part in enumerate(parts):
-        new = P.readings_as_panes(part, granule) if i % 2 == 0 else P.panes(part, granule)
+        new = P.readings_as_panes(part, granule)
+        if i % 2:  # this batch's panes aggregated first, then merged
+            new = P.merge(new)
         kept = P.merge(kept.unionByName(new))
     end = int(df.agg(F.max(F.unix_millis("event_time"))).first()[0])
     cut = end - 400_000
@@ -85,7 +87,8 @@ def test_same_named_sensors_of_two_gateways_are_two_devices(spark: Any) -> None:
             for i in range(n)]
     df = spark.createDataFrame(rows, SILVER_DDL).drop("batch_id")
     spec = WindowSpec(60, 60)
-    for device_rows in (P.windows(P.merge(P.panes(df, 60)), spec, None, 10**15), device_windows(df, spec, 0)):
+    from_panes = P.windows(P.merge(P.readings_as_panes(df, 60)), spec, None, 10**15)
+    for device_rows in (from_panes, device_windows(df, spec, 0)):
         got = {r["device_id"]: (r["readings"], r["anomalies"]) for r in device_rows.collect()}
         assert got == {"gw-a/s-1": (10, 0), "gw-b/s-1": (6, 6), "dev-9": (4, 0)}
         fleet = fleet_windows(device_rows, 0.5).collect()
@@ -95,7 +98,7 @@ def test_same_named_sensors_of_two_gateways_are_two_devices(spark: Any) -> None:
 
 def test_panes_kept_cover_every_window_not_yet_emitted(spark: Any) -> None:
     df = spark.createDataFrame(silver_rows(2000, seed=2), SILVER_DDL).drop("batch_id")
-    kept = P.merge(P.panes(df, P.granule_s(SPECS)))
+    kept = P.merge(P.readings_as_panes(df, P.granule_s(SPECS)))
     wm = 1_780_000_000_000 + 500_000
     needed = P.still_needed(kept, SPECS, wm)
     for spec in SPECS:
