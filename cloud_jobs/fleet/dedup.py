@@ -15,7 +15,8 @@ slip through after the state is gone. This is the guarantee of Spark's
 state-store writes (measured in docs/benchmarks.md).
 
 A quarantined message has no readings; its stream is ``(sender, "", "q:<sha256 of the payload>")``, so a
-message the hub landed twice is quarantined once.
+message the hub landed twice is quarantined once. One with no time at all (a torn line) is remembered only
+until the watermark next moves.
 
 Late readings are reported as a row with ``status = "late"`` and the count in ``late`` (Spark's own
 ``numRowsDroppedByWatermark`` does not cover a custom stateful operator; the job adds these up).
@@ -97,7 +98,9 @@ def dedup_group(key: tuple[Any, ...], frames: Iterator[Any], state: Any, columns
     if key[2].startswith("q:"):  # a quarantined payload: emit the first copy, once
         if not state.exists:
             keep_rows.append(0)
-            max_ms = int(msgs["msg_ms"].max())
+            known = msgs["msg_ms"].dropna()
+            # a payload with no time at all is remembered until the watermark next moves
+            max_ms = int(known.max()) if len(known) else wm + 1
     else:
         ns, raw = msgs["n"].to_numpy(), msgs["readings"].to_numpy()
         unpacked = [unpack(b, int(n)) for b, n in zip(raw, ns, strict=True)]

@@ -19,7 +19,8 @@ Guarantee: `parse_batches` never raises on input. Every message becomes either i
 ``status = "ok"``, or (an anomaly event message, `contracts.events`) one ``status = "event"`` row per
 event with its kind in ``reason`` and its JSON in ``raw``, or exactly one row with
 ``status = "quarantined"``, a ``reason`` and the ``raw``
-payload (base64 when it is not UTF-8; cut at `MAX_RAW_CHARS`). Hostile input (deep nesting, gzip
+payload (base64 when it is not UTF-8; cut at `MAX_RAW_CHARS`) and the sender and receive time its envelope
+gave, if it got that far (the job's watermark reads that time). Hostile input (deep nesting, gzip
 bombs, NaN, non-UTF-8, out-of-range numbers) lands in quarantine.
 """
 
@@ -63,7 +64,12 @@ class Envelope(str, Enum):
 
 
 class _Bad(Exception):
-    """A message to quarantine; args[0] is the reason."""
+    """A message to quarantine; args[0] is the reason. `sender` and `received_ms`: what its envelope told
+    before the message failed (None: not known)."""
+
+    def __init__(self, reason: str, sender: str | None = None, received_ms: int | None = None) -> None:
+        super().__init__(reason)
+        self.sender, self.received_ms = sender or None, received_ms
 
 
 def _iso_ms(text: Any) -> int:
@@ -76,6 +82,13 @@ def _iso_ms(text: Any) -> int:
     except ValueError:
         raise _Bad(f"envelope: bad receive time {text[:40]!r}") from None
     return int(dt.timestamp() * 1000)
+
+
+def _iso_ms_or_none(text: Any) -> int | None:
+    try:
+        return _iso_ms(text)
+    except _Bad:
+        return None
 
 
 def _props(obj: Any) -> dict[str, str]:
@@ -101,16 +114,20 @@ def unwrap(envelope: Envelope, raw: bytes, source_device: str | None, received_m
     if not isinstance(rec, Mapping):
         raise _Bad("envelope: not a JSON object")
     if envelope is Envelope.BRONZE:
+        device, when = str(rec.get("topic_device") or ""), rec.get("received_at")
         if "error" in rec or "body" not in rec:
-            raise _Bad(f"landed undecodable: {rec.get('error', 'no body')}")
-        return str(rec.get("topic_device") or ""), _iso_ms(rec.get("received_at")), _props(rec.get("properties")), \
-            rec["body"]
+            raise _Bad(f"landed undecodable: {rec.get('error', 'no body')}", device, _iso_ms_or_none(when))
+        return device, _iso_ms(when), _props(rec.get("properties")), rec["body"]
     system = rec.get("SystemProperties")
-    device = system.get("connectionDeviceId") if isinstance(system, Mapping) else None
+    device = str((system.get("connectionDeviceId") if isinstance(system, Mapping) else None) or "")
+    when = rec.get("EnqueuedTimeUtc")
     body = rec.get("Body")
     if isinstance(body, str):
-        body = _b64_body(body)
-    return str(device or ""), _iso_ms(rec.get("EnqueuedTimeUtc")), _props(rec.get("Properties")), body
+        try:
+            body = _b64_body(body)
+        except (_Bad, ContractError) as exc:
+            raise _Bad(str(exc) or type(exc).__name__, device, _iso_ms_or_none(when)) from None
+    return device, _iso_ms(when), _props(rec.get("Properties")), body
 
 
 def pack(seq: Any, ts: Any, score: Any, anomaly: Any, values: Any) -> bytes:
@@ -263,8 +280,10 @@ def parse_records(envelope: Envelope, records: Iterable[tuple[bytes, str | None,
         _ARROW_TYPES.update(_arrow_types())
     out = _Columns()
     for raw, source, received, props in records:
+        sender, at = source, received  # a quarantined message keeps what its envelope told, once known
         try:
             device, received_ms, properties, body = unwrap(envelope, raw, source, received, props)
+            sender, at = device or None, received_ms
             if not device:
                 raise _Bad("identity: no authenticated device (topic_device / connectionDeviceId)")
             dtype = properties.get("device_type") or UNKNOWN_TYPE
@@ -272,10 +291,12 @@ def parse_records(envelope: Envelope, records: Iterable[tuple[bytes, str | None,
                 out.add_events(event_message(body), device, dtype, received_ms)
                 continue
             out.add_message(telemetry_columns(body), device, dtype, received_ms)
-        except (_Bad, ContractError) as exc:
-            out.add_bad(str(exc) or type(exc).__name__, raw, source, received)
+        except _Bad as exc:
+            out.add_bad(str(exc), raw, exc.sender or sender, at if exc.received_ms is None else exc.received_ms)
+        except ContractError as exc:
+            out.add_bad(str(exc) or type(exc).__name__, raw, sender, at)
         except Exception as exc:  # never let one message stop the job
-            out.add_bad(f"internal: {type(exc).__name__}: {exc}", raw, source, received)
+            out.add_bad(f"internal: {type(exc).__name__}: {exc}", raw, sender, at)
     return out.to_arrow()
 
 

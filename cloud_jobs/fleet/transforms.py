@@ -44,7 +44,9 @@ def parse(inputs: Any, envelope: Envelope) -> Any:
     from pyspark.sql import functions as F
 
     messages = inputs.mapInArrow(parse_batches(envelope), MESSAGE_DDL)
-    msg_ms = F.coalesce("last_ms", "received_ms", F.unix_millis(F.current_timestamp()))
+    # never the job's clock: a bad message in a backfill would move the watermark past all the older
+    # readings after it. A message with no time at all (a torn line) has none and moves nothing.
+    msg_ms = F.coalesce("last_ms", "received_ms")
     return messages.select(
         "*", msg_ms.alias("msg_ms"), F.timestamp_millis(msg_ms).alias("msg_time"),
         F.coalesce("source_device", F.lit("")).alias("k_source"),
@@ -91,7 +93,8 @@ def readings(messages: Any) -> Any:
     messages = messages.mapInArrow(unpack_batches, schema)
     r = F.explode_outer(F.arrays_zip(*arrays)).alias("r")
     exploded = messages.select(*keep, r).select(*keep, *(F.col(f"r.{c}").alias(c) for c in arrays))
-    received = F.timestamp_millis(F.coalesce("received_ms", "msg_ms"))
+    # the job's clock only as a last resort for a table value, never for the watermark (see `parse`)
+    received = F.coalesce(F.timestamp_millis(F.coalesce("received_ms", "msg_ms")), F.current_timestamp())
     return exploded.select(
         "*",
         F.when(F.col("status") == "ok", F.timestamp_millis("ts_ms")).otherwise(received).alias("event_time"),

@@ -104,3 +104,17 @@ def test_the_dedup_operator_keeps_each_new_reading_once_and_counts_the_late(
     assert state.value is not None, "the stream's newest reading is after the watermark: its state stays"
     ranges = [tuple(map(int, r.split("-"))) for r in state.value[0].split(",")]
     assert {x for a, b in ranges for x in range(a, b + 1)} == seen, "the state remembers every seq seen"
+
+
+def test_a_quarantined_payload_without_a_time_is_emitted_once_and_remembered_until_the_watermark_moves() -> None:
+    import pandas as pd
+
+    from cloud_jobs.fleet.dedup import dedup_group
+
+    columns = ["status", "reason", "raw", "n", "readings", "msg_ms", "late"]
+    copies = pd.DataFrame({"status": "quarantined", "reason": "torn", "raw": "{", "n": 0, "readings": [b"", b""],
+                           "msg_ms": [None, None]})
+    state = _State(None, 1_000)
+    [out] = list(dedup_group(("", "", "q:abc"), iter([copies]), state, columns))
+    assert len(out) == 1 and state.value is not None and state.value[1] == 1_001
+    assert list(dedup_group(("", "", "q:abc"), iter([copies.iloc[:1]]), state, columns)) == []

@@ -7,6 +7,7 @@ import base64
 import json
 import shutil
 import time
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def test_duplicates_replays_and_a_restart_count_every_reading_once_and_raise_one
     assert set(keys) == keys_of(every)
     assert report.total("readings", "silver") == len(keys) and report.total("quarantined", "silver") == 1
     q = spark.read.parquet(str(tmp_path / "out" / "quarantine")).collect()
-    assert len(q) == 1 and "gzip" in q[0]["reason"] and q[0]["source_device"] is None
+    assert len(q) == 1 and "gzip" in q[0]["reason"] and q[0]["source_device"] == "pump-0001"  # the hub's sender
 
     events = read_incidents(tmp_path / "out" / "incidents.jsonl")
     opened = [e for e in events if e["event"] == "open"]
@@ -129,6 +130,38 @@ def test_scheduled_runs_emit_every_window_exactly_once(spark: Any, tmp_path: Pat
     fleet_rows = spark.read.parquet(str(tmp_path / "out" / "gold_fleet_1m")).collect()
     assert {r["device_type"] for r in fleet_rows} == {"pump", "compressor", "chiller"}
     assert all(r["devices_reporting"] == 4 for r in fleet_rows)
+
+
+def test_a_backfill_after_bad_messages_loses_nothing(spark: Any, tmp_path: Path, fleet: Any) -> None:
+    """A scheduled run over old bronze whose first files hold bad messages: one the contract refuses, one
+    the hub landed undecodable, a torn line with no receive time at all. A quarantined message takes the
+    hub's receive time when its envelope has one and no time otherwise, never the job's clock, which
+    would move the watermark past every older reading after it and drop them all as late."""
+    _f, minutes, types = fleet
+    first = minutes[0][0]
+    at = first["readings"][-1]["ts"] / 1000
+    bronze = tmp_path / "bronze"
+    bronze.mkdir()
+    (bronze / "torn.jsonl").write_text('{"received_at": "2026-01-01T00:0')
+    time.sleep(0.05)
+    w = BronzeWriter(bronze)
+    w.write([Landed("dev-x", {}, b"\xff not json", at)])
+    w.close()
+    time.sleep(0.05)
+    land(bronze, [{**first, "device_id": "not valid!"}], types=types, received=at, source=first["device_id"])
+    time.sleep(0.05)
+    good = [m for ms in minutes[:4] for m in ms]
+    land(bronze, good, types=types)
+    cfg = config(tmp_path, input=InputConfig(path=str(bronze), max_files_per_trigger=1))
+    report = main(cfg, spark=spark)
+    assert report.total("late") == 0 and report.total("late_readings") == 0
+    assert sorted(silver_keys(spark, tmp_path / "out")) == sorted(keys_of(good))
+    q = {r["reason"].split(":")[0]: r for r in spark.read.parquet(str(tmp_path / "out" / "quarantine")).collect()}
+    assert set(q) == {"landed undecodable", "device_id", "payload is not JSON"}, q
+    for reason, sender in (("landed undecodable", "dev-x"), ("device_id", first["device_id"])):
+        assert q[reason]["source_device"] == sender, reason  # sender and time from the hub's envelope
+        assert abs(q[reason]["received_at"].replace(tzinfo=timezone.utc).timestamp() - at) < 1, reason
+    assert q["payload is not JSON"]["source_device"] is None and q["payload is not JSON"]["received_at"] is not None
 
 
 def test_late_rows_within_the_watermark_count_and_later_ones_are_dropped_and_counted(

@@ -97,6 +97,24 @@ def test_hostile_or_invalid_input_is_quarantined_with_its_reason(raw: bytes, rea
     assert r["raw"] and (r["raw"].startswith("base64:") or r["raw"] == raw.decode())
 
 
+def test_a_quarantined_message_keeps_the_sender_and_receive_time_its_envelope_gave() -> None:
+    """The hub authenticated the sender and stamped the receive time: a bad body does not erase them (the
+    job's watermark reads that time; without it, a message has no time at all, never the job's clock)."""
+    iothub_bad = json.dumps({"EnqueuedTimeUtc": "2026-01-01T00:00:01Z",
+                             "SystemProperties": {"connectionDeviceId": "dev-0001"}, "Body": "%%%"}).encode()
+    for env, raw in ((Envelope.BRONZE, bronze_line(raw=b"\x00not json")),
+                     (Envelope.BRONZE, bronze_line({**message(), "v": 2})),
+                     (Envelope.IOTHUB, iothub_line({**message(), "seq_last": 99})),
+                     (Envelope.IOTHUB, iothub_bad)):
+        [r] = rows(env, raw)
+        assert r["status"] == "quarantined" and r["source_device"] == "dev-0001", (env, r["reason"])
+        assert r["received_ms"] in (1767225601000, 1767225601123), (env, r["reason"])
+    [torn] = rows(Envelope.BRONZE, b'{"received_at": "2026-01-01T00:0')
+    assert torn["status"] == "quarantined" and torn["source_device"] is None and torn["received_ms"] is None
+    [raw] = rows(Envelope.RAW, b"{", source="dev-0002", received=5)
+    assert (raw["source_device"], raw["received_ms"]) == ("dev-0002", 5)
+
+
 def test_a_gzip_bomb_is_refused_without_inflating_it() -> None:
     bomb = gzip.compress(b"[" + b" " * (64 << 20) + b"]")
     assert len(bomb) < 100_000
