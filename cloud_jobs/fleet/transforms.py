@@ -27,6 +27,16 @@ SILVER_DDL = ("source_device string, device_id string, device_type string, boot_
 QUARANTINE_COLUMNS = ("source_device", "received_at", "reason", "raw")
 
 
+#: The columns the streaming dedup operator reads and writes (its keys first)...
+OPERATOR_DDL = ("k_source string, k_device string, k_boot string, status string, reason string, raw string, "
+                "msg_ms long, n int, readings binary")
+OPERATOR_COLUMNS = (*(c.split()[0] for c in OPERATOR_DDL.split(", ")), "msg_time")
+#: ... and the message's other columns, which ride through it untouched as one JSON text, `passengers`.
+PASSENGERS_DDL = ", ".join(c for c in MESSAGE_DDL.split(", ")
+                           if c.split()[0] not in ("status", "reason", "raw", "n", "readings"))
+PASSENGERS = tuple(c.split()[0] for c in PASSENGERS_DDL.split(", "))
+
+
 def stream_id() -> Any:
     """The column naming a reading's device wherever readings are grouped per device (gold windows, fleet
     counts, incidents, retraining): the sender's id for a device's own readings, ``<sender>/<sensor>``
@@ -67,16 +77,22 @@ def dedup(messages: Any, watermark_s: int) -> Any:
 
     if not messages.isStreaming:
         return readings(messages).dropDuplicates(["k_source", "k_device", "k_boot", "seq"])
-    out_ddl = MESSAGE_DDL + ", msg_ms long, k_source string, k_device string, k_boot string, late long"
+    # The operator reads only what it decides on; every other column travels through it as one JSON
+    # text (`PASSENGERS`) and is unpacked in the JVM afterwards. PySpark converts each group's rows to
+    # pandas column by column, so the columns it carries are most of its cost per stream.
+    narrow = messages.select(*OPERATOR_COLUMNS, F.to_json(F.struct(*PASSENGERS)).alias("passengers"))
+    out_ddl = OPERATOR_DDL + ", passengers string, late long"
     columns = [c.split()[0].strip("`") for c in out_ddl.split(", ")]
 
     def run(key: tuple[Any, ...], frames: Any, state: Any) -> Any:
         return dedup_group(key, frames, state, columns)
 
-    deduped = (messages.withWatermark("msg_time", f"{watermark_s} seconds")
+    deduped = (narrow.withWatermark("msg_time", f"{watermark_s} seconds")
                .groupBy("k_source", "k_device", "k_boot")
                .applyInPandasWithState(run, out_ddl, STATE_DDL, "append", "EventTimeTimeout"))
-    return readings(deduped.withColumn("msg_time", F.timestamp_millis("msg_ms")))
+    unpacked = deduped.select("*", F.from_json("passengers", PASSENGERS_DDL).alias("p")).select(
+        *(c for c in columns if c != "passengers"), *(F.col(f"p.{c}").alias(c) for c in PASSENGERS))
+    return readings(unpacked.withColumn("msg_time", F.timestamp_millis("msg_ms")))
 
 
 def readings(messages: Any) -> Any:

@@ -132,6 +132,40 @@ def test_scheduled_runs_emit_every_window_exactly_once(spark: Any, tmp_path: Pat
     assert all(r["devices_reporting"] == 4 for r in fleet_rows)
 
 
+def test_streaming_silver_and_quarantine_carry_every_field_as_parsed(spark: Any, tmp_path: Path, fleet: Any) -> None:
+    """The dedup operator reads a few columns and carries the rest as JSON text (`transforms.PASSENGERS`):
+    the streaming job's silver and quarantine rows must equal the batch path's (parse, no operator) field for
+    field, with awkward values: a threshold with 17 significant digits, non-ASCII names, a sensor behind a
+    gateway, messages quarantined as undecodable or invalid."""
+    from pyspark.sql import functions as F
+
+    from cloud_jobs import io
+    from cloud_jobs.fleet import transforms as T
+    from cloud_jobs.fleet.parse import Envelope
+
+    _f, minutes, types = fleet
+    model = {"name": "m-ü", "version": 7, "sha256": "ab" * 32, "feature_hash": "f" * 16, "threshold": 0.1 + 0.2}
+    odd = [{**m, "model": model, "device_id": "sensor:7.b" if i % 2 else m["device_id"]}
+           for i, m in enumerate(minutes[0][:4])]
+    land(tmp_path / "bronze", minutes[0][4:] + odd[::2], types=types)
+    land(tmp_path / "bronze", odd[1::2], types=types, source="gw-1")
+    w = BronzeWriter(tmp_path / "bronze")
+    w.write([Landed("dev-x", {}, b"\xff not json", minutes[0][-1]["readings"][-1]["ts"] / 1000)])
+    w.close()
+    cfg = config(tmp_path)
+    main(cfg, spark=spark)
+
+    parsed = T.dedup(T.parse(io.read_input(spark, cfg.input, streaming=False), Envelope.BRONZE), cfg.watermark_s)
+    for table, status, cols in (("silver", "ok", T.SILVER_COLUMNS), ("quarantine", "quarantined",
+                                                                      T.QUARANTINE_COLUMNS)):
+        got = spark.read.parquet(str(tmp_path / "out" / table)).select(*cols).collect()
+        want = parsed.where(F.col("status") == status).select(*cols).collect()
+        assert len(got) == len(want) > 0 and sorted(got) == sorted(want), table
+    silver = spark.read.parquet(str(tmp_path / "out" / "silver"))
+    assert silver.where((F.col("threshold") == 0.1 + 0.2) & (F.col("model_name") == "m-ü")
+                        & (F.col("source_device") == "gw-1") & (F.col("device_id") == "sensor:7.b")).count() == 60
+
+
 def test_a_backfill_after_bad_messages_loses_nothing(spark: Any, tmp_path: Path, fleet: Any) -> None:
     """A scheduled run over old bronze whose first files hold bad messages: one the contract refuses, one
     the hub landed undecodable, a torn line with no receive time at all. A quarantined message takes the
