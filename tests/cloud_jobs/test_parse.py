@@ -109,6 +109,11 @@ def test_a_quarantined_message_keeps_the_sender_and_receive_time_its_envelope_ga
         [r] = rows(env, raw)
         assert r["status"] == "quarantined" and r["source_device"] == "dev-0001", (env, r["reason"])
         assert r["received_ms"] in (1767225601000, 1767225601123), (env, r["reason"])
+    for env, line in ((Envelope.BRONZE, {"received_at": "yesterday", "topic_device": "dev-0001", "body": message()}),
+                      (Envelope.IOTHUB, {"SystemProperties": {"connectionDeviceId": "dev-0001"}, "Body": message()})):
+        [r] = rows(env, json.dumps(line).encode())
+        assert r["status"] == "quarantined" and "receive time" in r["reason"], (env, r["reason"])
+        assert r["source_device"] == "dev-0001" and r["received_ms"] is None, env
     [torn] = rows(Envelope.BRONZE, b'{"received_at": "2026-01-01T00:0')
     assert torn["status"] == "quarantined" and torn["source_device"] is None and torn["received_ms"] is None
     [raw] = rows(Envelope.RAW, b"{", source="dev-0002", received=5)
