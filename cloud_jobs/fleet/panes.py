@@ -61,7 +61,7 @@ def readings_as_panes(silver_df: Any, granule: int) -> Any:
         F.col("anomaly").cast("long").alias("anomalies"),
         F.col("score").cast("double").alias("max_score"),
         value.cast("double").alias("value_sum"),
-        F.when(value.isNull(), F.lit(0)).otherwise(F.lit(1)).cast("long").alias("value_n"),
+        value.isNotNull().cast("long").alias("value_n"),
         value.cast("double").alias("min"),
         value.cast("double").alias("max"),
     )

@@ -72,24 +72,18 @@ class _Bad(Exception):
         self.sender, self.received_ms = sender or None, received_ms
 
 
-def _iso_ms(text: Any) -> int:
+def _iso_ms(text: Any, device: str = "") -> int:
+    """An envelope's receive time in epoch ms; a message without a usable one is quarantined (with its
+    sender, `device`, when known)."""
     if not isinstance(text, str):
-        raise _Bad("envelope: missing receive time")
+        raise _Bad("envelope: missing receive time", device)
     t = text.rstrip("Z")
     head, dot, frac = t.partition(".")
     try:
         dt = datetime.fromisoformat(head + (dot + frac[:6] if dot else "")).replace(tzinfo=timezone.utc)
     except ValueError:
-        raise _Bad(f"envelope: bad receive time {text[:40]!r}") from None
+        raise _Bad(f"envelope: bad receive time {text[:40]!r}", device) from None
     return int(dt.timestamp() * 1000)
-
-
-def _sent_at(text: Any, device: str) -> int:
-    """`_iso_ms` of an envelope's receive time; a message without one is quarantined with its sender."""
-    try:
-        return _iso_ms(text)
-    except _Bad as exc:
-        raise _Bad(str(exc), device) from None
 
 
 def _iso_ms_or_none(text: Any) -> int | None:
@@ -125,7 +119,7 @@ def unwrap(envelope: Envelope, raw: bytes, source_device: str | None, received_m
         device, when = str(rec.get("topic_device") or ""), rec.get("received_at")
         if "error" in rec or "body" not in rec:
             raise _Bad(f"landed undecodable: {rec.get('error', 'no body')}", device, _iso_ms_or_none(when))
-        return device, _sent_at(when, device), _props(rec.get("properties")), rec["body"]
+        return device, _iso_ms(when, device), _props(rec.get("properties")), rec["body"]
     system = rec.get("SystemProperties")
     device = str((system.get("connectionDeviceId") if isinstance(system, Mapping) else None) or "")
     when = rec.get("EnqueuedTimeUtc")
@@ -135,7 +129,7 @@ def unwrap(envelope: Envelope, raw: bytes, source_device: str | None, received_m
             body = _b64_body(body)
         except (_Bad, ContractError) as exc:
             raise _Bad(str(exc) or type(exc).__name__, device, _iso_ms_or_none(when)) from None
-    return device, _sent_at(when, device), _props(rec.get("Properties")), body
+    return device, _iso_ms(when, device), _props(rec.get("Properties")), body
 
 
 def pack(seq: Any, ts: Any, score: Any, anomaly: Any, values: Any) -> bytes:

@@ -32,8 +32,7 @@ OPERATOR_DDL = ("k_source string, k_device string, k_boot string, status string,
                 "msg_ms long, n int, readings binary")
 OPERATOR_COLUMNS = (*(c.split()[0] for c in OPERATOR_DDL.split(", ")), "msg_time")
 #: ... and the message's other columns, which ride through it untouched as one JSON text, `passengers`.
-PASSENGERS_DDL = ", ".join(c for c in MESSAGE_DDL.split(", ")
-                           if c.split()[0] not in ("status", "reason", "raw", "n", "readings"))
+PASSENGERS_DDL = ", ".join(c for c in MESSAGE_DDL.split(", ") if c.split()[0] not in OPERATOR_COLUMNS)
 PASSENGERS = tuple(c.split()[0] for c in PASSENGERS_DDL.split(", "))
 
 
