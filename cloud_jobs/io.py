@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,23 @@ def write_batch(df: Any, path: str, fmt: TableFormat, batch_id: int, app_id: str
     return True
 
 
+def write_arrow_batch(table: Any, path: str, batch_id: int) -> bool:
+    """`write_batch` for a pyarrow Table written on the driver (Parquet only): one file staged and renamed
+    into ``<path>/batch_id=<n>/``, exactly once; False if this batch had already landed."""
+    import pyarrow.parquet as pq
+
+    final = Path(path) / f"batch_id={batch_id}"
+    if final.exists():
+        return False
+    staging = Path(path) / "_staging" / f"{batch_id}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    pq.write_table(table, staging / f"part-00000-{uuid.uuid4()}.parquet", compression="snappy")
+    os.rename(staging, final)
+    with contextlib.suppress(OSError):
+        staging.parent.rmdir()
+    return True
+
+
 def read_batch(spark: Any, path: str, schema: Any, fmt: TableFormat, batch_id: int) -> Any:
     """The rows one micro-batch wrote to a table (empty if it wrote none), without the batch_id column."""
     from pyspark.sql import functions as F
@@ -220,6 +238,20 @@ def batch_rows(spark: Any, path: str, fmt: TableFormat, batch_id: int) -> int:
 
         return int(spark.read.format("delta").load(path).where(F.col("batch_id") == batch_id).count())
     return parquet_rows(Path(path) / f"batch_id={batch_id}")
+
+
+def batch_arrow(path: str, fmt: TableFormat, batch_id: int, columns: Iterable[str]) -> Any:
+    """The given columns of what one micro-batch wrote to a Parquet table, read on the driver as one
+    pyarrow Table (no Spark job); None for Delta, whose files only its log can tell apart, and when the
+    batch wrote no file."""
+    if fmt is TableFormat.DELTA:
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted((Path(path) / f"batch_id={batch_id}").glob("*.parquet"))
+    tables = [pq.read_table(f, columns=list(columns)) for f in files]
+    return pa.concat_tables(tables) if tables else None
 
 
 class PaneStore:

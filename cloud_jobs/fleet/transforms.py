@@ -203,3 +203,84 @@ def type_windows(device_rows: Any, device_anomaly_rate: float) -> Any:
         F.sort_array(F.collect_list(F.when(F.col("anomalous"), F.col("device_id")))).alias("anomalous_devices"),
     ).select(F.unix_millis("window_start").alias("start_ms"), F.unix_millis("window_end").alias("end_ms"),
              "device_type", "devices_reporting", "anomalous_devices")
+
+
+# The fleet and type windows on the driver, for the Parquet tables of a local job: a small micro-batch's
+# gold_fleet write and type windows then cost a read of the gold_device files it just wrote, not two Spark
+# jobs (docs/benchmarks.md). Spark's `fleet_windows` and `type_windows` stay the reference (Delta uses them);
+# tests/cloud_jobs/test_panes.py holds these to the same rows and gold_fleet's schema.
+
+#: The gold_device columns the driver-side versions read.
+GOLD_DEVICE_INPUTS = (*TYPE_WINDOW, "device_id", "model_version", "readings", "anomalies", "max_score")
+#: gold_fleet's schema, as `fleet_windows` gives it.
+FLEET_DDL = ("window_start timestamp, window_end timestamp, device_type string, model_version int, "
+             "devices_reporting bigint, devices_anomalous bigint, readings bigint, anomalies bigint, "
+             "max_score double, anomaly_rate double, anomalous_fraction double")
+
+
+def _per_version_arrow(device_rows: Any, device_anomaly_rate: float, by_version: bool) -> Any:
+    """`_per_device` over a pyarrow Table of gold_device rows: one row per window, type, device (and
+    version), its readings, anomalies and max score, and whether it is anomalous (null counts: null)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    keys = [*TYPE_WINDOW, "device_id"]
+    t = device_rows.select(list(GOLD_DEVICE_INPUTS)).group_by([*keys, "model_version"], use_threads=False).aggregate(
+        [("readings", "max"), ("anomalies", "max"), ("max_score", "max")])
+    t = t.rename_columns({"readings_max": "readings", "anomalies_max": "anomalies", "max_score_max": "max_score"})
+    if not by_version:
+        t = t.group_by(keys, use_threads=False).aggregate(
+            [("readings", "sum"), ("anomalies", "sum"), ("max_score", "max")]).rename_columns(
+            {"readings_sum": "readings", "anomalies_sum": "anomalies", "max_score_max": "max_score"})
+    threshold = pc.multiply(pc.cast(t["readings"], pa.float64()), device_anomaly_rate)
+    return t.append_column("anomalous", pc.greater_equal(pc.cast(t["anomalies"], pa.float64()), threshold))
+
+
+def fleet_windows_arrow(device_rows: Any, device_anomaly_rate: float) -> Any:
+    """`fleet_windows` over a pyarrow Table of gold_device rows (at least `GOLD_DEVICE_INPUTS`): a pyarrow
+    Table in `FLEET_DDL`'s columns and types."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    d = _per_version_arrow(device_rows, device_anomaly_rate, by_version=True)
+    d = d.append_column("anomalous_n", pc.cast(d["anomalous"], pa.int64()))
+    g = d.group_by([*TYPE_WINDOW, "model_version"], use_threads=False).aggregate([
+        ("device_id", "count", pc.CountOptions(mode="all")), ("anomalous_n", "sum"), ("readings", "sum"),
+        ("anomalies", "sum"), ("max_score", "max")])
+    f64 = pa.float64()
+    g = g.rename_columns({"device_id_count": "devices_reporting", "anomalous_n_sum": "devices_anomalous",
+                          "readings_sum": "readings", "anomalies_sum": "anomalies", "max_score_max": "max_score"})
+    g = g.append_column("anomaly_rate", pc.divide(pc.cast(g["anomalies"], f64), pc.cast(g["readings"], f64)))
+    g = g.append_column("anomalous_fraction", pc.divide(pc.cast(g["devices_anomalous"], f64),
+                                                        pc.cast(g["devices_reporting"], f64)))
+    schema = arrow_schema(FLEET_DDL)
+    return g.select(schema.names).cast(schema)
+
+
+def arrow_schema(ddl: str) -> Any:
+    """The pyarrow schema Spark's Parquet reader reads back as `ddl` (timestamps as UTC microseconds)."""
+    import pyarrow as pa
+
+    types = {"timestamp": pa.timestamp("us", tz="UTC"), "string": pa.string(), "int": pa.int32(),
+             "bigint": pa.int64(), "double": pa.float64(), "boolean": pa.bool_()}
+    return pa.schema([pa.field(name, types[kind]) for name, kind in (c.split() for c in ddl.split(", "))])
+
+
+def type_windows_arrow(device_rows: Any, device_anomaly_rate: float) -> list[dict[str, Any]]:
+    """`type_windows` over a pyarrow Table of gold_device rows (at least `GOLD_DEVICE_INPUTS`): the rows
+    `type_windows(...).collect()` gives, as dicts, in no particular order."""
+    import pyarrow as pa
+
+    d = _per_version_arrow(device_rows, device_anomaly_rate, by_version=False)
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    bounds = [d[c].cast(pa.timestamp("ms")).cast(pa.int64()).to_pylist() for c in TYPE_WINDOW[:2]]
+    for start, end, dtype, dev, bad in zip(*bounds, d["device_type"].to_pylist(), d["device_id"].to_pylist(),
+                                           d["anomalous"].to_pylist(), strict=True):
+        row = out.setdefault((start, end, dtype), {"start_ms": start, "end_ms": end, "device_type": dtype,
+                                                   "devices_reporting": 0, "anomalous_devices": []})
+        row["devices_reporting"] += 1
+        if bad:  # null (no anomaly counts) is not anomalous, as in Spark's collect_list of `when`
+            row["anomalous_devices"].append(dev)
+    for row in out.values():
+        row["anomalous_devices"].sort(key=lambda dev: dev.encode())  # Spark's sort_array: by UTF-8 bytes
+    return list(out.values())

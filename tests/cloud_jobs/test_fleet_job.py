@@ -109,7 +109,7 @@ def test_duplicates_replays_and_a_restart_count_every_reading_once_and_raise_one
 def test_scheduled_runs_emit_every_window_exactly_once(spark: Any, tmp_path: Path, fleet: Any) -> None:
     from pyspark.sql import functions as F
 
-    from cloud_jobs.fleet.transforms import device_windows
+    from cloud_jobs.fleet.transforms import device_windows, fleet_windows
 
     _f, minutes, types = fleet
     cfg = config(tmp_path, windows=(WindowSpec(60, 60), WindowSpec(300, 60)))
@@ -127,9 +127,12 @@ def test_scheduled_runs_emit_every_window_exactly_once(spark: Any, tmp_path: Pat
         cols = [*key, "readings", "anomalies", "max_score"]
         assert sorted(gold.select(*cols).collect()) == sorted(want.select(*cols).collect()), spec.name
         assert gold.count() > 0
-    fleet_rows = spark.read.parquet(str(tmp_path / "out" / "gold_fleet_1m")).collect()
+    fleet_rows = spark.read.parquet(str(tmp_path / "out" / "gold_fleet_1m")).drop("batch_id").collect()
     assert {r["device_type"] for r in fleet_rows} == {"pump", "compressor", "chiller"}
     assert all(r["devices_reporting"] == 4 for r in fleet_rows)
+    # built on the driver from each batch's gold_device files (Parquet): what Spark builds from all of them
+    gold_1m = spark.read.parquet(str(tmp_path / "out" / "gold_device_1m")).drop("batch_id")
+    assert sorted(fleet_rows) == sorted(fleet_windows(gold_1m, cfg.incidents.device_anomaly_rate).collect())
 
 
 def test_streaming_silver_and_quarantine_carry_every_field_as_parsed(spark: Any, tmp_path: Path, fleet: Any) -> None:

@@ -125,3 +125,65 @@ def test_fleet_windows_count_each_model_version_and_type_windows_judge_a_device_
     assert fleet == {1: (2, 0, 14, 1), 2: (1, 1, 10, 10)}
     types = [(r["devices_reporting"], list(r["anomalous_devices"])) for r in type_windows(device_rows, 0.5).collect()]
     assert types == [(2, ["d1"])]
+
+
+def test_fleet_and_type_windows_from_gold_device_files_equal_sparks(spark: Any, tmp_path: Any) -> None:
+    """Where gold is Parquet, the job computes gold_fleet and the incident tracker's type windows on the
+    driver from the gold_device files a batch just wrote (`fleet_windows_arrow`, `type_windows_arrow`);
+    Spark's `fleet_windows` and `type_windows` are the reference: the same rows, and gold_fleet read back
+    by Spark has Spark's schema. Covered: devices on the rate's boundary, devices under two model versions
+    in one window, sliding windows, device ids that sort differently by code point and by case."""
+    import shutil
+
+    from pyspark.sql import functions as F
+
+    from cloud_jobs import io
+    from cloud_jobs.config import TableFormat
+    from cloud_jobs.fleet.transforms import (
+        GOLD_DEVICE_INPUTS,
+        fleet_windows,
+        fleet_windows_arrow,
+        type_windows,
+        type_windows_arrow,
+    )
+
+    rnd = random.Random(5)
+    names = ["dev-a", "dev-B", "dev-é", "dev-z", "Dev-1", "dev-ä"]
+    rows = []
+    for i in range(1500):
+        dev = rnd.choice(names)
+        ts = datetime.fromtimestamp(1_780_000_000 + rnd.uniform(0, 600), tz=timezone.utc)
+        bad = rnd.random() < 0.4
+        rows.append((dev, dev, "pump" if dev.islower() else "fan", "boot", i, ts, rnd.random(), bad,
+                     ["a", "b"], [1.0, 2.0], "m", rnd.choice([1, 2]), "sha", "fh", 0.9, ts, 0))
+    df = spark.createDataFrame(rows, SILVER_DDL).drop("batch_id")
+    gold, fleet = tmp_path / "gold", tmp_path / "fleet"
+    for spec, rates in ((WindowSpec(60, 60), (0.5, 1.0)), (WindowSpec(120, 60), (0.5,))):
+        device_rows = device_windows(df, spec, 0).persist()
+        io.write_batch(device_rows, str(gold), TableFormat.PARQUET, 3, "t")
+        written = io.batch_arrow(str(gold), TableFormat.PARQUET, 3, GOLD_DEVICE_INPUTS)
+        for rate in rates:
+            want = sorted(((r["start_ms"], r["end_ms"], r["device_type"]), r["devices_reporting"],
+                           list(r["anomalous_devices"])) for r in type_windows(device_rows, rate).collect())
+            got = sorted(((r["start_ms"], r["end_ms"], r["device_type"]), r["devices_reporting"],
+                          r["anomalous_devices"]) for r in type_windows_arrow(written, rate))
+            assert got == want, (spec, rate)
+            assert rate == 1.0 or any(len(w[2]) > 1 for w in want), (spec, rate)
+
+            reference = fleet_windows(device_rows, rate)
+            assert io.write_arrow_batch(fleet_windows_arrow(written, rate), str(fleet), 3)
+            assert not io.write_arrow_batch(fleet_windows_arrow(written, rate), str(fleet), 3)  # once
+            back = spark.read.parquet(str(fleet / "batch_id=3"))
+            assert [(f.name, f.dataType) for f in back.schema] == [(f.name, f.dataType) for f in reference.schema]
+            assert sorted(back.collect()) == sorted(reference.collect()), (spec, rate)
+            assert back.where(F.col("devices_anomalous") > 0).count() > 0 or rate == 1.0
+            shutil.rmtree(fleet / "batch_id=3")
+        # devices exactly on the 0.5 boundary exist, so `>=` against `>` is tested
+        per_version = device_rows.groupBy("window_start", "device_id", "model_version").agg(
+            F.max("readings").alias("r"), F.max("anomalies").alias("a"))
+        per_device = per_version.groupBy("window_start", "device_id").agg(F.sum("r").alias("r"), F.sum("a").alias("a"))
+        assert per_device.where(F.col("a") * 2 == F.col("r")).count() > 0
+        assert per_version.where(F.col("a") * 2 == F.col("r")).count() > 0
+        device_rows.unpersist()
+        shutil.rmtree(gold / "batch_id=3")
+    assert io.batch_arrow(str(gold), TableFormat.DELTA, 3, GOLD_DEVICE_INPUTS) is None
