@@ -155,8 +155,7 @@ def device_windows(silver_df: Any, spec: WindowSpec, watermark_s: int) -> Any:
     )
 
 
-#: Every aggregation of the fleet and type windows groups by these and more: partitioned by them once, the
-#: rows need no further shuffle (one exchange where there were two for the fleet and three for the types).
+#: The keys of a type window: every aggregation behind the fleet and type windows groups by these and more.
 TYPE_WINDOW = ("window_start", "window_end", "device_type")
 
 
@@ -164,8 +163,11 @@ def _per_device(device_rows: Any, device_anomaly_rate: float, by_version: bool) 
     from pyspark.sql import functions as F
 
     keys = [*TYPE_WINDOW, "device_id"]
-    # every channel row of a device carries the device's reading counts: take them once per version
-    per_version = device_rows.repartition(*TYPE_WINDOW).groupBy(*keys, "model_version").agg(
+    # every channel row of a device carries the device's reading counts: take them once per version. No
+    # repartition by the type window first: that saved two shuffles on a small local batch (which now takes
+    # the driver path, `fleet_windows_arrow`), but sends all of a type's devices to one task on a cluster,
+    # with no map-side partial aggregation.
+    per_version = device_rows.groupBy(*keys, "model_version").agg(
         F.max("readings").alias("readings"), F.max("anomalies").alias("anomalies"),
         F.max("max_score").alias("max_score"))
     per_device = per_version if by_version else per_version.groupBy(*keys).agg(
