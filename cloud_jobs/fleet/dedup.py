@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud_jobs.fleet.parse import select, unpack
+from cloud_jobs.fleet.parse import select, seq_ts
 
 # PySpark's applyInPandasWithState serializer pads each output with all-NA frames and concatenates them
 # (pyspark/worker.py), and pandas 2 warns about that on every micro-batch, flooding the job's stderr.
@@ -103,7 +103,7 @@ def dedup_group(key: tuple[Any, ...], frames: Iterator[Any], state: Any, columns
             max_ms = int(known.max()) if len(known) else wm + 1
     else:
         ns, raw = msgs["n"].to_numpy(), msgs["readings"].to_numpy()
-        unpacked = [unpack(b, int(n)) for b, n in zip(raw, ns, strict=True)]
+        unpacked = [seq_ts(b, int(n)) for b, n in zip(raw, ns, strict=True)]
         firsts = np.array([u[0][0] if len(u[0]) else -1 for u in unpacked], dtype=np.int64)
         order = np.argsort(firsts, kind="stable").tolist()
         seqs_all = np.concatenate([unpacked[i][0] for i in order])

@@ -151,6 +151,12 @@ def unpack(blob: bytes, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return seq, ts, score, anomaly, values
 
 
+def seq_ts(blob: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(seq, ts_ms) of a `pack`ed blob of n readings: what the dedup operator decides on (zero-copy)."""
+    b = memoryview(blob)
+    return np.frombuffer(b[: 8 * n], "<i8"), np.frombuffer(b[8 * n: 16 * n], "<i8")
+
+
 def select(blob: bytes, n: int, keep: np.ndarray) -> bytes:
     """The blob of only the readings where `keep` is true."""
     seq, ts, score, anomaly, values = unpack(blob, n)

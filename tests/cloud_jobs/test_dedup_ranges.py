@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloud_jobs.fleet.dedup import covered, merge_ranges
-from cloud_jobs.fleet.parse import pack, select, unpack
+from cloud_jobs.fleet.parse import pack, select, seq_ts, unpack
 
 
 @settings(max_examples=300, deadline=None)
@@ -31,6 +31,8 @@ def test_a_blob_keeps_only_the_selected_readings() -> None:
     assert seq.tolist() == [5, 7] and ts.tolist() == [10, 30] and score.tolist() == [0.1, 0.3]
     assert anomaly.tolist() == [False, False]
     assert flat.reshape(2, 3).tolist() == [values[0].tolist(), values[2].tolist()]
+    # what the dedup operator reads of a blob: its seqs and event times alone
+    assert [a.tolist() for a in seq_ts(blob, 4)] == [[5, 6, 7, 8], [10, 20, 30, 40]]
 
 
 class _State:
