@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -167,35 +167,40 @@ def write_batch(df: Any, path: str, fmt: TableFormat, batch_id: int, app_id: str
         (df.withColumn("batch_id", F.lit(batch_id)).write.format("delta").mode("append")
          .options(**delta_write_options(app_id, batch_id)).save(path))
         return True
-    final = Path(path) / f"batch_id={batch_id}"
-    if final.exists():
-        return False
-    staging = Path(path) / "_staging" / f"{batch_id}-{uuid.uuid4().hex[:8]}"
-    df.write.mode("overwrite").parquet(str(staging))
-    for junk in staging.glob("_*"):  # _SUCCESS: the rename below is the commit
-        junk.unlink()
-    for crc in staging.glob(".*.crc"):
-        crc.unlink()
-    os.rename(staging, final)
-    with contextlib.suppress(OSError):
-        staging.parent.rmdir()  # only when no other batch is being staged
-    return True
+
+    def spark_write(staging: Path) -> None:
+        df.write.mode("overwrite").parquet(str(staging))
+        for junk in staging.glob("_*"):  # _SUCCESS: the rename is the commit
+            junk.unlink()
+        for crc in staging.glob(".*.crc"):
+            crc.unlink()
+
+    return _staged(path, batch_id, spark_write)
 
 
 def write_arrow_batch(table: Any, path: str, batch_id: int) -> bool:
-    """`write_batch` for a pyarrow Table written on the driver (Parquet only): one file staged and renamed
-    into ``<path>/batch_id=<n>/``, exactly once; False if this batch had already landed."""
+    """`write_batch` for a pyarrow Table written on the driver (Parquet only): one file, exactly once;
+    False if this batch had already landed."""
     import pyarrow.parquet as pq
 
+    def arrow_write(staging: Path) -> None:
+        staging.mkdir(parents=True)
+        pq.write_table(table, staging / f"part-00000-{uuid.uuid4()}.parquet", compression="snappy")
+
+    return _staged(path, batch_id, arrow_write)
+
+
+def _staged(path: str, batch_id: int, write: Callable[[Path], None]) -> bool:
+    """The Parquet commit of one micro-batch: `write` fills a hidden staging directory, which is renamed
+    to ``<path>/batch_id=<n>/`` (the rename is the commit); False, writing nothing, if it is there already."""
     final = Path(path) / f"batch_id={batch_id}"
     if final.exists():
         return False
     staging = Path(path) / "_staging" / f"{batch_id}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
-    pq.write_table(table, staging / f"part-00000-{uuid.uuid4()}.parquet", compression="snappy")
+    write(staging)
     os.rename(staging, final)
     with contextlib.suppress(OSError):
-        staging.parent.rmdir()
+        staging.parent.rmdir()  # only when no other batch is being staged
     return True
 
 

@@ -284,5 +284,5 @@ def type_windows_arrow(device_rows: Any, device_anomaly_rate: float) -> list[dic
         if bad:  # null (no anomaly counts) is not anomalous, as in Spark's collect_list of `when`
             row["anomalous_devices"].append(dev)
     for row in out.values():
-        row["anomalous_devices"].sort(key=lambda name: name.encode())  # Spark's sort_array: by UTF-8 bytes
+        row["anomalous_devices"].sort()  # code point order: Spark's sort_array's UTF-8 byte order
     return list(out.values())
