@@ -215,22 +215,23 @@ class _Gold:
         cfg, rate = self.cfg, self.cfg.incidents.device_anomaly_rate
         device_table = cfg.table(f"gold_device_{spec.name}")
         io.write_batch(closed, device_table, cfg.table_format, batch_id, f"edgeflag-gold_{spec.name}-device")
-        n = io.batch_rows(self.spark, device_table, cfg.table_format, batch_id)
         # Parquet: the fleet and type windows from the gold_device files just written, on the driver (two
-        # Spark jobs fewer per micro-batch); Delta: in Spark, from the closed windows. The same rows.
-        written = io.batch_arrow(device_table, cfg.table_format, batch_id, T.GOLD_DEVICE_INPUTS) if n else None
+        # Spark jobs fewer per micro-batch); Delta (`written` None): in Spark, from the closed windows.
+        written = io.batch_arrow(device_table, cfg.table_format, batch_id, T.GOLD_DEVICE_INPUTS)
+        n = written.num_rows if written is not None else io.batch_rows(self.spark, device_table, cfg.table_format,
+                                                                        batch_id)
         fleet_table = cfg.table(f"gold_fleet_{spec.name}")
-        if written is not None:
+        if n and written is not None:
             io.write_arrow_batch(T.fleet_windows_arrow(written, rate), fleet_table, batch_id)
         elif n:
             io.write_batch(T.fleet_windows(closed, rate), fleet_table, cfg.table_format, batch_id,
                            f"edgeflag-gold_{spec.name}-fleet")
         if st is None:
             return n
-        if written is not None:
-            rows = T.type_windows_arrow(written, rate)
-        else:
-            rows = T.type_windows(closed, rate).collect() if n else []
+        rows: list[Any] = []
+        if n:
+            rows = (T.type_windows_arrow(written, rate) if written is not None
+                    else T.type_windows(closed, rate).collect())
 
         def table(events: list[dict[str, Any]]) -> None:
             df = self.spark.createDataFrame([{k: ev.get(k) for k in INCIDENT_COLUMNS} for ev in events],

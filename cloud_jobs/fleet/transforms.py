@@ -220,7 +220,7 @@ FLEET_DDL = ("window_start timestamp, window_end timestamp, device_type string, 
              "max_score double, anomaly_rate double, anomalous_fraction double")
 
 
-def _per_version_arrow(device_rows: Any, device_anomaly_rate: float, by_version: bool) -> Any:
+def _per_device_arrow(device_rows: Any, device_anomaly_rate: float, by_version: bool) -> Any:
     """`_per_device` over a pyarrow Table of gold_device rows: one row per window, type, device (and
     version), its readings, anomalies and max score, and whether it is anomalous (null counts: null)."""
     import pyarrow as pa
@@ -244,7 +244,7 @@ def fleet_windows_arrow(device_rows: Any, device_anomaly_rate: float) -> Any:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    d = _per_version_arrow(device_rows, device_anomaly_rate, by_version=True)
+    d = _per_device_arrow(device_rows, device_anomaly_rate, by_version=True)
     d = d.append_column("anomalous_n", pc.cast(d["anomalous"], pa.int64()))
     g = d.group_by([*TYPE_WINDOW, "model_version"], use_threads=False).aggregate([
         ("device_id", "count", pc.CountOptions(mode="all")), ("anomalous_n", "sum"), ("readings", "sum"),
@@ -273,7 +273,7 @@ def type_windows_arrow(device_rows: Any, device_anomaly_rate: float) -> list[dic
     `type_windows(...).collect()` gives, as dicts, in no particular order."""
     import pyarrow as pa
 
-    d = _per_version_arrow(device_rows, device_anomaly_rate, by_version=False)
+    d = _per_device_arrow(device_rows, device_anomaly_rate, by_version=False)
     out: dict[tuple[Any, ...], dict[str, Any]] = {}
     bounds = [d[c].cast(pa.timestamp("ms")).cast(pa.int64()).to_pylist() for c in TYPE_WINDOW[:2]]
     for start, end, dtype, dev, bad in zip(*bounds, d["device_type"].to_pylist(), d["device_id"].to_pylist(),
